@@ -1,0 +1,142 @@
+//! `greenlight check`: everything a deploy needs, checked before the first deploy,
+//! each problem with how to fix it.
+
+use std::time::Duration;
+
+use crate::config::{Config, NginxMode};
+use crate::docker::Engine;
+use crate::proxy::Nginx;
+use crate::store::Store;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    pub ok: bool,
+    pub what: String,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+fn ok(what: &str, detail: impl Into<String>) -> Finding {
+    Finding {
+        ok: true,
+        what: what.into(),
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn bad(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding {
+        ok: false,
+        what: what.into(),
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+pub async fn run(config: &Config) -> Vec<Finding> {
+    let mut out = vec![ok(
+        "config",
+        format!("{} service(s)", config.services.len()),
+    )];
+    out.push(match Store::open(&config.server.state) {
+        Ok(_) => ok("state", config.server.state.display().to_string()),
+        Err(e) => bad(
+            "state",
+            e.to_string(),
+            "make server.state a writable path (its directory is created if missing)",
+        ),
+    });
+    let engine = match Engine::connect(config.docker.socket.as_deref()).await {
+        Ok(engine) => {
+            out.push(ok(
+                "docker",
+                engine.version().await.unwrap_or_else(|e| e.to_string()),
+            ));
+            Some(engine)
+        }
+        Err(e) => {
+            out.push(bad(
+                "docker",
+                e.to_string(),
+                "start the Docker daemon, or point [docker] socket / DOCKER_HOST at it; greenlight needs read-write access to the socket",
+            ));
+            None
+        }
+    };
+    let dir = &config.nginx.upstreams_dir;
+    out.push(
+        match tempfile::Builder::new()
+            .prefix(".greenlight-tmp")
+            .tempfile_in(dir)
+        {
+            Ok(_) => ok("upstreams_dir", dir.display().to_string()),
+            Err(e) => bad(
+                "upstreams_dir",
+                format!("cannot write in {}: {e}", dir.display()),
+                format!(
+                    "mkdir -p {} and include it from nginx's http block: include {}/*.conf;",
+                    dir.display(),
+                    dir.display()
+                ),
+            ),
+        },
+    );
+    if let Some(engine) = engine {
+        if config.nginx.mode == NginxMode::Container {
+            let name = config.nginx.container.as_deref().unwrap_or_default();
+            out.push(match engine.status(name).await {
+                Ok(Some(s)) if s.running => ok("nginx container", format!("{name} is running")),
+                Ok(Some(s)) => bad(
+                    "nginx container",
+                    format!("{name} is {}", s.status),
+                    format!("docker start {name}"),
+                ),
+                Ok(None) => bad(
+                    "nginx container",
+                    format!("no container named {name}"),
+                    "set [nginx] container to the name of the nginx container",
+                ),
+                Err(e) => bad("nginx container", e.to_string(), "check the Docker engine"),
+            });
+        }
+        let nginx = Nginx::new(config.nginx.clone(), engine.clone());
+        out.push(match nginx.test().await {
+            Ok(_) => ok("nginx -t", "configuration is valid"),
+            Err(e) => bad(
+                "nginx -t",
+                e.to_string(),
+                "fix the nginx configuration it names, then run greenlight check again",
+            ),
+        });
+        for svc in &config.services {
+            let what = format!("service {}", svc.name);
+            let detail = match nginx.current(&svc.name) {
+                Some(u) => format!("live: {} at {} ({})", u.colour, u.address, short(&u.digest)),
+                None => "nothing deployed yet".into(),
+            };
+            out.push(ok(&what, detail));
+        }
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("static reqwest client config");
+    out.push(match http.get(&config.nginx.verify_url).send().await {
+        Ok(r) => ok("verify server", format!("{} answers HTTP {}", config.nginx.verify_url, r.status())),
+        Err(e) => bad(
+            "verify server",
+            format!("{} does not answer: {e}", config.nginx.verify_url),
+            "include nginx/greenlight-verify.conf in nginx's http block, and set [nginx] verify_url to its address",
+        ),
+    });
+    out
+}
+
+fn short(digest: &str) -> String {
+    digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect()
+}

@@ -1,0 +1,586 @@
+//! `greenlight.toml` -> validated, typed configuration.
+//!
+//! Loading is two passes: `${VAR}` references are expanded in the raw text (so a
+//! secret never has to live in the file), then the TOML is parsed with unknown keys
+//! refused. Every error names the key it is about, so `greenlight check` can print
+//! one line an operator can act on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line}: environment variable ${{{var}}} is not set (set it, or remove the reference)")]
+    UnsetVar {
+        path: PathBuf,
+        line: usize,
+        var: String,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub docker: DockerConfig,
+    pub nginx: NginxConfig,
+    #[serde(default, rename = "registry")]
+    pub registries: Vec<RegistryConfig>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds (hooks, admin API, health).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token for the admin API.
+    pub admin_token: String,
+    /// Path of the SQLite state file.
+    #[serde(default = "default_state")]
+    pub state: PathBuf,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_body_limit")]
+    pub body_limit: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// `unix:///var/run/docker.sock`, a path, or `tcp://host:port`. Unset: `DOCKER_HOST`, then the default socket.
+    pub socket: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NginxMode {
+    Host,
+    Container,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NginxConfig {
+    pub mode: NginxMode,
+    /// Directory greenlight renders `<service>.conf` into (as greenlight sees it).
+    pub upstreams_dir: PathBuf,
+    /// Container mode: name or id of the nginx container.
+    pub container: Option<String>,
+    /// Host mode: the nginx binary.
+    #[serde(default = "default_nginx_binary")]
+    pub binary: PathBuf,
+    /// The `-c` file (host mode: required; container mode: optional, else the image's default).
+    pub config: Option<PathBuf>,
+    /// The `-p` prefix, when nginx runs with one.
+    pub prefix: Option<PathBuf>,
+    /// Base URL of nginx's verify server (see nginx/greenlight-verify.conf).
+    #[serde(default = "default_verify_url")]
+    pub verify_url: String,
+    /// How long to wait after a reload for nginx to route to the new colour.
+    #[serde(default = "default_verify_timeout", deserialize_with = "duration")]
+    pub verify_timeout: Duration,
+    /// Longest wait for old nginx workers to finish their in-flight requests.
+    #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Registry host as it appears in image references (`ghcr.io`, `docker.io`, `127.0.0.1:5000`).
+    pub host: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Talk plain HTTP to this registry (default: only for loopback hosts).
+    pub insecure: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Image repository without tag, e.g. `ghcr.io/acme/web`.
+    pub image: String,
+    /// Tag globs that may be deployed (default: all tags).
+    #[serde(default = "default_tags")]
+    pub tags: Vec<String>,
+    /// Container port the app listens on.
+    pub port: u16,
+    /// Docker network shared with nginx (created if missing).
+    #[serde(default = "default_network")]
+    pub network: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub env_file: Option<PathBuf>,
+    /// Bind mounts / volumes in Docker's `source:target[:mode]` form.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Overrides the image's CMD.
+    pub command: Option<Vec<String>>,
+    /// Docker restart policy of the containers.
+    #[serde(default = "default_restart")]
+    pub restart: String,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_status")]
+    pub status: u16,
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive successful probes needed.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+    /// Longest the whole gate may take.
+    #[serde(default = "default_deadline", deserialize_with = "duration")]
+    pub deadline: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: default_health_path(),
+            status: default_health_status(),
+            interval: default_interval(),
+            timeout: default_probe_timeout(),
+            healthy_after: default_healthy_after(),
+            deadline: default_deadline(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Grace period between SIGTERM and SIGKILL when stopping the old colour.
+    #[serde(default = "default_stop_grace", deserialize_with = "duration")]
+    pub stop_grace: Duration,
+    /// Images of this service kept (the live and the previous one are always kept).
+    #[serde(default = "default_keep_images")]
+    pub keep_images: usize,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            stop_grace: default_stop_grace(),
+            keep_images: default_keep_images(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8787".into()
+}
+fn default_state() -> PathBuf {
+    "greenlight.db".into()
+}
+fn default_body_limit() -> usize {
+    1024 * 1024
+}
+fn default_nginx_binary() -> PathBuf {
+    "nginx".into()
+}
+fn default_verify_url() -> String {
+    "http://127.0.0.1:8099".into()
+}
+fn default_verify_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_tags() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_network() -> String {
+    "greenlight".into()
+}
+fn default_restart() -> String {
+    "unless-stopped".into()
+}
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+fn default_health_status() -> u16 {
+    200
+}
+fn default_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_healthy_after() -> u32 {
+    3
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_stop_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_keep_images() -> usize {
+    3
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "bad duration {text:?} ({e}); write e.g. \"500ms\", \"30s\", \"2m\""
+        ))
+    })
+}
+
+/// Replaces `${VAR}` with the environment's value; `$$` is a literal `$`.
+pub fn expand_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(stripped) = after.strip_prefix('$') {
+                out.push('$');
+                rest = stripped;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let Some(end) = body.find('}') else {
+                    out.push('$');
+                    rest = after;
+                    continue;
+                };
+                let var = &body[..end];
+                // Comments may mention `${VAR}` freely.
+                let in_comment = line[..line.len() - rest.len() + i].contains('#');
+                match lookup(var) {
+                    Some(v) => out.push_str(&v),
+                    None if in_comment => out.push_str(&rest[i..i + 3 + end]),
+                    None => return Err((n + 1, var.to_string())),
+                }
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &raw, |v| std::env::var(v).ok())
+    }
+
+    pub fn parse(
+        path: &Path,
+        raw: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = expand_env(raw, lookup).map_err(|(line, var)| ConfigError::UnsetVar {
+            path: path.to_path_buf(),
+            line,
+            var,
+        })?;
+        let de = toml::Deserializer::new(&text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().trim().to_string();
+            let at = inner
+                .span()
+                .map(|s| format!("line {}: ", line_of(&text, s.start)))
+                .unwrap_or_default();
+            let message = if key.is_empty() || key == "." {
+                format!("{at}{message}")
+            } else {
+                format!("{at}{key}: {message}")
+            };
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        if self.server.admin_token.len() < 16 {
+            return Err(bad(
+                "server.admin_token",
+                "must be at least 16 characters (generate one with `openssl rand -hex 32`)".into(),
+            ));
+        }
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:8787\"",
+                    self.server.listen
+                ),
+            ));
+        }
+        match self.nginx.mode {
+            NginxMode::Container if self.nginx.container.is_none() => {
+                return Err(bad(
+                    "nginx.container",
+                    "required when nginx.mode = \"container\" (the nginx container's name)".into(),
+                ))
+            }
+            NginxMode::Host if self.nginx.config.is_none() => {
+                return Err(bad(
+                    "nginx.config",
+                    "required when nginx.mode = \"host\" (the file nginx runs with -c)".into(),
+                ))
+            }
+            _ => {}
+        }
+        if reqwest::Url::parse(&self.nginx.verify_url).is_err() {
+            return Err(bad(
+                "nginx.verify_url",
+                format!("{:?} is not a URL", self.nginx.verify_url),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let key = |k: &str| format!("service[{i}].{k}");
+            if !valid_name(&s.name) {
+                return Err(bad(
+                    &key("name"),
+                    format!(
+                        "{:?} must be 1-40 characters of a-z, 0-9, '-' or '_', starting with a letter",
+                        s.name
+                    ),
+                ));
+            }
+            if !seen.insert(s.name.clone()) {
+                return Err(bad(
+                    &key("name"),
+                    format!("service {:?} is defined twice", s.name),
+                ));
+            }
+            if s.image.is_empty() || s.image.contains('@') || last_segment_has_tag(&s.image) {
+                return Err(bad(
+                    &key("image"),
+                    format!(
+                        "{:?} must be a repository without tag or digest, e.g. \"ghcr.io/acme/web\"",
+                        s.image
+                    ),
+                ));
+            }
+            for t in &s.tags {
+                if let Err(e) = globset::Glob::new(t) {
+                    return Err(bad(&key("tags"), format!("bad glob {t:?}: {e}")));
+                }
+            }
+            if s.port == 0 {
+                return Err(bad(&key("port"), "must be a port number 1-65535".into()));
+            }
+            if !s.health.path.starts_with('/') {
+                return Err(bad(&key("health.path"), "must start with '/'".into()));
+            }
+            if s.health.healthy_after == 0 {
+                return Err(bad(
+                    &key("health.healthy_after"),
+                    "must be at least 1".into(),
+                ));
+            }
+            if s.rollout.keep_images < 2 {
+                return Err(bad(
+                    &key("rollout.keep_images"),
+                    "must be at least 2 (the live image and the one a rollback needs)".into(),
+                ));
+            }
+            if !["no", "always", "unless-stopped", "on-failure"].contains(&s.restart.as_str()) {
+                return Err(bad(
+                    &key("restart"),
+                    format!(
+                        "{:?} is not one of no, always, unless-stopped, on-failure",
+                        s.restart
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The `[[registry]]` entry for an image's registry host, if configured.
+    pub fn registry_for(&self, host: &str) -> Option<&RegistryConfig> {
+        self.registries
+            .iter()
+            .find(|r| r.host.eq_ignore_ascii_case(host))
+    }
+}
+
+impl ServiceConfig {
+    pub fn tag_allowed(&self, tag: &str) -> bool {
+        self.tags.iter().any(|g| {
+            globset::Glob::new(g)
+                .map(|g| g.compile_matcher().is_match(tag))
+                .unwrap_or(false)
+        })
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && name.len() <= 40
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn last_segment_has_tag(image: &str) -> bool {
+    image.rsplit('/').next().is_some_and(|s| s.contains(':'))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8787"
+admin_token = "${TOKEN}"
+state = "/var/lib/greenlight/state.db"
+
+[nginx]
+mode = "host"
+upstreams_dir = "/etc/nginx/greenlight"
+config = "/etc/nginx/nginx.conf"
+drain_timeout = "45s"
+
+[[registry]]
+host = "ghcr.io"
+username = "bot"
+password = "${TOKEN}"
+
+[[service]]
+name = "web"
+image = "ghcr.io/acme/web"
+tags = ["v*", "main"]
+port = 8080
+[service.health]
+interval = "250ms"
+"#;
+
+    fn env(v: &str) -> Option<String> {
+        (v == "TOKEN").then(|| "0123456789abcdef0123".to_string())
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("g.toml"), text, env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_complete_config_parses_with_defaults_filled_in() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.server.admin_token, "0123456789abcdef0123");
+        assert_eq!(c.nginx.drain_timeout, Duration::from_secs(45));
+        let web = c.service("web").unwrap();
+        assert_eq!(web.health.interval, Duration::from_millis(250));
+        assert_eq!(web.health.healthy_after, 3);
+        assert_eq!(web.rollout.keep_images, 3);
+        assert!(web.tag_allowed("v1.2.3"));
+        assert!(web.tag_allowed("main"));
+        assert!(!web.tag_allowed("feature-x"));
+        assert_eq!(
+            c.registry_for("GHCR.io").unwrap().username.as_deref(),
+            Some("bot")
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let e = parse(&GOOD.replace("port = 8080", "port = 8080\nprot = 1")).unwrap_err();
+        assert!(e.contains("unknown field `prot`"), "{e}");
+        assert!(e.contains("service"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_required_key_is_named() {
+        let e = parse(&GOOD.replace("port = 8080", "")).unwrap_err();
+        assert!(e.contains("missing field `port`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_duration_is_named_with_its_key() {
+        let e = parse(&GOOD.replace("\"45s\"", "\"45 parsecs\"")).unwrap_err();
+        assert!(e.contains("nginx.drain_timeout"), "{e}");
+        assert!(e.contains("bad duration"), "{e}");
+    }
+
+    #[test]
+    fn an_unset_variable_is_named_with_its_line() {
+        let e = parse(&GOOD.replace("${TOKEN}\"\nstate", "${NOPE}\"\nstate")).unwrap_err();
+        assert!(e.contains("${NOPE} is not set"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn variables_in_comments_are_left_alone_and_dollars_escape() {
+        let out = expand_env("# uses ${UNSET}\nx = \"a$$b ${TOKEN}\"\n", env).unwrap();
+        assert_eq!(out, "# uses ${UNSET}\nx = \"a$b 0123456789abcdef0123\"\n");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let e =
+            parse(&GOOD.replace("ghcr.io/acme/web\"", "ghcr.io/acme/web:latest\"")).unwrap_err();
+        assert!(e.contains("service[0].image"), "{e}");
+        let e = parse(&GOOD.replace("mode = \"host\"", "mode = \"container\"")).unwrap_err();
+        assert!(e.contains("nginx.container"), "{e}");
+        let e = parse(&GOOD.replace("name = \"web\"", "name = \"Web!\"")).unwrap_err();
+        assert!(e.contains("service[0].name"), "{e}");
+    }
+}

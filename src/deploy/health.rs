@@ -1,0 +1,166 @@
+//! The health gate: a new container goes live only after N consecutive good HTTP
+//! probes of its own address (and Docker's HEALTHCHECK, when the image has one).
+//! A container that exits or restarts fails the gate at once.
+
+use std::time::Instant;
+
+use crate::config::HealthConfig;
+use crate::docker::Engine;
+
+/// Lines of the container's log kept for the report.
+pub const LOG_TAIL_LINES: usize = 40;
+
+#[derive(Debug)]
+pub struct GateFailure {
+    pub error: String,
+    pub exit_code: Option<i64>,
+}
+
+pub struct HealthGate<'a> {
+    pub engine: &'a Engine,
+    pub config: &'a HealthConfig,
+    pub container_id: &'a str,
+    pub address: &'a str,
+    pub docker_healthcheck: bool,
+}
+
+impl HealthGate<'_> {
+    /// Returns how many probes it took.
+    pub async fn wait(&self) -> Result<u32, GateFailure> {
+        let http = reqwest::Client::builder()
+            .timeout(self.config.timeout)
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| GateFailure {
+                error: format!("building the probe client: {e}"),
+                exit_code: None,
+            })?;
+        let url = format!("http://{}{}", self.address, self.config.path);
+        let start = Instant::now();
+        let mut consecutive = 0u32;
+        let mut probes = 0u32;
+        loop {
+            let status = self
+                .engine
+                .status(self.container_id)
+                .await
+                .map_err(|e| GateFailure {
+                    error: format!("inspecting the new container: {e}"),
+                    exit_code: None,
+                })?;
+            let Some(status) = status else {
+                return Err(GateFailure {
+                    error: "the new container disappeared during the health gate".into(),
+                    exit_code: None,
+                });
+            };
+            if !status.running || status.restarting || status.restart_count > 0 {
+                return Err(GateFailure {
+                    error: format!(
+                        "the new container {} (exit code {}) during the health gate",
+                        if status.restart_count > 0 || status.restarting {
+                            "crashed and was restarted"
+                        } else {
+                            "exited"
+                        },
+                        status
+                            .exit_code
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "unknown".into())
+                    ),
+                    exit_code: status.exit_code,
+                });
+            }
+            if self.docker_healthcheck && status.health.as_deref() == Some("unhealthy") {
+                return Err(GateFailure {
+                    error: "Docker HEALTHCHECK reports the new container unhealthy".into(),
+                    exit_code: None,
+                });
+            }
+            probes += 1;
+            let last = match http.get(&url).send().await {
+                Ok(resp) if resp.status().as_u16() == self.config.status => {
+                    consecutive += 1;
+                    format!("HTTP {}", resp.status())
+                }
+                Ok(resp) => {
+                    consecutive = 0;
+                    format!("HTTP {} (want {})", resp.status(), self.config.status)
+                }
+                Err(e) => {
+                    consecutive = 0;
+                    describe(&e)
+                }
+            };
+            let docker_ok = !self.docker_healthcheck || status.health.as_deref() == Some("healthy");
+            if consecutive >= self.config.healthy_after && docker_ok {
+                return Ok(probes);
+            }
+            if start.elapsed() + self.config.interval > self.config.deadline {
+                let docker = if self.docker_healthcheck {
+                    format!(
+                        "; Docker HEALTHCHECK: {}",
+                        status.health.as_deref().unwrap_or("unknown")
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(GateFailure {
+                    error: format!(
+                        "not healthy within {:?}: {consecutive} of {} consecutive probes of {url} passed; last probe: {last}{docker}",
+                        self.config.deadline, self.config.healthy_after
+                    ),
+                    exit_code: None,
+                });
+            }
+            tokio::time::sleep(self.config.interval).await;
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    if e.is_connect() {
+        return "connection refused".into();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// Bounds a log tail for storage and messages.
+pub fn bound_log(text: &str) -> String {
+    const MAX: usize = 4096;
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(LOG_TAIL_LINES);
+    let mut out = lines[start..].join("\n");
+    if out.len() > MAX {
+        let cut = out.len() - MAX;
+        let cut = (cut..out.len())
+            .find(|i| out.is_char_boundary(*i))
+            .unwrap_or(out.len());
+        out = out[cut..].to_string();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tails_keep_the_last_lines_within_bounds() {
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let tail = bound_log(&text);
+        assert!(tail.starts_with("line 60"));
+        assert!(tail.ends_with("line 99"));
+        let long = "é".repeat(5000);
+        assert!(bound_log(&long).len() <= 4096);
+    }
+}

@@ -1,0 +1,170 @@
+//! Deployments: one queue and one worker per service, so a service never has two
+//! deployments in flight, while different services deploy in parallel.
+
+pub mod health;
+mod pipeline;
+pub mod prune;
+mod reconcile;
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::docker::Engine;
+use crate::proxy::Nginx;
+use crate::registry;
+use crate::store::{NewDeployment, Store, StoreError};
+
+pub use state::{Colour, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("no service named {0:?} in the config")]
+    UnknownService(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a deployment asks for and who asked.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub service: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    /// `operator`, or the webhook source.
+    pub trigger: String,
+    pub trigger_detail: Option<serde_json::Value>,
+}
+
+pub(crate) struct Inner {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub engine: Engine,
+    pub nginx: Nginx,
+}
+
+#[derive(Clone)]
+pub struct Deployer {
+    inner: Arc<Inner>,
+    queues: Arc<HashMap<String, mpsc::UnboundedSender<i64>>>,
+}
+
+impl Deployer {
+    /// Reconciles every service with what Docker and nginx say, then starts one
+    /// worker per service.
+    pub async fn start(config: Arc<Config>, store: Store, engine: Engine) -> Deployer {
+        let nginx = Nginx::new(config.nginx.clone(), engine.clone());
+        let inner = Arc::new(Inner {
+            config: config.clone(),
+            store,
+            engine,
+            nginx,
+        });
+        let requeue = reconcile::run(&inner).await;
+        let mut queues = HashMap::new();
+        for service in &config.services {
+            let (tx, mut rx) = mpsc::unbounded_channel::<i64>();
+            queues.insert(service.name.clone(), tx);
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                while let Some(id) = rx.recv().await {
+                    pipeline::run(&inner, id).await;
+                }
+            });
+        }
+        let deployer = Deployer {
+            inner,
+            queues: Arc::new(queues),
+        };
+        for id in requeue {
+            if let Ok(Some(d)) = deployer.inner.store.deployment(id) {
+                if let Some(q) = deployer.queues.get(&d.service) {
+                    let _ = q.send(id);
+                }
+            }
+        }
+        deployer
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn nginx(&self) -> &Nginx {
+        &self.inner.nginx
+    }
+
+    /// Records a deployment as `received` and queues it; returns its id.
+    pub fn submit(&self, req: Request) -> Result<i64, SubmitError> {
+        let Some(queue) = self.queues.get(&req.service) else {
+            return Err(SubmitError::UnknownService(req.service));
+        };
+        match (&req.tag, &req.digest) {
+            (None, None) => {
+                return Err(SubmitError::BadRequest(
+                    "give a tag or a digest to deploy".into(),
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(SubmitError::BadRequest(
+                    "give a tag or a digest, not both".into(),
+                ))
+            }
+            (_, Some(d)) if !registry::is_digest(d) => {
+                return Err(SubmitError::BadRequest(format!(
+                    "{d:?} is not a digest like sha256:<64 hex digits>"
+                )))
+            }
+            (Some(t), _) if !valid_tag(t) => {
+                return Err(SubmitError::BadRequest(format!(
+                    "{t:?} is not a valid tag (letters, digits, '_', '.', '-'; at most 128)"
+                )))
+            }
+            _ => {}
+        }
+        let id = self.inner.store.create_deployment(&NewDeployment {
+            service: req.service.clone(),
+            trigger: req.trigger,
+            trigger_detail: req.trigger_detail,
+            tag: req.tag,
+            digest: req.digest,
+        })?;
+        // The worker lives as long as the process; a closed queue means shutdown,
+        // and the deployment stays `received` for the next start to pick up.
+        let _ = queue.send(id);
+        Ok(id)
+    }
+}
+
+/// Docker's tag grammar: `[\w][\w.-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    let mut chars = tag.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
+        && tag.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tags_follow_dockers_grammar() {
+        assert!(super::valid_tag("v1.2.3-rc_1"));
+        assert!(!super::valid_tag("-v1"));
+        assert!(!super::valid_tag("a:b"));
+        assert!(!super::valid_tag(""));
+        assert!(!super::valid_tag(&"a".repeat(129)));
+    }
+}

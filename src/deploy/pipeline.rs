@@ -1,0 +1,590 @@
+//! One deployment, as a short story: resolve the digest, pull it, start it as the
+//! idle colour, wait until it is healthy, switch nginx and prove the switch, let
+//! the old workers drain, stop the old colour, prune. Each transition is written
+//! to the store before the step runs.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use tracing::{info, warn, Instrument};
+
+use super::health::{bound_log, HealthGate, LOG_TAIL_LINES};
+use super::state::{Colour, State};
+use super::{prune, Inner};
+use crate::config::ServiceConfig;
+use crate::docker::{ContainerPlan, LABEL_COLOUR, LABEL_DEPLOYMENT, LABEL_DIGEST, LABEL_SERVICE};
+use crate::proxy::{Previous, Upstream};
+use crate::registry::{self, Repository};
+use crate::store::{now_ms, Deployment, Failure, Live};
+
+/// How a step ended when it did not simply succeed.
+enum Stop {
+    /// Nothing to do (the digest is already live).
+    Done(State),
+    /// The step failed.
+    Fail(Failure),
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Self {
+        Stop::Fail(f)
+    }
+}
+
+fn fail(error: impl Into<String>) -> Stop {
+    Stop::Fail(Failure {
+        error: error.into(),
+        ..Default::default()
+    })
+}
+
+/// What the steps learn as they go.
+struct Run<'a> {
+    inner: &'a Inner,
+    service: &'a ServiceConfig,
+    deployment: Deployment,
+    live: Option<Live>,
+    image: String,
+    digest: String,
+    image_id: Option<String>,
+    docker_healthcheck: bool,
+    colour: Colour,
+    container_id: Option<String>,
+    address: Option<String>,
+    previous: Option<Previous>,
+    old_workers: Vec<u32>,
+}
+
+pub(crate) async fn run(inner: &Inner, id: i64) {
+    let deployment = match inner.store.deployment(id) {
+        Ok(Some(d)) => d,
+        Ok(None) => return warn!(deployment = id, "queued deployment not found"),
+        Err(e) => return warn!(deployment = id, error = %e, "cannot load queued deployment"),
+    };
+    if deployment.state != State::Received {
+        return;
+    }
+    let span = tracing::info_span!("deploy", service = %deployment.service, deployment = id);
+    run_deployment(inner, deployment).instrument(span).await
+}
+
+async fn run_deployment(inner: &Inner, deployment: Deployment) {
+    let id = deployment.id;
+    let Some(service) = inner.config.service(&deployment.service) else {
+        return;
+    };
+    let live = inner.store.live(&service.name).ok().flatten();
+    let mut run = Run {
+        inner,
+        service,
+        live,
+        image: String::new(),
+        digest: String::new(),
+        image_id: None,
+        docker_healthcheck: false,
+        colour: Colour::Blue,
+        container_id: None,
+        address: None,
+        previous: None,
+        old_workers: Vec::new(),
+        deployment,
+    };
+    let started = Instant::now();
+    info!(
+        tag = run.deployment.requested_tag.as_deref().unwrap_or("-"),
+        digest = run.deployment.requested_digest.as_deref().unwrap_or("-"),
+        trigger = %run.deployment.trigger,
+        "Deploying"
+    );
+    let mut state = State::Received;
+    loop {
+        let next = state.next();
+        if let Err(e) = inner.store.transition(id, next) {
+            warn!(error = %e, "cannot record transition; abandoning the deployment");
+            run.abandon(state).await;
+            return;
+        }
+        let step_started = Instant::now();
+        info!("{state} -> {next}");
+        state = next;
+        if state.is_terminal() {
+            info!(
+                digest = %run.digest,
+                colour = %run.colour,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Deployed"
+            );
+            return;
+        }
+        match run.step(state).await {
+            Ok(()) => {
+                tracing::debug!(step = %state, elapsed_ms = step_started.elapsed().as_millis() as u64, "step done")
+            }
+            Err(Stop::Done(end)) => {
+                let _ = inner.store.transition(id, end);
+                info!("{state} -> {end}");
+                return;
+            }
+            Err(Stop::Fail(mut failure)) => {
+                failure.step = Some(state);
+                let end = run.unwind(state, &mut failure).await;
+                warn!(step = %state, error = %failure.error, "{state} -> {end}");
+                if let Err(e) = inner.store.finish(id, end, &failure) {
+                    warn!(error = %e, "cannot record the failure");
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl Run<'_> {
+    async fn step(&mut self, state: State) -> Result<(), Stop> {
+        match state {
+            State::Resolving => self.resolve().await,
+            State::Pulling => self.pull().await,
+            State::Starting => self.start().await,
+            State::HealthGate => self.health_gate().await,
+            State::Switching => self.switch().await,
+            State::Verifying => self.verify().await,
+            State::Draining => self.drain().await,
+            State::StoppingOld => self.stop_old().await,
+            State::Pruning => self.prune().await,
+            _ => Ok(()),
+        }
+    }
+
+    fn note(&self, text: &str) {
+        let _ = self.inner.store.note(self.deployment.id, text);
+    }
+
+    async fn resolve(&mut self) -> Result<(), Stop> {
+        let repo = Repository::parse(&self.service.image);
+        let tag = self.deployment.requested_tag.clone();
+        if let Some(t) = &tag {
+            if self.deployment.trigger != "operator" && !self.service.tag_allowed(t) {
+                return Err(fail(format!(
+                    "tag {t:?} does not match the service's tags {:?}",
+                    self.service.tags
+                )));
+            }
+        }
+        self.digest = match (&self.deployment.requested_digest, &tag) {
+            (Some(d), _) => d.clone(),
+            (None, Some(t)) => {
+                let cfg = self.inner.config.registry_for(&repo.host);
+                registry::resolve_tag(&repo, t, cfg)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+            }
+            (None, None) => return Err(fail("neither a tag nor a digest was requested")),
+        };
+        self.image = format!("{}@{}", self.service.image, self.digest);
+        self.note(&format!(
+            "{} -> {}",
+            tag.as_deref().unwrap_or("digest"),
+            self.digest
+        ));
+        let _ = self.inner.store.set_target(
+            self.deployment.id,
+            tag.as_deref(),
+            &self.digest,
+            &self.image,
+            self.live.as_ref(),
+        );
+        if let Some(live) = &self.live {
+            if live.digest == self.digest && self.live_container_running().await {
+                return Err(Stop::Done(State::AlreadyLive));
+            }
+        }
+        Ok(())
+    }
+
+    async fn live_container_running(&self) -> bool {
+        let Some(id) = self.live.as_ref().and_then(|l| l.container_id.clone()) else {
+            return false;
+        };
+        matches!(self.inner.engine.status(&id).await, Ok(Some(s)) if s.running)
+    }
+
+    async fn pull(&mut self) -> Result<(), Stop> {
+        let repo = Repository::parse(&self.service.image);
+        let creds = registry::credentials(self.inner.config.registry_for(&repo.host));
+        self.inner
+            .engine
+            .pull(&self.image, creds)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let info = self
+            .inner
+            .engine
+            .inspect_image(&self.image)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail(format!("{} is not present after the pull", self.image)))?;
+        self.docker_healthcheck = info.has_healthcheck;
+        let _ = self.inner.store.set_image_id(self.deployment.id, &info.id);
+        self.note(&format!(
+            "image {}{}",
+            short(&info.id),
+            if info.has_healthcheck {
+                " (has a Docker HEALTHCHECK)"
+            } else {
+                ""
+            }
+        ));
+        self.image_id = Some(info.id);
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Result<(), Stop> {
+        let engine = &self.inner.engine;
+        let svc = self.service;
+        self.colour = self
+            .live
+            .as_ref()
+            .map(|l| l.colour.other())
+            .unwrap_or(Colour::Blue);
+        let name = format!("{}-{}", svc.name, self.colour);
+        engine
+            .ensure_network(&svc.network)
+            .await
+            .map_err(|e| fail(format!("network {}: {e}", svc.network)))?;
+        // A stale container of the idle colour (a failed or interrupted run).
+        for c in engine
+            .service_containers(&svc.name)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+        {
+            let is_live = self.live.as_ref().and_then(|l| l.container_id.as_deref()) == Some(&c.id);
+            if c.name == name && !is_live {
+                engine
+                    .remove(&c.id)
+                    .await
+                    .map_err(|e| fail(format!("removing stale {name}: {e}")))?;
+            }
+        }
+        let mut env: Vec<String> = Vec::new();
+        if let Some(path) = &svc.env_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("env_file {}: {e}", path.display())))?;
+            env.extend(parse_env_file(&text));
+        }
+        env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
+        env.push(format!("GREENLIGHT_SERVICE={}", svc.name));
+        env.push(format!("GREENLIGHT_COLOUR={}", self.colour));
+        env.push(format!("GREENLIGHT_DEPLOYMENT={}", self.deployment.id));
+        let labels = [
+            (LABEL_SERVICE, svc.name.clone()),
+            (LABEL_COLOUR, self.colour.to_string()),
+            (LABEL_DEPLOYMENT, self.deployment.id.to_string()),
+            (LABEL_DIGEST, self.digest.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let plan = ContainerPlan {
+            name: name.clone(),
+            image: self.image.clone(),
+            labels,
+            env,
+            command: svc.command.clone(),
+            binds: svc.volumes.clone(),
+            network: svc.network.clone(),
+            restart: svc.restart.clone(),
+        };
+        let id = engine.create(&plan).await.map_err(|e| match &e {
+            crate::docker::DockerError::Api(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                ..
+            }) => fail(format!(
+                "a container named {name} exists and was not made by greenlight: rename or remove it ({e})"
+            )),
+            _ => fail(format!("creating {name}: {e}")),
+        })?;
+        self.container_id = Some(id.clone());
+        let _ = self
+            .inner
+            .store
+            .set_container(self.deployment.id, self.colour, &id, None);
+        engine
+            .start(&id)
+            .await
+            .map_err(|e| fail(format!("starting {name}: {e}")))?;
+        let status = engine
+            .status(&id)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail(format!("{name} vanished after start")))?;
+        let ip = status.ips.get(&svc.network).cloned().ok_or_else(|| {
+            fail(format!(
+                "{name} has no address on network {} (state: {})",
+                svc.network, status.status
+            ))
+        })?;
+        let address = format!("{ip}:{}", svc.port);
+        let _ =
+            self.inner
+                .store
+                .set_container(self.deployment.id, self.colour, &id, Some(&address));
+        self.note(&format!("{name} at {address}"));
+        self.address = Some(address);
+        Ok(())
+    }
+
+    async fn health_gate(&mut self) -> Result<(), Stop> {
+        let gate = HealthGate {
+            engine: &self.inner.engine,
+            config: &self.service.health,
+            container_id: self.container_id.as_deref().unwrap_or_default(),
+            address: self.address.as_deref().unwrap_or_default(),
+            docker_healthcheck: self.docker_healthcheck,
+        };
+        match gate.wait().await {
+            Ok(probes) => {
+                self.note(&format!("healthy after {probes} probes"));
+                Ok(())
+            }
+            Err(g) => Err(Stop::Fail(Failure {
+                error: g.error,
+                exit_code: g.exit_code,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn upstream(&self) -> Upstream {
+        Upstream {
+            service: self.service.name.clone(),
+            colour: self.colour,
+            address: self.address.clone().unwrap_or_default(),
+            deployment: self.deployment.id,
+            digest: self.digest.clone(),
+        }
+    }
+
+    async fn switch(&mut self) -> Result<(), Stop> {
+        let nginx = &self.inner.nginx;
+        self.old_workers = nginx.workers().await.map_err(|e| fail(e.to_string()))?;
+        let previous = nginx
+            .write(&self.upstream())
+            .map_err(|e| fail(e.to_string()))?;
+        if let Err(e) = nginx.test().await {
+            let _ = nginx.restore(&self.service.name, &previous);
+            return Err(fail(format!(
+                "{e} (the previous upstream file is back in place)"
+            )));
+        }
+        // A failed reload leaves the master on its old config: put the file back.
+        if let Err(e) = nginx.reload().await {
+            let _ = nginx.restore(&self.service.name, &previous);
+            return Err(fail(format!(
+                "{e} (the previous upstream file is back in place)"
+            )));
+        }
+        self.previous = Some(previous);
+        Ok(())
+    }
+
+    async fn verify(&mut self) -> Result<(), Stop> {
+        let address = self.address.clone().unwrap_or_default();
+        self.inner
+            .nginx
+            .verify(&self.service.name, &self.service.health.path, &address)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let previous = self.live.clone();
+        let live = Live {
+            service: self.service.name.clone(),
+            colour: self.colour,
+            tag: self.deployment.requested_tag.clone(),
+            digest: self.digest.clone(),
+            image: self.image.clone(),
+            image_id: self.image_id.clone(),
+            container_id: self.container_id.clone(),
+            address,
+            deployment_id: Some(self.deployment.id),
+            since: now_ms(),
+            previous_tag: previous.as_ref().and_then(|p| p.tag.clone()),
+            previous_digest: previous.as_ref().map(|p| p.digest.clone()),
+            previous_image_id: previous.as_ref().and_then(|p| p.image_id.clone()),
+        };
+        self.inner
+            .store
+            .set_live(&live)
+            .map_err(|e| fail(e.to_string()))?;
+        self.note(&format!(
+            "nginx routes {} to {}",
+            self.service.name, live.address
+        ));
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<(), Stop> {
+        if self.old_workers.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match self.inner.nginx.wait_drained(&self.old_workers).await {
+            Ok(0) => self.note(&format!(
+                "{} old nginx workers exited after {} ms",
+                self.old_workers.len(),
+                started.elapsed().as_millis()
+            )),
+            Ok(left) => {
+                warn!(left, "old nginx workers still running after drain_timeout");
+                self.note(&format!(
+                    "{left} old nginx workers still running after drain_timeout {:?}",
+                    self.inner.config.nginx.drain_timeout
+                ))
+            }
+            Err(e) => self.note(&format!("cannot watch nginx workers: {e}")),
+        }
+        Ok(())
+    }
+
+    async fn stop_old(&mut self) -> Result<(), Stop> {
+        let engine = &self.inner.engine;
+        let containers = engine
+            .service_containers(&self.service.name)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut stopped = Vec::new();
+        for c in containers {
+            if Some(&c.id) == self.container_id.as_ref() {
+                continue;
+            }
+            if let Err(e) = engine.stop(&c.id, self.service.rollout.stop_grace).await {
+                warn!(container = %c.name, error = %e, "stopping the old colour");
+            }
+            if let Err(e) = engine.remove(&c.id).await {
+                warn!(container = %c.name, error = %e, "removing the old colour");
+            }
+            stopped.push(c.name);
+        }
+        if !stopped.is_empty() {
+            self.note(&format!("stopped {}", stopped.join(", ")));
+        }
+        Ok(())
+    }
+
+    async fn prune(&mut self) -> Result<(), Stop> {
+        let engine = &self.inner.engine;
+        let images = match engine.images().await {
+            Ok(i) => i,
+            Err(e) => {
+                self.note(&format!("cannot list images: {e}"));
+                return Ok(());
+            }
+        };
+        // Never the live image, the rollback image, or any image a container of
+        // any greenlight service uses.
+        let mut protected: HashSet<String> = HashSet::new();
+        protected.extend(self.image_id.clone());
+        protected.extend(self.live.as_ref().and_then(|l| l.image_id.clone()));
+        for svc in &self.inner.config.services {
+            if let Ok(Some(l)) = self.inner.store.live(&svc.name) {
+                protected.extend(l.image_id);
+                protected.extend(l.previous_image_id);
+            }
+            if let Ok(cs) = engine.service_containers(&svc.name).await {
+                protected.extend(cs.into_iter().map(|c| c.image_id));
+            }
+        }
+        let repo = Repository::parse(&self.service.image);
+        let doomed = prune::select(&images, &repo, self.service.rollout.keep_images, &protected);
+        let mut removed = Vec::new();
+        for image in doomed {
+            match engine.remove_image(&image.id).await {
+                Ok(()) => removed.push(short(&image.id)),
+                Err(e) => warn!(image = %image.id, error = %e, "pruning image"),
+            }
+        }
+        self.note(&if removed.is_empty() {
+            "nothing to prune".to_string()
+        } else {
+            format!("removed {}", removed.join(", "))
+        });
+        Ok(())
+    }
+
+    /// Leaves things as they were before this deployment; returns how it ended.
+    async fn unwind(&mut self, state: State, failure: &mut Failure) -> State {
+        if let Some(id) = self.container_id.clone() {
+            let tail = self.inner.engine.log_tail(&id, LOG_TAIL_LINES).await;
+            if !tail.trim().is_empty() {
+                failure.log_tail = Some(bound_log(&tail));
+            }
+        }
+        let mut end = State::Failed;
+        if state.past_switch() {
+            if let Some(previous) = self.previous.take() {
+                end = State::RolledBack;
+                let nginx = &self.inner.nginx;
+                let back = match nginx.restore(&self.service.name, &previous) {
+                    Ok(()) => nginx.reload().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match back {
+                    Ok(()) => {
+                        if let Some(live) = &self.live {
+                            let _ = self.inner.store.set_live(live);
+                        } else {
+                            let _ = self.inner.store.clear_live(&self.service.name);
+                        }
+                        failure
+                            .error
+                            .push_str("; nginx was switched back to the previous upstream");
+                    }
+                    Err(e) => failure
+                        .error
+                        .push_str(&format!("; switching nginx back failed too: {e}")),
+                }
+            }
+        }
+        if let Some(id) = &self.container_id {
+            if let Err(e) = self.inner.engine.remove(id).await {
+                warn!(error = %e, "removing the new container");
+            }
+        }
+        end
+    }
+
+    /// The store failed: best effort to leave nothing half-done behind.
+    async fn abandon(&mut self, state: State) {
+        let mut failure = Failure::default();
+        if !state.past_switch() {
+            self.unwind(state, &mut failure).await;
+        }
+    }
+}
+
+fn short(id: &str) -> String {
+    let hex = id.split_once(':').map(|(_, h)| h).unwrap_or(id);
+    hex.chars().take(12).collect()
+}
+
+/// `KEY=VALUE` lines; blank lines and `#` comments skipped.
+fn parse_env_file(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && l.contains('='))
+        .map(|l| l.strip_prefix("export ").unwrap_or(l).to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_files_skip_comments_and_blank_lines() {
+        let env = parse_env_file("# c\nA=1\n\nexport B=two words\nnonsense\n");
+        assert_eq!(env, vec!["A=1", "B=two words"]);
+    }
+
+    #[test]
+    fn short_ids_drop_the_algorithm() {
+        assert_eq!(short("sha256:0123456789abcdef0123"), "0123456789ab");
+    }
+}

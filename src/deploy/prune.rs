@@ -1,0 +1,108 @@
+//! Which images of a service to remove: pure selection, unit-tested.
+
+use std::collections::HashSet;
+
+use crate::docker::ImageSummary;
+use crate::registry::Repository;
+
+/// Whether an image carries a tag or digest of `repository`.
+pub fn belongs_to(image: &ImageSummary, repository: &Repository) -> bool {
+    image
+        .repo_digests
+        .iter()
+        .filter_map(|d| d.split_once('@').map(|(r, _)| r))
+        .chain(image.repo_tags.iter().filter_map(|t| {
+            // The tag follows the last ':' after the last '/'.
+            let slash = t.rfind('/').map(|i| i + 1).unwrap_or(0);
+            t[slash..].rfind(':').map(|i| &t[..slash + i])
+        }))
+        .any(|r| &Repository::parse(r) == repository)
+}
+
+/// Images of `repository` to remove: everything beyond the newest `keep`, never
+/// an id in `protected` (the live image, the one a rollback needs, images any
+/// container uses).
+pub fn select<'a>(
+    images: &'a [ImageSummary],
+    repository: &Repository,
+    keep: usize,
+    protected: &HashSet<String>,
+) -> Vec<&'a ImageSummary> {
+    let mut mine: Vec<&ImageSummary> = images
+        .iter()
+        .filter(|i| belongs_to(i, repository))
+        .collect();
+    mine.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+    let kept_protected = mine.iter().filter(|i| protected.contains(&i.id)).count();
+    let mut room = keep.saturating_sub(kept_protected);
+    mine.into_iter()
+        .filter(|i| {
+            if protected.contains(&i.id) {
+                return false;
+            }
+            if room > 0 {
+                room -= 1;
+                return false;
+            }
+            true
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(id: &str, created: i64, refs: &[&str]) -> ImageSummary {
+        ImageSummary {
+            id: id.into(),
+            repo_tags: refs
+                .iter()
+                .filter(|r| !r.contains('@'))
+                .map(|s| s.to_string())
+                .collect(),
+            repo_digests: refs
+                .iter()
+                .filter(|r| r.contains('@'))
+                .map(|s| s.to_string())
+                .collect(),
+            created,
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_and_the_protected_and_never_other_repositories() {
+        let repo = Repository::parse("127.0.0.1:5000/web");
+        let images = vec![
+            image("i1", 1, &["127.0.0.1:5000/web@sha256:1"]),
+            image("i2", 2, &["127.0.0.1:5000/web@sha256:2"]),
+            image("i3", 3, &["127.0.0.1:5000/web:v3"]),
+            image("i4", 4, &["127.0.0.1:5000/web@sha256:4"]),
+            image(
+                "other",
+                0,
+                &["127.0.0.1:5000/api@sha256:9", "127.0.0.1:5000/webby:v1"],
+            ),
+        ];
+        // live = i4, previous = i1 (a rollback target older than the rest).
+        let protected: HashSet<String> = ["i4".to_string(), "i1".to_string()].into();
+        let ids: Vec<_> = select(&images, &repo, 3, &protected)
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["i2"]);
+        let ids: Vec<_> = select(&images, &repo, 2, &protected)
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["i3", "i2"]);
+    }
+
+    #[test]
+    fn docker_hub_names_match_in_their_short_form() {
+        let repo = Repository::parse("docker.io/library/nginx");
+        assert!(belongs_to(&image("a", 1, &["nginx:1.25"]), &repo));
+        assert!(belongs_to(&image("a", 1, &["nginx@sha256:1"]), &repo));
+        assert!(!belongs_to(&image("a", 1, &["acme/nginx:1"]), &repo));
+    }
+}

@@ -1,0 +1,130 @@
+//! On start, make the store agree with the world. The rendered upstream file is
+//! the truth about what is live; containers are found by label; a deployment
+//! that was in flight when greenlight stopped is cleaned up and recorded as
+//! interrupted (queued ones, never started, are simply run).
+
+use tracing::{info, warn};
+
+use super::state::State;
+use super::Inner;
+use crate::docker::{LABEL_COLOUR, LABEL_DEPLOYMENT};
+use crate::store::{now_ms, Failure, Live};
+
+/// Returns the ids of deployments still `received`, to queue again.
+pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
+    let strays = inner.nginx.remove_stray_temp_files();
+    if strays > 0 {
+        info!(files = strays, "removed stray upstream temp files");
+    }
+    let unfinished = inner.store.unfinished().unwrap_or_else(|e| {
+        warn!(error = %e, "cannot read unfinished deployments");
+        Vec::new()
+    });
+    let mut requeue = Vec::new();
+    let mut reload = false;
+    for svc in &inner.config.services {
+        let current = inner.nginx.current(&svc.name);
+        let containers = match inner.engine.service_containers(&svc.name).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(service = %svc.name, error = %e, "cannot list containers; skipping reconcile");
+                continue;
+            }
+        };
+        let live_container = current.as_ref().and_then(|u| {
+            containers.iter().find(|c| {
+                c.label(LABEL_DEPLOYMENT) == Some(&u.deployment.to_string())
+                    && c.label(LABEL_COLOUR) == Some(u.colour.as_str())
+            })
+        });
+        let stored = inner.store.live(&svc.name).ok().flatten();
+        match &current {
+            Some(u) if stored.as_ref().and_then(|l| l.deployment_id) != Some(u.deployment) => {
+                // The file moved on without the store: it wins.
+                let d = inner.store.deployment(u.deployment).ok().flatten();
+                let previous = stored.filter(|l| l.digest != u.digest);
+                let live = Live {
+                    service: svc.name.clone(),
+                    colour: u.colour,
+                    tag: d.as_ref().and_then(|d| d.tag.clone()),
+                    digest: u.digest.clone(),
+                    image: d
+                        .as_ref()
+                        .and_then(|d| d.image.clone())
+                        .unwrap_or_else(|| format!("{}@{}", svc.image, u.digest)),
+                    image_id: d.as_ref().and_then(|d| d.image_id.clone()),
+                    container_id: live_container.map(|c| c.id.clone()),
+                    address: u.address.clone(),
+                    deployment_id: Some(u.deployment),
+                    since: now_ms(),
+                    previous_tag: previous.as_ref().and_then(|p| p.tag.clone()),
+                    previous_digest: previous.as_ref().map(|p| p.digest.clone()),
+                    previous_image_id: previous.as_ref().and_then(|p| p.image_id.clone()),
+                };
+                info!(service = %svc.name, colour = %u.colour, deployment = u.deployment, "live state taken from the rendered upstream");
+                let _ = inner.store.set_live(&live);
+                reload = true;
+            }
+            None if stored.is_some() => {
+                warn!(service = %svc.name, "no rendered upstream: nothing is live");
+                let _ = inner.store.clear_live(&svc.name);
+            }
+            _ => {}
+        }
+        if current.is_some() && live_container.is_none_or(|c| c.state != "running") {
+            warn!(service = %svc.name, "the live container is not running; the next deploy replaces it");
+        }
+        for d in unfinished.iter().filter(|d| d.service == svc.name) {
+            if d.state == State::Received {
+                requeue.push(d.id);
+                continue;
+            }
+            let went_live = current.as_ref().is_some_and(|u| u.deployment == d.id);
+            let error = format!(
+                "interrupted at {} by a greenlight restart; {}",
+                d.state,
+                if went_live {
+                    "nginx already routed to it, so it stays live"
+                } else {
+                    "its container was removed and the previous version kept serving"
+                }
+            );
+            warn!(service = %svc.name, deployment = d.id, "{error}");
+            let failure = Failure {
+                step: Some(d.state),
+                error,
+                ..Default::default()
+            };
+            let _ = inner.store.finish(d.id, State::Interrupted, &failure);
+        }
+        let leftovers: Vec<_> = containers
+            .iter()
+            .filter(|c| Some(&c.id) != live_container.map(|l| &l.id))
+            .collect();
+        if leftovers.is_empty() {
+            continue;
+        }
+        // Old workers may still be finishing requests on a leftover colour.
+        if let Ok(old) = inner.nginx.shutting_down_workers().await {
+            let _ = inner.nginx.wait_drained(&old).await;
+        }
+        for c in leftovers {
+            info!(service = %svc.name, container = %c.name, "removing leftover container");
+            let _ = inner.engine.stop(&c.id, svc.rollout.stop_grace).await;
+            if let Err(e) = inner.engine.remove(&c.id).await {
+                warn!(container = %c.name, error = %e, "cannot remove leftover container");
+            }
+        }
+    }
+    if reload {
+        match inner.nginx.test().await {
+            Ok(_) => {
+                if let Err(e) = inner.nginx.reload().await {
+                    warn!(error = %e, "reloading nginx after reconcile");
+                }
+            }
+            Err(e) => warn!(error = %e, "nginx -t failed during reconcile; not reloading"),
+        }
+    }
+    requeue
+}

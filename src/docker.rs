@@ -1,0 +1,478 @@
+//! The container runtime, through the Docker Engine API (bollard). greenlight never
+//! shells out to the `docker` CLI.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::auth::DockerCredentials;
+use bollard::container::{
+    Config as ContainerSpec, CreateContainerOptions, InspectContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions,
+    StopContainerOptions,
+};
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::image::{CreateImageOptions, ListImagesOptions, RemoveImageOptions};
+use bollard::models::{HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::network::{CreateNetworkOptions, InspectNetworkOptions};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+pub const LABEL_SERVICE: &str = "greenlight.service";
+pub const LABEL_COLOUR: &str = "greenlight.colour";
+pub const LABEL_DEPLOYMENT: &str = "greenlight.deployment";
+pub const LABEL_DIGEST: &str = "greenlight.digest";
+
+/// Longest a single Docker API call may take before it is reported as hung.
+const API_TIMEOUT_SECS: u64 = 120;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker engine at {at}: {source}")]
+    Connect {
+        at: String,
+        source: bollard::errors::Error,
+    },
+    #[error("{0}")]
+    Api(#[from] bollard::errors::Error),
+    #[error("pulling {image}: {message}")]
+    Pull { image: String, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, DockerError>;
+
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+/// What a new container is made of.
+#[derive(Debug, Clone)]
+pub struct ContainerPlan {
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    pub env: Vec<String>,
+    pub command: Option<Vec<String>>,
+    pub binds: Vec<String>,
+    pub network: String,
+    pub restart: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub id: String,
+    pub created: Option<String>,
+    pub has_healthcheck: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub running: bool,
+    pub restarting: bool,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub restart_count: i64,
+    /// Docker HEALTHCHECK status (`starting`, `healthy`, `unhealthy`) when the image has one.
+    pub health: Option<String>,
+    /// IP addresses by network name.
+    pub ips: HashMap<String, String>,
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ManagedContainer {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub labels: HashMap<String, String>,
+    pub image_id: String,
+}
+
+impl ManagedContainer {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageSummary {
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    pub created: i64,
+}
+
+fn not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl Engine {
+    /// Connects to `socket` (a path, `unix://`, `tcp://` or `http://` address), else
+    /// `DOCKER_HOST`, else the default socket, and negotiates the API version.
+    pub async fn connect(socket: Option<&str>) -> Result<Engine> {
+        let at = socket
+            .map(str::to_string)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let err = |source| DockerError::Connect {
+            at: at.clone(),
+            source,
+        };
+        let docker = match socket {
+            None => Docker::connect_with_defaults(),
+            Some(s) if s.starts_with("tcp://") || s.starts_with("http://") => {
+                Docker::connect_with_http(s, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+            Some(s) => Docker::connect_with_unix(
+                s.trim_start_matches("unix://"),
+                API_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            ),
+        }
+        .map_err(err)?;
+        let docker = docker.negotiate_version().await.map_err(err)?;
+        docker.ping().await.map_err(err)?;
+        Ok(Engine { docker })
+    }
+
+    pub async fn version(&self) -> Result<String> {
+        let v = self.docker.version().await?;
+        Ok(format!(
+            "Docker {} (API {})",
+            v.version.unwrap_or_default(),
+            v.api_version.unwrap_or_default()
+        ))
+    }
+
+    /// Pulls `image` (a `repo@sha256:...` reference). The engine reports failures
+    /// inside a 200 stream, so every item is checked.
+    pub async fn pull(&self, image: &str, credentials: Option<DockerCredentials>) -> Result<()> {
+        let opts = CreateImageOptions {
+            from_image: image.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(opts), None, credentials);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(message) = info.error_detail.and_then(|d| d.message).or(info.error)
+                    {
+                        return Err(DockerError::Pull {
+                            image: image.into(),
+                            message,
+                        });
+                    }
+                }
+                Err(e) => {
+                    let message = match e {
+                        bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                            message
+                        }
+                        bollard::errors::Error::DockerStreamError { error } => error,
+                        other => other.to_string(),
+                    };
+                    return Err(DockerError::Pull {
+                        image: image.into(),
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => {
+                let has_healthcheck = i
+                    .config
+                    .and_then(|c| c.healthcheck)
+                    .and_then(|h| h.test)
+                    .is_some_and(|t| !t.is_empty() && t[0] != "NONE");
+                Ok(Some(ImageInfo {
+                    id: i.id.unwrap_or_default(),
+                    created: i.created,
+                    has_healthcheck,
+                }))
+            }
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn ensure_network(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .inspect_network(name, None::<InspectNetworkOptions<String>>)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if not_found(&e) => {
+                let opts = CreateNetworkOptions {
+                    name: name.to_string(),
+                    driver: "bridge".into(),
+                    check_duplicate: true,
+                    ..Default::default()
+                };
+                match self.docker.create_network(opts).await {
+                    Ok(_) => Ok(()),
+                    // Another deploy created it meanwhile.
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 409,
+                        ..
+                    }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn create(&self, plan: &ContainerPlan) -> Result<String> {
+        let restart = match plan.restart.as_str() {
+            "always" => RestartPolicyNameEnum::ALWAYS,
+            "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+            "no" => RestartPolicyNameEnum::NO,
+            _ => RestartPolicyNameEnum::UNLESS_STOPPED,
+        };
+        let spec = ContainerSpec {
+            image: Some(plan.image.clone()),
+            env: Some(plan.env.clone()),
+            cmd: plan.command.clone(),
+            labels: Some(plan.labels.clone()),
+            host_config: Some(HostConfig {
+                binds: (!plan.binds.is_empty()).then(|| plan.binds.clone()),
+                network_mode: Some(plan.network.clone()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(restart),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: plan.name.clone(),
+            platform: None,
+        };
+        let created = self.docker.create_container(Some(opts), spec).await?;
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None::<StartContainerOptions<String>>)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn status(&self, id: &str) -> Result<Option<ContainerStatus>> {
+        let c = match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let state = c.state.unwrap_or_default();
+        let ips = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, ep)| {
+                ep.ip_address
+                    .filter(|ip| !ip.is_empty())
+                    .map(|ip| (name, ip))
+            })
+            .collect();
+        Ok(Some(ContainerStatus {
+            id: c.id.unwrap_or_default(),
+            running: state.running.unwrap_or(false),
+            restarting: state.restarting.unwrap_or(false),
+            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            exit_code: state.exit_code,
+            restart_count: c.restart_count.unwrap_or(0),
+            health: state
+                .health
+                .and_then(|h| h.status)
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty() && s != "none"),
+            ips,
+            labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
+        }))
+    }
+
+    /// The last `lines` lines of a container's stdout and stderr.
+    pub async fn log_tail(&self, id: &str, lines: usize) -> String {
+        let opts = LogsOptions::<String> {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let mut out = String::new();
+        let mut stream = self.docker.logs(id, Some(opts));
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            if out.len() > 16 * 1024 {
+                break;
+            }
+        }
+        out
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. A container already gone is fine.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let opts = StopContainerOptions {
+            t: grace.as_secs().max(1) as i64,
+        };
+        match self.docker.stop_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a container (killing it if it runs). A container already gone is fine.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            // Removal already in progress.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every container greenlight made for `service`, running or not.
+    pub async fn service_containers(&self, service: &str) -> Result<Vec<ManagedContainer>> {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "label".to_string(),
+            vec![format!("{LABEL_SERVICE}={service}")],
+        );
+        let opts = ListContainersOptions::<String> {
+            all: true,
+            filters,
+            ..Default::default()
+        };
+        Ok(self
+            .docker
+            .list_containers(Some(opts))
+            .await?
+            .into_iter()
+            .map(|c| ManagedContainer {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                state: c.state.unwrap_or_default(),
+                labels: c.labels.unwrap_or_default(),
+                image_id: c.image_id.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    pub async fn images(&self) -> Result<Vec<ImageSummary>> {
+        let opts = ListImagesOptions::<String> {
+            all: false,
+            ..Default::default()
+        };
+        Ok(self
+            .docker
+            .list_images(Some(opts))
+            .await?
+            .into_iter()
+            .map(|i| ImageSummary {
+                id: i.id,
+                repo_tags: i.repo_tags,
+                repo_digests: i.repo_digests,
+                created: i.created,
+            })
+            .collect())
+    }
+
+    pub async fn remove_image(&self, id: &str) -> Result<()> {
+        let opts = RemoveImageOptions {
+            force: true,
+            noprune: false,
+        };
+        match self.docker.remove_image(id, Some(opts), None).await {
+            Ok(_) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs `cmd` in a running container; returns its exit code and combined output.
+    pub async fn exec(&self, container: &str, cmd: &[&str]) -> Result<(i64, String)> {
+        let opts = CreateExecOptions {
+            cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = self.docker.create_exec(container, opts).await?;
+        let mut output = String::new();
+        if let StartExecResults::Attached {
+            output: mut out, ..
+        } = self.docker.start_exec(&exec.id, None).await?
+        {
+            while let Some(chunk) = out.next().await {
+                output.push_str(&String::from_utf8_lossy(&chunk?.into_bytes()));
+            }
+        }
+        let inspect = self.docker.inspect_exec(&exec.id).await?;
+        Ok((inspect.exit_code.unwrap_or(-1), output))
+    }
+
+    /// Processes of a container as (host pid, command line).
+    pub async fn processes(&self, container: &str) -> Result<Vec<(u32, String)>> {
+        let top = self
+            .docker
+            .top_processes(container, None::<bollard::container::TopOptions<String>>)
+            .await?;
+        let titles = top.titles.unwrap_or_default();
+        let pid_col = titles.iter().position(|t| t == "PID");
+        let cmd_col = titles.iter().position(|t| t == "CMD" || t == "COMMAND");
+        let (Some(pid_col), Some(cmd_col)) = (pid_col, cmd_col) else {
+            return Err(DockerError::Other(format!(
+                "unexpected process listing of {container}: columns {titles:?}"
+            )));
+        };
+        Ok(top
+            .processes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|row| {
+                let pid = row.get(pid_col)?.parse().ok()?;
+                Some((pid, row.get(cmd_col)?.clone()))
+            })
+            .collect())
+    }
+}

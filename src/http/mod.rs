@@ -1,0 +1,56 @@
+//! The HTTP surface (actix-web): health, and the admin API behind a bearer token.
+
+mod api;
+mod auth;
+
+use std::net::TcpListener;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+
+use crate::deploy::Deployer;
+
+pub struct AppState {
+    pub deployer: Deployer,
+    pub admin_token: String,
+}
+
+/// Builds the server on an already bound listener (tests bind port 0).
+pub fn server(
+    listener: TcpListener,
+    deployer: Deployer,
+    workers: usize,
+) -> std::io::Result<actix_web::dev::Server> {
+    let body_limit = deployer.config().server.body_limit;
+    let state = web::Data::new(AppState {
+        admin_token: deployer.config().server.admin_token.clone(),
+        deployer,
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(body_limit))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(body_limit)
+                    .error_handler(|err, _| {
+                        let resp =
+                            api::error(actix_web::http::StatusCode::BAD_REQUEST, &err.to_string());
+                        actix_web::error::InternalError::from_response(err, resp).into()
+                    }),
+            )
+            .route("/healthz", web::get().to(healthz))
+            .service(api::scope())
+            .default_service(web::to(|| async {
+                api::error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
+            }))
+    })
+    .workers(workers)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}

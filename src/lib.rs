@@ -1,0 +1,25 @@
+//! greenlight: push an image tag, and it goes live behind nginx with zero failed
+//! requests, or it does not go live and you are told exactly why.
+//!
+//! # Layout
+//!
+//! - [`config`]: `greenlight.toml` -> validated, typed configuration.
+//! - [`store`]: SQLite state: deployments with their steps, what is live.
+//! - [`docker`]: the container runtime through the Docker Engine API (bollard).
+//! - [`registry`]: image references; resolving a tag to a digest at the registry.
+//! - [`proxy`]: nginx: render upstream files, test, reload, verify, drain.
+//! - [`deploy`]: the per-service queues and the deployment state machine.
+//! - [`http`]: the actix-web server: health and the admin API.
+//! - [`app`]: wires the real parts together and runs them.
+//! - [`cli`]: the `greenlight` command line; client commands call the admin API.
+
+pub mod app;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod deploy;
+pub mod docker;
+pub mod http;
+pub mod proxy;
+pub mod registry;
+pub mod store;
