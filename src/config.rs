@@ -120,6 +120,10 @@ pub struct ServiceConfig {
     pub name: String,
     /// Image repository without tag, e.g. `ghcr.io/acme/web`.
     pub image: String,
+    /// Pull images from their registry (default). `false`: deploy images built on
+    /// this host; a tag is looked up locally and the image ID stands for the digest.
+    #[serde(default = "default_true")]
+    pub pull: bool,
     /// Tag globs that may be deployed (default: all tags).
     #[serde(default = "default_tags")]
     pub tags: Vec<String>,
@@ -197,6 +201,9 @@ impl Default for RolloutConfig {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_listen() -> String {
     "127.0.0.1:8787".into()
 }
@@ -582,5 +589,15 @@ interval = "250ms"
         assert!(e.contains("nginx.container"), "{e}");
         let e = parse(&GOOD.replace("name = \"web\"", "name = \"Web!\"")).unwrap_err();
         assert!(e.contains("service[0].name"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_documents_a_valid_config() {
+        let text = include_str!("../greenlight.example.toml");
+        let c = Config::parse(Path::new("greenlight.example.toml"), text, |_| {
+            Some("0123456789abcdef0123".into())
+        })
+        .unwrap();
+        assert_eq!(c.services[0].name, "web");
     }
 }

@@ -171,6 +171,20 @@ impl Run<'_> {
         }
         self.digest = match (&self.deployment.requested_digest, &tag) {
             (Some(d), _) => d.clone(),
+            (None, Some(t)) if !self.service.pull => {
+                let local = format!("{}:{t}", self.service.image);
+                self.inner
+                    .engine
+                    .inspect_image(&local)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .ok_or_else(|| {
+                        fail(format!(
+                            "no local image {local} (the service has pull = false: build or load it on this host)"
+                        ))
+                    })?
+                    .id
+            }
             (None, Some(t)) => {
                 let cfg = self.inner.config.registry_for(&repo.host);
                 registry::resolve_tag(&repo, t, cfg)
@@ -179,7 +193,12 @@ impl Run<'_> {
             }
             (None, None) => return Err(fail("neither a tag nor a digest was requested")),
         };
-        self.image = format!("{}@{}", self.service.image, self.digest);
+        // A local image is addressed by its ID, a pulled one by repository@digest.
+        self.image = if self.service.pull {
+            format!("{}@{}", self.service.image, self.digest)
+        } else {
+            self.digest.clone()
+        };
         self.note(&format!(
             "{} -> {}",
             tag.as_deref().unwrap_or("digest"),
@@ -209,19 +228,27 @@ impl Run<'_> {
 
     async fn pull(&mut self) -> Result<(), Stop> {
         let repo = Repository::parse(&self.service.image);
-        let creds = registry::credentials(self.inner.config.registry_for(&repo.host));
-        self.inner
-            .engine
-            .pull(&self.image, creds)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        if self.service.pull {
+            let creds = registry::credentials(self.inner.config.registry_for(&repo.host));
+            self.inner
+                .engine
+                .pull(&self.image, creds)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        }
         let info = self
             .inner
             .engine
             .inspect_image(&self.image)
             .await
             .map_err(|e| fail(e.to_string()))?
-            .ok_or_else(|| fail(format!("{} is not present after the pull", self.image)))?;
+            .ok_or_else(|| {
+                fail(format!(
+                    "{} is not present on this host{}",
+                    self.image,
+                    if self.service.pull { " after the pull" } else { " (pull = false)" }
+                ))
+            })?;
         self.docker_healthcheck = info.has_healthcheck;
         let _ = self.inner.store.set_image_id(self.deployment.id, &info.id);
         self.note(&format!(

@@ -51,7 +51,13 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
                     image: d
                         .as_ref()
                         .and_then(|d| d.image.clone())
-                        .unwrap_or_else(|| format!("{}@{}", svc.image, u.digest)),
+                        .unwrap_or_else(|| {
+                            if svc.pull {
+                                format!("{}@{}", svc.image, u.digest)
+                            } else {
+                                u.digest.clone()
+                            }
+                        }),
                     image_id: d.as_ref().and_then(|d| d.image_id.clone()),
                     container_id: live_container.map(|c| c.id.clone()),
                     address: u.address.clone(),

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds greenlight's Docker image from a release build, with no base image:
+# the binary and the shared libraries `ldd` lists go into dist/rootfs.
+#   scripts/build-image.sh [TAG]    (default greenlight:latest)
+set -euo pipefail
+tag=${1:-greenlight:latest}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+cargo build --release --bin greenlight >&2
+rootfs=dist/rootfs
+rm -rf "$rootfs"
+mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/greenlight" "$rootfs/var/lib/greenlight" "$rootfs/tmp"
+chmod 1777 "$rootfs/tmp"
+cp target/release/greenlight "$rootfs/usr/local/bin/"
+ldd target/release/greenlight | grep -o '/[^ ]*' | while read -r lib; do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L "$lib" "$rootfs$lib"
+done
+printf 'root:x:0:0:root:/root:/sbin/nologin\n' > "$rootfs/etc/passwd"
+printf 'root:x:0:\n' > "$rootfs/etc/group"
+printf 'hosts: files dns\n' > "$rootfs/etc/nsswitch.conf"
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    mkdir -p "$rootfs/etc/ssl/certs"
+    cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
+fi
+DOCKER_BUILDKIT=0 docker build -q -t "$tag" . >&2
+echo "$tag"

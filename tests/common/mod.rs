@@ -1,0 +1,432 @@
+//! The integration-test harness: a real greenlight process in front of a real
+//! Docker engine, a real nginx and a real registry, one isolated world per test.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use greenlight_testkit::env::{
+    build_demo_image, free_port, DemoImageOpts, DockerCleanup, Nginx, Registry, RegistryOpts,
+};
+use serde_json::{json, Value};
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A short unique prefix for this test's names (services, containers, networks).
+pub fn prefix(tag: &str) -> String {
+    format!("gl{}{tag}", std::process::id() % 100_000)
+}
+
+/// A running `greenlight serve`, restartable, killed on drop.
+pub struct Greenlight {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl Greenlight {
+    /// Writes `config` (with `{listen}` and `{state}` filled in) and starts serving.
+    pub fn spawn(config: &str) -> Greenlight {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = config
+            .replace("{listen}", &format!("127.0.0.1:{port}"))
+            .replace("{state}", &dir.path().join("state.db").display().to_string());
+        let config_path = dir.path().join("greenlight.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut gl = Greenlight {
+            dir,
+            config_path,
+            port,
+            child: None,
+            http: reqwest::Client::new(),
+        };
+        gl.start();
+        gl
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("greenlight.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_greenlight"))
+            .args(["--config", self.config_path.to_str().unwrap(), "serve"])
+            .env("RUST_LOG", "greenlight=debug,info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if http_ok(self.port, "/healthz") {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("greenlight exited with {status} at start:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "greenlight did not become ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM and wait for the process to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start();
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url()))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, v) = self.api(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// Queues a deploy through the admin API; returns the deployment id.
+    pub async fn deploy(&self, service: &str, what: Target<'_>) -> i64 {
+        let body = match what {
+            Target::Tag(t) => json!({ "tag": t }),
+            Target::Digest(d) => json!({ "digest": d }),
+        };
+        let (status, v) = self
+            .api(reqwest::Method::POST, &format!("/api/services/{service}/deploy"), Some(body))
+            .await;
+        assert_eq!(status, 202, "deploy: {v}");
+        v["deployment"].as_i64().unwrap()
+    }
+
+    /// Waits for a deployment to reach a terminal state.
+    pub async fn wait_done(&self, id: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let d = self.get(&format!("/api/deployments/{id}")).await;
+            if !d["finished_at"].is_null() {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deployment {id} did not finish: {d}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn deploy_and_wait(&self, service: &str, what: Target<'_>) -> Value {
+        let id = self.deploy(service, what).await;
+        self.wait_done(id).await
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_greenlight"))
+            .args(["--url", &self.url(), "--token", TOKEN, "--config", "/nonexistent.toml"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Greenlight {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- greenlight log ---\n{}", self.log());
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    Tag(&'a str),
+    Digest(&'a str),
+}
+
+/// A readiness check from synchronous code: `GET path` answers 200.
+fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.ends_with(b"200")
+}
+
+/// What a service looks like in the generated config.
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    pub network: String,
+    pub extra: String,
+}
+
+/// A greenlight config for `nginx` (host or container mode) and `services`.
+pub fn config_for(nginx: &Nginx, services: &[ServiceSpec]) -> String {
+    let nginx_section = match nginx.container_name() {
+        Some(name) => format!(
+            "mode = \"container\"\ncontainer = \"{name}\"\nconfig = \"{}\"\n",
+            nginx.config_path_in_runtime().display()
+        ),
+        None => format!(
+            "mode = \"host\"\nbinary = \"/usr/sbin/nginx\"\nconfig = \"{}\"\nprefix = \"{}\"\n",
+            nginx.conf_path().display(),
+            nginx.dir().display()
+        ),
+    };
+    let mut text = format!(
+        r#"[server]
+listen = "{{listen}}"
+admin_token = "{TOKEN}"
+state = "{{state}}"
+
+[nginx]
+{nginx_section}upstreams_dir = "{}"
+verify_url = "{}"
+verify_timeout = "10s"
+drain_timeout = "20s"
+"#,
+        nginx.upstreams_dir().display(),
+        nginx.verify_url()
+    );
+    for s in services {
+        text.push_str(&format!(
+            r#"
+[[service]]
+name = "{}"
+image = "{}"
+port = 8080
+network = "{}"
+{}
+[service.health]
+path = "/healthz"
+interval = "100ms"
+timeout = "1s"
+healthy_after = 3
+deadline = "20s"
+
+[service.rollout]
+stop_grace = "5s"
+keep_images = 2
+"#,
+            s.name, s.image, s.network, s.extra
+        ));
+    }
+    text
+}
+
+/// One test's world: registry with the demo versions pushed, nginx, greenlight.
+pub struct World {
+    pub prefix: String,
+    pub service: String,
+    pub repo: String,
+    pub digests: HashMap<String, String>,
+    pub registry: Registry,
+    pub nginx: Nginx,
+    pub gl: Greenlight,
+    _cleanup: DockerCleanup,
+}
+
+pub enum NginxKind {
+    Host,
+    Container,
+}
+
+impl World {
+    /// `versions`: (tag, baked env) of each demo image to build and push.
+    pub fn new(tag: &str, kind: NginxKind, versions: &[(&str, &[(&str, &str)])]) -> World {
+        let prefix = prefix(tag);
+        let cleanup = DockerCleanup::new(&prefix);
+        let service = format!("{prefix}app");
+        let network = format!("{prefix}-net");
+        let registry = Registry::start(RegistryOpts { notify: None }).unwrap();
+        let repo_path = format!("{prefix}/demo");
+        let mut digests = HashMap::new();
+        for (version, env) in versions {
+            let local = format!("{prefix}-build:{version}");
+            build_demo_image(
+                &local,
+                version,
+                DemoImageOpts {
+                    healthcheck: false,
+                    env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                },
+            )
+            .unwrap();
+            let digest = registry.push(&local, &repo_path, version).unwrap();
+            // Only the registry copy should exist: greenlight must pull it.
+            let _ = greenlight_testkit::env::docker(&["rmi", &local]);
+            let _ = greenlight_testkit::env::docker(&[
+                "rmi",
+                &format!("{}/{repo_path}:{version}", registry.host()),
+            ]);
+            digests.insert(version.to_string(), digest);
+        }
+        let nginx = match kind {
+            NginxKind::Host => Nginx::host(&prefix, &[&service]).unwrap(),
+            NginxKind::Container => {
+                let image = greenlight_testkit::env::host_nginx_image().unwrap();
+                Nginx::container(&prefix, &[&service], &network, &image).unwrap()
+            }
+        };
+        let repo = format!("{}/{repo_path}", registry.host());
+        let config = config_for(
+            &nginx,
+            &[ServiceSpec {
+                name: service.clone(),
+                image: repo.clone(),
+                network,
+                extra: String::new(),
+            }],
+        );
+        let gl = Greenlight::spawn(&config);
+        World {
+            prefix,
+            service,
+            repo,
+            digests,
+            registry,
+            nginx,
+            gl,
+            _cleanup: cleanup,
+        }
+    }
+
+    pub fn digest(&self, version: &str) -> &str {
+        &self.digests[version]
+    }
+
+    /// Deploys `tag` and asserts it succeeded.
+    pub async fn deploy_ok(&self, tag: &str) -> Value {
+        let d = self.gl.deploy_and_wait(&self.service, Target::Tag(tag)).await;
+        assert_eq!(d["state"], "succeeded", "deploy {tag}: {d:#}\n{}", self.gl.log());
+        d
+    }
+
+    /// What nginx's public site answers now: (status, X-Demo-Version).
+    pub async fn served(&self) -> (u16, String) {
+        let resp = ::reqwest::Client::new()
+            .get(self.nginx.url())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        let v = resp
+            .headers()
+            .get("x-demo-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (resp.status().as_u16(), v)
+    }
+
+    /// greenlight's containers for the service: (name, state, labels).
+    pub fn containers(&self) -> Vec<(String, String, HashMap<String, String>)> {
+        let out = greenlight_testkit::env::docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=greenlight.service={}", self.service),
+            "--format",
+            "{{.Names}}\t{{.State}}\t{{json .Labels}}",
+        ])
+        .unwrap();
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let mut parts = l.splitn(3, '\t');
+                let name = parts.next().unwrap().to_string();
+                let state = parts.next().unwrap().to_string();
+                let labels = parse_labels(parts.next().unwrap_or(""));
+                (name, state, labels)
+            })
+            .collect()
+    }
+
+    pub fn image_present(&self, version: &str) -> bool {
+        greenlight_testkit::env::docker(&[
+            "image",
+            "inspect",
+            &format!("{}@{}", self.repo, self.digest(version)),
+        ])
+        .is_ok()
+    }
+
+    pub fn upstream_file(&self) -> Option<String> {
+        std::fs::read_to_string(self.nginx.upstreams_dir().join(format!("{}.conf", self.service))).ok()
+    }
+}
+
+/// `docker ps --format '{{json .Labels}}'` prints "k=v,k=v" as a JSON string.
+fn parse_labels(raw: &str) -> HashMap<String, String> {
+    let text: String = serde_json::from_str(raw).unwrap_or_else(|_| raw.to_string());
+    text.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

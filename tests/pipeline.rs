@@ -1,0 +1,202 @@
+//! The blue-green pipeline against a real Docker engine, a real nginx and a real
+//! registry, with an open-model probe running through nginx during the deploys.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NginxKind, Target, World};
+use greenlight_testkit::probe::{Probe, ProbeOpts, ProbeReport};
+
+const NO_ENV: &[(&str, &str)] = &[];
+
+fn probe(world: &World) -> greenlight_testkit::probe::ProbeHandle {
+    Probe::start(ProbeOpts {
+        base_url: world.nginx.url(),
+        rate: 100,
+        post_ratio: 0.3,
+        slow_ratio: 0.1,
+        slow_ms: 1000,
+        keepalive: true,
+        ..Default::default()
+    })
+}
+
+fn assert_zero_failures(report: &ProbeReport) {
+    eprintln!("probe: {}", report.summary());
+    assert_eq!(report.failed(), 0, "failed requests: {}", report.summary());
+    assert!(report.sent > 0);
+}
+
+fn versions(report: &ProbeReport) -> Vec<&str> {
+    report.versions.iter().map(|(v, _)| v.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_mode_deploys_v1_v2_v3_with_zero_failed_requests() {
+    let mut w = World::new("h", NginxKind::Host, &[("v1", NO_ENV), ("v2", NO_ENV), ("v3", NO_ENV)]);
+
+    // From nothing: nginx has no upstream yet.
+    assert_eq!(w.served().await.0, 502);
+    let d1 = w.deploy_ok("v1").await;
+    assert_eq!(d1["colour"], "blue");
+    assert_eq!(w.served().await, (200, "v1".into()));
+
+    let probe = probe(&w);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+
+    // v2 through the CLI: it shows each step and exits 0 on success.
+    let out = w.gl.cli(&["deploy", &w.service, "--tag", "v2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cli deploy: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for step in ["resolving", "pulling", "starting", "health_gate", "switching", "verifying", "draining", "stopping_old", "pruning"] {
+        assert!(stdout.contains(step), "step {step} not shown:\n{stdout}");
+    }
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    assert!(probe.wait_for_version("v2", Duration::from_secs(10)).await);
+
+    // A restart between deploys keeps status and history.
+    w.gl.restart();
+    let status = w.gl.get(&format!("/api/services/{}", w.service)).await;
+    assert_eq!(status["live"]["tag"], "v2", "{status:#}");
+    assert_eq!(status["live"]["colour"], "green");
+    assert_eq!(status["container"]["running"], true);
+    let history = w.gl.get(&format!("/api/deployments?service={}", w.service)).await;
+    assert_eq!(history.as_array().unwrap().len(), 2, "{history:#}");
+
+    let d3 = w.deploy_ok("v3").await;
+    assert_eq!(d3["colour"], "blue");
+    assert!(probe.wait_for_version("v3", Duration::from_secs(10)).await);
+    let report = probe.stop().await;
+    assert_zero_failures(&report);
+    assert_eq!(versions(&report), vec!["v1", "v2", "v3"], "each deploy flips exactly once");
+    assert_eq!(w.served().await, (200, "v3".into()));
+
+    // One container left: v3 as blue, labelled.
+    let containers = w.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    let (name, state, labels) = &containers[0];
+    assert_eq!(name, &format!("{}-blue", w.service));
+    assert_eq!(state, "running");
+    assert_eq!(labels["greenlight.service"], w.service);
+    assert_eq!(labels["greenlight.colour"], "blue");
+    assert_eq!(labels["greenlight.digest"], w.digest("v3"));
+    assert_eq!(labels["greenlight.deployment"], d3["id"].to_string());
+
+    // keep_images = 2: v3 (live) and v2 (rollback) stay, v1 is pruned.
+    assert!(w.image_present("v3") && w.image_present("v2"));
+    assert!(!w.image_present("v1"), "v1 should be pruned");
+
+    // Every step is recorded with its timestamps.
+    let steps: Vec<_> = d3["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        steps,
+        ["received", "resolving", "pulling", "starting", "health_gate", "switching", "verifying", "draining", "stopping_old", "pruning", "succeeded"]
+    );
+    assert!(d3["steps"].as_array().unwrap().iter().all(|s| s["finished_at"].is_i64()));
+    assert_eq!(d3["previous_tag"], "v2");
+
+    // Deploying the live digest is a recorded no-op.
+    let again = w.gl.deploy_and_wait(&w.service, Target::Digest(w.digest("v3"))).await;
+    assert_eq!(again["state"], "already_live", "{again:#}");
+    assert_eq!(w.containers().len(), 1);
+
+    // The CLI's status and history show the same, in tables and in JSON.
+    let out = w.gl.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains(&w.service) && text.contains("v3") && text.contains("blue"), "{text}");
+    let out = w.gl.cli(&["history", &w.service, "--json"]);
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<_> = list.as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["already_live", "succeeded", "succeeded", "succeeded"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_mode_deploys_with_zero_failed_requests() {
+    let w = World::new("c", NginxKind::Container, &[("v1", NO_ENV), ("v2", NO_ENV), ("v3", NO_ENV)]);
+    w.deploy_ok("v1").await;
+    assert_eq!(w.served().await, (200, "v1".into()));
+    let probe = probe(&w);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    w.deploy_ok("v2").await;
+    assert!(probe.wait_for_version("v2", Duration::from_secs(10)).await);
+    w.deploy_ok("v3").await;
+    assert!(probe.wait_for_version("v3", Duration::from_secs(10)).await);
+    let report = probe.stop().await;
+    assert_zero_failures(&report);
+    assert_eq!(versions(&report), vec!["v1", "v2", "v3"]);
+    let containers = w.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_never_becomes_healthy_fails_at_health_gate_and_v1_keeps_serving() {
+    let w = World::new(
+        "u",
+        NginxKind::Host,
+        &[
+            ("v1", NO_ENV),
+            ("sick", &[("DEMO_UNHEALTHY", "1")]),
+            ("crash", &[("DEMO_EXIT_AFTER_MS", "300")]),
+        ],
+    );
+    w.deploy_ok("v1").await;
+    let upstream_before = w.upstream_file();
+    let probe = probe(&w);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("sick")).await;
+    assert_eq!(d["state"], "failed", "{d:#}");
+    assert_eq!(d["failed_step"], "health_gate");
+    assert!(d["error"].as_str().unwrap().contains("not healthy within"), "{d:#}");
+
+    // A container that exits fails fast, with its exit code and log tail.
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("crash")).await;
+    assert_eq!(d["state"], "failed", "{d:#}");
+    assert_eq!(d["failed_step"], "health_gate");
+    assert_eq!(d["exit_code"], 3, "{d:#}");
+    assert!(d["log_tail"].as_str().unwrap_or("").contains("exiting"), "{d:#}");
+    let gate = d["steps"].as_array().unwrap().iter().find(|s| s["step"] == "health_gate").unwrap();
+    let gate_ms = gate["finished_at"].as_i64().unwrap() - gate["started_at"].as_i64().unwrap();
+    assert!(gate_ms < 15_000, "the gate should fail on exit, not at its deadline ({gate_ms} ms)");
+
+    let report = probe.stop().await;
+    assert_zero_failures(&report);
+    assert_eq!(versions(&report), vec!["v1"]);
+    assert_eq!(w.upstream_file(), upstream_before, "the upstream is untouched");
+    let containers = w.containers();
+    assert_eq!(containers.len(), 1, "the failed colour is removed: {containers:?}");
+    assert_eq!(containers[0].0, format!("{}-blue", w.service));
+    let status = w.gl.get(&format!("/api/services/{}", w.service)).await;
+    assert_eq!(status["live"]["tag"], "v1");
+
+    // The CLI exits non-zero and says why.
+    let out = w.gl.cli(&["deploy", &w.service, "--tag", "sick"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("failed at health_gate"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_fails_nginx_t_fails_at_switching_and_changes_nothing() {
+    let w = World::new("n", NginxKind::Host, &[("v1", NO_ENV), ("v2", NO_ENV)]);
+    w.deploy_ok("v1").await;
+    let upstream_before = w.upstream_file();
+    std::fs::write(w.nginx.dir().join("conf.d/broken.conf"), "this_is_not_a_directive on;\n").unwrap();
+
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
+    assert_eq!(d["state"], "failed", "{d:#}");
+    assert_eq!(d["failed_step"], "switching");
+    let error = d["error"].as_str().unwrap();
+    assert!(error.contains("nginx -t failed") && error.contains("this_is_not_a_directive"), "{error}");
+
+    assert_eq!(w.upstream_file(), upstream_before);
+    assert_eq!(w.served().await, (200, "v1".into()));
+    let containers = w.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].0, format!("{}-blue", w.service));
+    let status = w.gl.get(&format!("/api/services/{}", w.service)).await;
+    assert_eq!(status["live"]["tag"], "v1");
+}
