@@ -126,7 +126,11 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         Ok(r) => ok("verify server", format!("{} answers HTTP {}", config.nginx.verify_url, r.status())),
         Err(e) => bad(
             "verify server",
-            format!("{} does not answer: {e}", config.nginx.verify_url),
+            format!(
+                "{} does not answer: {}",
+                config.nginx.verify_url,
+                crate::proxy::error_chain(&e)
+            ),
             "include nginx/greenlight-verify.conf in nginx's http block, and set [nginx] verify_url to its address",
         ),
     });

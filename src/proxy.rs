@@ -15,6 +15,8 @@ use crate::docker::Engine;
 
 /// Poll interval while waiting for routing or workers to change.
 const POLL: Duration = Duration::from_millis(100);
+/// One verify request; a slower answer counts as a failed attempt.
+const VERIFY_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Header the verify server adds with nginx's `$upstream_addr`.
 pub const UPSTREAM_HEADER: &str = "X-Greenlight-Upstream";
 /// Header naming the service (upstream group) the verify server proxies to.
@@ -105,7 +107,7 @@ impl Nginx {
         // No pooling: each verify request must land on a worker started by the reload.
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(5))
+            .timeout(VERIFY_REQUEST_TIMEOUT)
             .build()
             .expect("static reqwest client config");
         Nginx { cfg, engine, http }
@@ -259,6 +261,16 @@ impl Nginx {
                     if last == expected && resp.status().is_success() {
                         return Ok(());
                     }
+                    // The new container answered through nginx, badly: that is a
+                    // verdict, not a reload still in progress.
+                    if last == expected {
+                        return Err(ProxyError::Verify {
+                            service: service.into(),
+                            expected: expected.into(),
+                            waited: start.elapsed(),
+                            seen: format!("HTTP {} from the new container", resp.status()),
+                        });
+                    }
                     if addr.is_empty() {
                         format!(
                             "HTTP {} without {UPSTREAM_HEADER} (is the verify server of nginx/greenlight-verify.conf included?)",
@@ -268,7 +280,7 @@ impl Nginx {
                         format!("HTTP {} from {addr}", resp.status())
                     }
                 }
-                Err(e) => format!("{} unreachable: {e}", self.cfg.verify_url),
+                Err(e) => format!("{} unreachable: {}", self.cfg.verify_url, error_chain(&e)),
             };
             if start.elapsed() >= self.cfg.verify_timeout {
                 return Err(ProxyError::Verify {
@@ -333,6 +345,20 @@ impl Nginx {
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// An error with its causes, for messages ("error sending request" alone says little).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {

@@ -174,15 +174,9 @@ pub async fn resolve_tag(
 }
 
 fn unavailable(repo: &Repository, e: reqwest::Error) -> RegistryError {
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        message = format!("{message}: {s}");
-        source = s.source();
-    }
     RegistryError::Unavailable {
         host: repo.host.clone(),
-        message,
+        message: crate::proxy::error_chain(&e),
     }
 }
 

@@ -28,7 +28,10 @@ fn check(config: &str) -> (Option<i32>, String) {
         .env_remove("GL_TEST_UNSET")
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_one_line_naming(config: &str, needles: &[&str]) {
@@ -42,23 +45,38 @@ fn assert_one_line_naming(config: &str, needles: &[&str]) {
 
 #[test]
 fn a_missing_required_key_is_named() {
-    assert_one_line_naming(&GOOD.replace("port = 8080", ""), &["service[0]", "missing field `port`"]);
-    assert_one_line_naming(&GOOD.replace("admin_token = \"0123456789abcdef0123\"", ""), &["server", "missing field `admin_token`"]);
+    assert_one_line_naming(
+        &GOOD.replace("port = 8080", ""),
+        &["service[0]", "missing field `port`"],
+    );
+    assert_one_line_naming(
+        &GOOD.replace("admin_token = \"0123456789abcdef0123\"", ""),
+        &["server", "missing field `admin_token`"],
+    );
 }
 
 #[test]
 fn an_unknown_key_is_named() {
-    assert_one_line_naming(&GOOD.replace("port = 8080", "port = 8080\nprot = 8081"), &["service[0].prot", "unknown field `prot`"]);
+    assert_one_line_naming(
+        &GOOD.replace("port = 8080", "port = 8080\nprot = 8081"),
+        &["service[0].prot", "unknown field `prot`"],
+    );
 }
 
 #[test]
 fn a_bad_duration_is_named() {
-    assert_one_line_naming(&GOOD.replace("\"30s\"", "\"thirty seconds\""), &["nginx.drain_timeout", "bad duration"]);
+    assert_one_line_naming(
+        &GOOD.replace("\"30s\"", "\"thirty seconds\""),
+        &["nginx.drain_timeout", "bad duration"],
+    );
 }
 
 #[test]
 fn an_unset_variable_is_named() {
-    assert_one_line_naming(&GOOD.replace("\"0123456789abcdef0123\"", "\"${GL_TEST_UNSET}\""), &["${GL_TEST_UNSET} is not set", "line 3"]);
+    assert_one_line_naming(
+        &GOOD.replace("\"0123456789abcdef0123\"", "\"${GL_TEST_UNSET}\""),
+        &["${GL_TEST_UNSET} is not set", "line 3"],
+    );
 }
 
 #[test]

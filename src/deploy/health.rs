@@ -125,13 +125,7 @@ fn describe(e: &reqwest::Error) -> String {
     if e.is_connect() {
         return "connection refused".into();
     }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
+    crate::proxy::error_chain(e)
 }
 
 /// Bounds a log tail for storage and messages.

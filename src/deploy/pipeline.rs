@@ -246,7 +246,11 @@ impl Run<'_> {
                 fail(format!(
                     "{} is not present on this host{}",
                     self.image,
-                    if self.service.pull { " after the pull" } else { " (pull = false)" }
+                    if self.service.pull {
+                        " after the pull"
+                    } else {
+                        " (pull = false)"
+                    }
                 ))
             })?;
         self.docker_healthcheck = info.has_healthcheck;

@@ -48,16 +48,13 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
                     colour: u.colour,
                     tag: d.as_ref().and_then(|d| d.tag.clone()),
                     digest: u.digest.clone(),
-                    image: d
-                        .as_ref()
-                        .and_then(|d| d.image.clone())
-                        .unwrap_or_else(|| {
-                            if svc.pull {
-                                format!("{}@{}", svc.image, u.digest)
-                            } else {
-                                u.digest.clone()
-                            }
-                        }),
+                    image: d.as_ref().and_then(|d| d.image.clone()).unwrap_or_else(|| {
+                        if svc.pull {
+                            format!("{}@{}", svc.image, u.digest)
+                        } else {
+                            u.digest.clone()
+                        }
+                    }),
                     image_id: d.as_ref().and_then(|d| d.image_id.clone()),
                     container_id: live_container.map(|c| c.id.clone()),
                     address: u.address.clone(),

@@ -35,7 +35,10 @@ impl Greenlight {
         let port = free_port();
         let config = config
             .replace("{listen}", &format!("127.0.0.1:{port}"))
-            .replace("{state}", &dir.path().join("state.db").display().to_string());
+            .replace(
+                "{state}",
+                &dir.path().join("state.db").display().to_string(),
+            );
         let config_path = dir.path().join("greenlight.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut gl = Greenlight {
@@ -115,7 +118,12 @@ impl Greenlight {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url()))
@@ -141,7 +149,11 @@ impl Greenlight {
             Target::Digest(d) => json!({ "digest": d }),
         };
         let (status, v) = self
-            .api(reqwest::Method::POST, &format!("/api/services/{service}/deploy"), Some(body))
+            .api(
+                reqwest::Method::POST,
+                &format!("/api/services/{service}/deploy"),
+                Some(body),
+            )
             .await;
         assert_eq!(status, 202, "deploy: {v}");
         v["deployment"].as_i64().unwrap()
@@ -172,7 +184,14 @@ impl Greenlight {
     /// Runs the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_greenlight"))
-            .args(["--url", &self.url(), "--token", TOKEN, "--config", "/nonexistent.toml"])
+            .args([
+                "--url",
+                &self.url(),
+                "--token",
+                TOKEN,
+                "--config",
+                "/nonexistent.toml",
+            ])
             .args(args)
             .output()
             .unwrap()
@@ -204,8 +223,7 @@ fn http_ok(port: u16, path: &str) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .is_err()
     {
         return false;
@@ -264,7 +282,7 @@ path = "/healthz"
 interval = "100ms"
 timeout = "1s"
 healthy_after = 3
-deadline = "20s"
+deadline = "10s"
 
 [service.rollout]
 stop_grace = "5s"
@@ -310,7 +328,10 @@ impl World {
                 version,
                 DemoImageOpts {
                     healthcheck: false,
-                    env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    env: env
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
                 },
             )
             .unwrap();
@@ -359,8 +380,16 @@ impl World {
 
     /// Deploys `tag` and asserts it succeeded.
     pub async fn deploy_ok(&self, tag: &str) -> Value {
-        let d = self.gl.deploy_and_wait(&self.service, Target::Tag(tag)).await;
-        assert_eq!(d["state"], "succeeded", "deploy {tag}: {d:#}\n{}", self.gl.log());
+        let d = self
+            .gl
+            .deploy_and_wait(&self.service, Target::Tag(tag))
+            .await;
+        assert_eq!(
+            d["state"],
+            "succeeded",
+            "deploy {tag}: {d:#}\n{}",
+            self.gl.log()
+        );
         d
     }
 
@@ -414,7 +443,12 @@ impl World {
     }
 
     pub fn upstream_file(&self) -> Option<String> {
-        std::fs::read_to_string(self.nginx.upstreams_dir().join(format!("{}.conf", self.service))).ok()
+        std::fs::read_to_string(
+            self.nginx
+                .upstreams_dir()
+                .join(format!("{}.conf", self.service)),
+        )
+        .ok()
     }
 }
 

@@ -1,0 +1,191 @@
+//! The demo's routes: what each request gets back. No I/O except `/slow`'s sleep.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::http::{query_param, Head, Response};
+
+/// Longest sleep `/slow` accepts.
+pub const MAX_SLOW: Duration = Duration::from_secs(60);
+
+/// The application state shared by every connection.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    started: Instant,
+}
+
+impl App {
+    pub fn new(config: Config) -> App {
+        App {
+            config,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Headers every response carries, errors included, so a test can tell who answered.
+    pub fn identity_headers(&self) -> [(&'static str, &str); 2] {
+        [
+            ("X-Demo-Version", self.config.version.as_str()),
+            ("X-Demo-Colour", self.config.colour.as_str()),
+        ]
+    }
+
+    /// Answers one request whose body (of `body_len` bytes) has been read already.
+    pub fn handle(&self, head: &Head, body_len: u64) -> Response {
+        let method = if head.method == "HEAD" {
+            "GET"
+        } else {
+            head.method.as_str()
+        };
+        match (method, head.path.as_str()) {
+            ("GET", "/") => Response::json(200, self.identity_json(&[])),
+            ("GET", "/healthz") => self.health(),
+            ("GET" | "POST", "/slow") => self.slow(&head.query),
+            ("POST", "/" | "/echo") => Response::json(
+                200,
+                self.identity_json(&[("body_length", body_len.to_string())]),
+            ),
+            _ => Response::text(404, "not found\n"),
+        }
+    }
+
+    fn health(&self) -> Response {
+        if self.config.unhealthy {
+            Response::text(503, "unhealthy (DEMO_UNHEALTHY=1)\n")
+        } else if self.started.elapsed() < self.config.start_delay {
+            Response::text(503, "starting (DEMO_START_DELAY_MS)\n")
+        } else {
+            Response::text(200, "ok")
+        }
+    }
+
+    fn slow(&self, query: &str) -> Response {
+        let ms = match query_param(query, "ms").as_deref() {
+            None | Some("") => 0,
+            Some(text) => match text.parse::<u64>() {
+                Ok(ms) => ms,
+                Err(_) => return Response::text(400, "ms must be a whole number\n"),
+            },
+        };
+        let pause = Duration::from_millis(ms).min(MAX_SLOW);
+        thread::sleep(pause);
+        Response::json(
+            200,
+            self.identity_json(&[("slept_ms", pause.as_millis().to_string())]),
+        )
+    }
+
+    /// `{"version":..,"colour":..,"pid":..}` plus extra numeric fields.
+    fn identity_json(&self, extra: &[(&str, String)]) -> String {
+        let mut json = format!(
+            "{{\"version\":{},\"colour\":{},\"pid\":{}",
+            json_string(&self.config.version),
+            json_string(&self.config.colour),
+            std::process::id()
+        );
+        for (name, number) in extra {
+            json.push_str(&format!(",\"{name}\":{number}"));
+        }
+        json.push('}');
+        json
+    }
+}
+
+/// A JSON string literal for `text`.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::parse_head;
+
+    fn app(config: Config) -> App {
+        App::new(config)
+    }
+
+    fn get(app: &App, target: &str) -> Response {
+        let head = parse_head(format!("GET {target} HTTP/1.1\r\n\r\n").as_bytes()).unwrap();
+        app.handle(&head, 0)
+    }
+
+    fn body(response: &Response) -> String {
+        String::from_utf8(response.body.clone()).unwrap()
+    }
+
+    #[test]
+    fn root_reports_version_colour_and_pid() {
+        let app = app(Config {
+            version: "v\"2".into(),
+            colour: "blue".into(),
+            ..Config::default()
+        });
+        let response = get(&app, "/");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.content_type, "application/json");
+        assert_eq!(
+            body(&response),
+            format!(
+                "{{\"version\":\"v\\\"2\",\"colour\":\"blue\",\"pid\":{}}}",
+                std::process::id()
+            )
+        );
+    }
+
+    #[test]
+    fn healthz_follows_unhealthy_and_start_delay() {
+        assert_eq!(get(&app(Config::default()), "/healthz").status, 200);
+        let unhealthy = app(Config {
+            unhealthy: true,
+            ..Config::default()
+        });
+        assert_eq!(get(&unhealthy, "/healthz").status, 503);
+        let starting = app(Config {
+            start_delay: Duration::from_secs(3600),
+            ..Config::default()
+        });
+        assert_eq!(get(&starting, "/healthz").status, 503);
+        assert_eq!(get(&starting, "/").status, 200);
+    }
+
+    #[test]
+    fn slow_sleeps_and_validates() {
+        let app = app(Config::default());
+        let started = Instant::now();
+        let response = get(&app, "/slow?ms=50");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(body(&response).ends_with(",\"slept_ms\":50}"));
+        assert_eq!(get(&app, "/slow?ms=soon").status, 400);
+    }
+
+    #[test]
+    fn post_reports_body_length_and_unknown_routes_are_404() {
+        let app = app(Config::default());
+        let head = parse_head(b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert!(body(&app.handle(&head, 5)).ends_with(",\"body_length\":5}"));
+        assert_eq!(get(&app, "/nope").status, 404);
+        let head = parse_head(b"DELETE / HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(app.handle(&head, 0).status, 404);
+    }
+}

@@ -1,0 +1,125 @@
+//! The demo's behaviour, read once from the environment at start.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Exit code used when `DEMO_EXIT_AFTER_MS` fires and `DEMO_EXIT_CODE` is not set.
+pub const DEFAULT_EXIT_CODE: i32 = 3;
+
+/// Everything the environment can change about the demo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `PORT`, default 8080.
+    pub port: u16,
+    /// `DEMO_VERSION`, default "dev".
+    pub version: String,
+    /// `GREENLIGHT_COLOUR` (set by the deployer), default "none".
+    pub colour: String,
+    /// `DEMO_UNHEALTHY=1`: `/healthz` always answers 503.
+    pub unhealthy: bool,
+    /// `DEMO_START_DELAY_MS`: `/healthz` answers 503 for this long after start.
+    pub start_delay: Duration,
+    /// `DEMO_EXIT_AFTER_MS`: the process exits on its own after this long.
+    pub exit_after: Option<Duration>,
+    /// `DEMO_EXIT_CODE`: the code of that exit, default 3.
+    pub exit_code: i32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 8080,
+            version: "dev".to_string(),
+            colour: "none".to_string(),
+            unhealthy: false,
+            start_delay: Duration::ZERO,
+            exit_after: None,
+            exit_code: DEFAULT_EXIT_CODE,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, String> {
+        Config::from_vars(std::env::vars().collect())
+    }
+
+    /// Reads the given variables; empty values count as unset.
+    pub fn from_vars(vars: HashMap<String, String>) -> Result<Config, String> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let number = |name: &str| -> Result<Option<u64>, String> {
+            get(name)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| format!("{name} must be a whole number, got {v:?}"))
+                })
+                .transpose()
+        };
+        let mut config = Config::default();
+        if let Some(port) = get("PORT") {
+            config.port = port
+                .parse()
+                .map_err(|_| format!("PORT must be a port number, got {port:?}"))?;
+        }
+        if let Some(version) = get("DEMO_VERSION") {
+            config.version = version.to_string();
+        }
+        if let Some(colour) = get("GREENLIGHT_COLOUR") {
+            config.colour = colour.to_string();
+        }
+        config.unhealthy = matches!(get("DEMO_UNHEALTHY"), Some("1" | "true" | "yes"));
+        config.start_delay = Duration::from_millis(number("DEMO_START_DELAY_MS")?.unwrap_or(0));
+        config.exit_after = number("DEMO_EXIT_AFTER_MS")?.map(Duration::from_millis);
+        if let Some(code) = get("DEMO_EXIT_CODE") {
+            config.exit_code = code
+                .parse()
+                .map_err(|_| format!("DEMO_EXIT_CODE must be an integer, got {code:?}"))?;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        assert_eq!(Config::from_vars(vars(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let config = Config::from_vars(vars(&[
+            ("PORT", "9000"),
+            ("DEMO_VERSION", "v2"),
+            ("GREENLIGHT_COLOUR", "blue"),
+            ("DEMO_UNHEALTHY", "1"),
+            ("DEMO_START_DELAY_MS", "1500"),
+            ("DEMO_EXIT_AFTER_MS", "200"),
+            ("DEMO_EXIT_CODE", "7"),
+        ]))
+        .unwrap();
+        assert_eq!(config.port, 9000);
+        assert_eq!(config.version, "v2");
+        assert_eq!(config.colour, "blue");
+        assert!(config.unhealthy);
+        assert_eq!(config.start_delay, Duration::from_millis(1500));
+        assert_eq!(config.exit_after, Some(Duration::from_millis(200)));
+        assert_eq!(config.exit_code, 7);
+    }
+
+    #[test]
+    fn rejects_a_bad_number() {
+        let err = Config::from_vars(vars(&[("DEMO_START_DELAY_MS", "soon")])).unwrap_err();
+        assert!(err.contains("DEMO_START_DELAY_MS"), "{err}");
+    }
+}

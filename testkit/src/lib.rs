@@ -1,0 +1,9 @@
+//! Real-part test harness for greenlight.
+//!
+//! Layout:
+//! - `probe`: open-model constant-rate HTTP load probe (counts failures, latency, versions seen).
+//! - `env`: starting real parts for a test: the demo images, a Distribution registry, nginx
+//!   (host process or container), each isolated per test and cleaned up on drop.
+
+pub mod env;
+pub mod probe;
