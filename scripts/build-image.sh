@@ -2,17 +2,22 @@
 # Builds greenlight's Docker image from a release build, with no base image:
 # the binary and the shared libraries `ldd` lists go into dist/rootfs.
 #   scripts/build-image.sh [TAG]    (default greenlight:latest)
+# GREENLIGHT_BINARY=path uses that binary instead of a fresh release build.
 set -euo pipefail
 tag=${1:-greenlight:latest}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-cargo build --release --bin greenlight >&2
+binary=${GREENLIGHT_BINARY:-}
+if [ -z "$binary" ]; then
+    cargo build --release --bin greenlight >&2
+    binary=target/release/greenlight
+fi
 rootfs=dist/rootfs
 rm -rf "$rootfs"
 mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/greenlight" "$rootfs/var/lib/greenlight" "$rootfs/tmp"
 chmod 1777 "$rootfs/tmp"
-cp target/release/greenlight "$rootfs/usr/local/bin/"
-ldd target/release/greenlight | grep -o '/[^ ]*' | while read -r lib; do
+strip -o "$rootfs/usr/local/bin/greenlight" "$binary"
+ldd "$binary" | grep -o '/[^ ]*' | while read -r lib; do
     mkdir -p "$rootfs$(dirname "$lib")"
     cp -L "$lib" "$rootfs$lib"
 done
