@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{NginxKind, Target, World};
+use greenlight_testkit::env::DemoImageOpts;
 use greenlight_testkit::probe::{Probe, ProbeOpts, ProbeReport};
 
 const NO_ENV: &[(&str, &str)] = &[];
@@ -331,6 +332,81 @@ async fn a_config_that_fails_nginx_t_fails_at_switching_and_changes_nothing() {
     let containers = w.containers();
     assert_eq!(containers.len(), 1, "{containers:?}");
     assert_eq!(containers[0].0, format!("{}-blue", w.service));
+    let status = w.gl.get(&format!("/api/services/{}", w.service)).await;
+    assert_eq!(status["live"]["tag"], "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_cut_short_by_a_crash_is_cleaned_up_and_recorded_as_interrupted() {
+    let hc = |env: &[(&str, &str)]| DemoImageOpts {
+        healthcheck: true,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let mut w = World::with_images(
+        "k",
+        NginxKind::Host,
+        vec![
+            ("v1".into(), hc(&[])),
+            ("slow".into(), hc(&[("DEMO_START_DELAY_MS", "60000")])),
+        ],
+    );
+    // An image with a Docker HEALTHCHECK goes live only once Docker says healthy.
+    let d1 = w.deploy_ok("v1").await;
+    let pulling = d1["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "pulling")
+        .unwrap();
+    assert!(
+        pulling["detail"].as_str().unwrap().contains("HEALTHCHECK"),
+        "{d1:#}"
+    );
+    let status = greenlight_testkit::env::docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Health.Status}}",
+        &format!("{}-blue", w.service),
+    ])
+    .unwrap();
+    assert_eq!(status.trim(), "healthy");
+
+    let probe = probe(&w, true);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    let id = w.gl.deploy(&w.service, Target::Tag("slow")).await;
+    // Wait until the new colour exists and is being gated, then crash greenlight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = w.gl.get(&format!("/api/deployments/{id}")).await;
+        if d["state"] == "health_gate" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached health_gate: {d:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(w.containers().len(), 2);
+    w.gl.kill();
+    w.gl.start();
+
+    let d = w.gl.get(&format!("/api/deployments/{id}")).await;
+    assert_eq!(d["state"], "interrupted", "{d:#}");
+    assert_eq!(d["failed_step"], "health_gate");
+    let containers = w.containers();
+    assert_eq!(
+        containers.len(),
+        1,
+        "the half-started colour is removed: {containers:?}"
+    );
+    assert_eq!(containers[0].0, format!("{}-blue", w.service));
+    let report = probe.stop().await;
+    assert_zero_failures(&report, 0);
+    assert_eq!(versions(&report), vec!["v1"]);
     let status = w.gl.get(&format!("/api/services/{}", w.service)).await;
     assert_eq!(status["live"]["tag"], "v1");
 }

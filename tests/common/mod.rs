@@ -109,6 +109,14 @@ impl Greenlight {
         }
     }
 
+    /// SIGKILL: no shutdown code runs, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.start();
@@ -314,6 +322,28 @@ pub enum NginxKind {
 impl World {
     /// `versions`: (tag, baked env) of each demo image to build and push.
     pub fn new(tag: &str, kind: NginxKind, versions: &[(&str, &[(&str, &str)])]) -> World {
+        let images = versions
+            .iter()
+            .map(|(v, env)| {
+                let opts = DemoImageOpts {
+                    healthcheck: false,
+                    env: env
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                };
+                (v.to_string(), opts)
+            })
+            .collect();
+        World::with_images(tag, kind, images)
+    }
+
+    /// Like `new`, with full control over each image (e.g. a Docker HEALTHCHECK).
+    pub fn with_images(
+        tag: &str,
+        kind: NginxKind,
+        versions: Vec<(String, DemoImageOpts)>,
+    ) -> World {
         let prefix = prefix(tag);
         let cleanup = DockerCleanup::new(&prefix);
         let service = format!("{prefix}app");
@@ -321,20 +351,9 @@ impl World {
         let registry = Registry::start(RegistryOpts { notify: None }).unwrap();
         let repo_path = format!("{prefix}/demo");
         let mut digests = HashMap::new();
-        for (version, env) in versions {
+        for (version, opts) in &versions {
             let local = format!("{prefix}-build:{version}");
-            build_demo_image(
-                &local,
-                version,
-                DemoImageOpts {
-                    healthcheck: false,
-                    env: env
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                },
-            )
-            .unwrap();
+            build_demo_image(&local, version, opts.clone()).unwrap();
             let digest = registry.push(&local, &repo_path, version).unwrap();
             // Only the registry copy should exist: greenlight must pull it.
             let _ = greenlight_testkit::env::docker(&["rmi", &local]);
@@ -342,7 +361,7 @@ impl World {
                 "rmi",
                 &format!("{}/{repo_path}:{version}", registry.host()),
             ]);
-            digests.insert(version.to_string(), digest);
+            digests.insert(version.clone(), digest);
         }
         let nginx = match kind {
             NginxKind::Host => Nginx::host(&prefix, &[&service]).unwrap(),
