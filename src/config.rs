@@ -43,6 +43,10 @@ pub struct Config {
     pub nginx: NginxConfig,
     #[serde(default, rename = "registry")]
     pub registries: Vec<RegistryConfig>,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+    #[serde(default)]
+    pub notify: crate::notify::NotifyConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
@@ -103,6 +107,44 @@ pub struct NginxConfig {
     pub drain_timeout: Duration,
 }
 
+/// Secrets of the webhook endpoints; an endpoint whose secret is unset refuses all.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// HMAC secrets of `POST /hooks/github`; several during a rotation.
+    #[serde(default)]
+    pub github_secrets: Vec<String>,
+    /// The token in the path of `POST /hooks/dockerhub/{token}`.
+    pub dockerhub_token: Option<String>,
+    /// `Authorization: Bearer` token of `POST /hooks/registry`.
+    pub registry_token: Option<String>,
+    /// Registry host that GitHub package events refer to.
+    #[serde(default = "default_github_registry")]
+    pub github_registry_host: String,
+    /// Registry host that Docker Hub-shaped deliveries refer to.
+    #[serde(default = "default_dockerhub_registry")]
+    pub dockerhub_registry_host: String,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            github_secrets: Vec::new(),
+            dockerhub_token: None,
+            registry_token: None,
+            github_registry_host: default_github_registry(),
+            dockerhub_registry_host: default_dockerhub_registry(),
+        }
+    }
+}
+
+fn default_github_registry() -> String {
+    "ghcr.io".into()
+}
+fn default_dockerhub_registry() -> String {
+    "docker.io".into()
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -147,6 +189,8 @@ pub struct ServiceConfig {
     pub health: HealthConfig,
     #[serde(default)]
     pub rollout: RolloutConfig,
+    /// Per-service notification channels (overrides `[notify]`).
+    pub notify: Option<crate::notify::ServiceNotify>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -20,6 +20,7 @@ pub mod config;
 pub mod deploy;
 pub mod docker;
 pub mod http;
+pub mod notify;
 pub mod proxy;
 pub mod registry;
 pub mod store;

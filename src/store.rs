@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     error            TEXT,
     exit_code        INTEGER,
     log_tail         TEXT,
+    pushed_at        INTEGER,
+    delivery         INTEGER,
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL,
     finished_at      INTEGER
@@ -84,8 +86,44 @@ CREATE TABLE IF NOT EXISTS live (
     since            INTEGER NOT NULL,
     previous_tag     TEXT,
     previous_digest  TEXT,
-    previous_image_id TEXT
+    previous_image_id TEXT,
+    pushed_at        INTEGER
 );
+
+-- Every authenticated webhook delivery, with its raw body, so it can be redelivered.
+CREATE TABLE IF NOT EXISTS deliveries (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    source        TEXT NOT NULL,
+    delivery_id   TEXT NOT NULL,
+    attempt       INTEGER NOT NULL DEFAULT 1,
+    redelivery_of INTEGER REFERENCES deliveries(id),
+    received_at   INTEGER NOT NULL,
+    headers       TEXT NOT NULL,
+    body          BLOB NOT NULL,
+    verdict       TEXT NOT NULL,
+    detail        TEXT,
+    events        TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_delivery_id ON deliveries(delivery_id);
+
+CREATE TABLE IF NOT EXISTS delivery_deployments (
+    delivery      INTEGER NOT NULL REFERENCES deliveries(id),
+    deployment_id INTEGER NOT NULL REFERENCES deployments(id),
+    PRIMARY KEY (delivery, deployment_id)
+);
+
+-- Each attempt to send a deployment's outcome through a notification channel.
+CREATE TABLE IF NOT EXISTS notifications (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id INTEGER NOT NULL REFERENCES deployments(id),
+    channel       TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    attempt       INTEGER NOT NULL,
+    at            INTEGER NOT NULL,
+    outcome       TEXT NOT NULL,
+    detail        TEXT
+);
+CREATE INDEX IF NOT EXISTS notifications_deployment ON notifications(deployment_id);
 "#;
 
 pub fn now_ms() -> i64 {
@@ -270,7 +308,7 @@ impl Store {
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite itself consistent.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::docker::Engine;
+use crate::notify::Notifier;
 use crate::proxy::Nginx;
 use crate::registry;
 use crate::store::{NewDeployment, Store, StoreError};
@@ -46,6 +47,7 @@ pub(crate) struct Inner {
     pub store: Store,
     pub engine: Engine,
     pub nginx: Nginx,
+    pub notifier: Notifier,
 }
 
 #[derive(Clone)]
@@ -59,11 +61,13 @@ impl Deployer {
     /// worker per service.
     pub async fn start(config: Arc<Config>, store: Store, engine: Engine) -> Deployer {
         let nginx = Nginx::new(config.nginx.clone(), engine.clone());
+        let notifier = Notifier::new(&config, store.clone());
         let inner = Arc::new(Inner {
             config: config.clone(),
             store,
             engine,
             nginx,
+            notifier,
         });
         let requeue = reconcile::run(&inner).await;
         let mut queues = HashMap::new();

@@ -65,7 +65,10 @@ pub(crate) async fn run(inner: &Inner, id: i64) {
         return;
     }
     let span = tracing::info_span!("deploy", service = %deployment.service, deployment = id);
-    run_deployment(inner, deployment).instrument(span).await
+    inner.notifier.started(id);
+    run_deployment(inner, deployment).instrument(span).await;
+    // Exactly one outcome message per deployment, whatever ended it.
+    inner.notifier.finished(id);
 }
 
 async fn run_deployment(inner: &Inner, deployment: Deployment) {
