@@ -63,6 +63,41 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Past deployments, newest first.
     History(HistoryArgs),
+    /// The webhook delivery ledger, newest first.
+    Deliveries(DeliveriesArgs),
+    /// Run a stored webhook delivery through the same path again.
+    Redeliver {
+        /// The delivery id (GitHub's GUID, the registry's event id) or ledger row.
+        delivery: String,
+    },
+    /// Notification channels (works from the config; no server needed).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct DeliveriesArgs {
+    /// Only deliveries about this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NotifyCommand {
+    /// Send a test message through each configured channel and say what happened.
+    Test {
+        /// Only this channel.
+        #[arg(long, value_enum)]
+        channel: Option<NotifyChannel>,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NotifyChannel {
+    Email,
+    Slack,
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +186,13 @@ async fn run(cli: Cli) -> i32 {
             } else {
                 EXIT_FAILED
             }
+        }
+        Command::Notify(NotifyCommand::Test { channel }) => {
+            let config = match load_config(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            notify_test(&config, *channel, cli.json).await
         }
         _ => match Client::new(&cli) {
             Ok(client) => client.run(&cli).await,
@@ -252,7 +294,11 @@ impl Client {
             Command::Status => self.status(cli.json).await,
             Command::Deploy(args) => self.deploy(args, cli.json).await,
             Command::History(args) => self.history(args, cli.json).await,
-            Command::Serve | Command::Check => unreachable!("handled without a client"),
+            Command::Deliveries(args) => self.deliveries(args, cli.json).await,
+            Command::Redeliver { delivery } => self.redeliver(delivery, cli.json).await,
+            Command::Serve | Command::Check | Command::Notify(_) => {
+                unreachable!("handled without a client")
+            }
         };
         match result {
             Ok(code) => code,
@@ -381,6 +427,75 @@ impl Client {
         }
     }
 
+    async fn deliveries(&self, args: &DeliveriesArgs, json: bool) -> Result<i32, String> {
+        let mut path = format!("/api/deliveries?limit={}", args.limit);
+        if let Some(s) = &args.service {
+            path.push_str(&format!("&service={s}"));
+        }
+        let list = self.call(reqwest::Method::GET, &path, None).await?;
+        if json {
+            println!("{}", pretty(&list));
+            return Ok(0);
+        }
+        let mut rows = vec![vec![
+            "DELIVERY".to_string(),
+            "SOURCE".into(),
+            "ATTEMPT".into(),
+            "RECEIVED".into(),
+            "SERVICES".into(),
+            "VERDICT".into(),
+            "DEPLOYMENTS".into(),
+            "DETAIL".into(),
+        ]];
+        for d in list.as_array().into_iter().flatten() {
+            let join = |v: &Value| {
+                v.as_array()
+                    .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "-".into())
+            };
+            rows.push(vec![
+                text(&d["delivery_id"]),
+                text(&d["source"]),
+                text(&d["attempt"]),
+                d["received_at"]
+                    .as_i64()
+                    .map(format_time)
+                    .unwrap_or_default(),
+                join(&d["services"]),
+                text(&d["verdict"]),
+                join(&d["deployments"]),
+                d["detail"].as_str().unwrap_or("").to_string(),
+            ]);
+        }
+        print_table(&rows);
+        Ok(0)
+    }
+
+    async fn redeliver(&self, delivery: &str, json: bool) -> Result<i32, String> {
+        let path = format!("/api/deliveries/{delivery}/redeliver");
+        let v = self.call(reqwest::Method::POST, &path, None).await?;
+        if json {
+            println!("{}", pretty(&v));
+        } else {
+            println!(
+                "delivery {} attempt {}: {}{}",
+                text(&v["delivery"]),
+                text(&v["attempt"]),
+                text(&v["outcome"]),
+                v["detail"]
+                    .as_str()
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            );
+            for id in v["deployments"].as_array().into_iter().flatten() {
+                println!("  deployment {id}: follow it with `greenlight history --steps`");
+            }
+        }
+        Ok(0)
+    }
+
     async fn history(&self, args: &HistoryArgs, json: bool) -> Result<i32, String> {
         let mut path = format!("/api/deployments?limit={}", args.limit);
         if let Some(s) = &args.service {
@@ -415,6 +530,7 @@ impl Client {
             "TRIGGER".into(),
             "STARTED".into(),
             "TOOK".into(),
+            "NOTIFIED".into(),
             "ERROR".into(),
         ]];
         for d in &items {
@@ -439,6 +555,7 @@ impl Client {
                     .map(format_time)
                     .unwrap_or_default(),
                 took,
+                notified(&d["notifications"]),
                 error,
             ]);
         }
@@ -463,9 +580,97 @@ impl Client {
                         s["detail"].as_str().unwrap_or("")
                     );
                 }
+                for n in d["notifications"].as_array().into_iter().flatten() {
+                    println!(
+                        "  notify {:<6} {:<11} #{} {:<8} {}  {}",
+                        text(&n["channel"]),
+                        text(&n["event"]),
+                        text(&n["attempt"]),
+                        text(&n["outcome"]),
+                        n["at"].as_i64().map(format_time).unwrap_or_default(),
+                        n["detail"].as_str().unwrap_or("")
+                    );
+                }
             }
         }
         Ok(0)
+    }
+}
+
+/// Per channel, how its latest attempt ended: "email sent, slack gave_up(5)".
+fn notified(attempts: &Value) -> String {
+    let mut last: Vec<(String, String, u64)> = Vec::new();
+    for a in attempts.as_array().into_iter().flatten() {
+        let channel = text(&a["channel"]);
+        let outcome = match a["outcome"].as_str() {
+            Some("failed") => "retrying".to_string(),
+            _ => text(&a["outcome"]),
+        };
+        match last.iter_mut().find(|(c, _, _)| *c == channel) {
+            Some(entry) => {
+                entry.1 = outcome;
+                entry.2 += 1;
+            }
+            None => last.push((channel, outcome, 1)),
+        }
+    }
+    if last.is_empty() {
+        return "-".into();
+    }
+    last.sort();
+    last.iter()
+        .map(|(c, o, n)| {
+            if *n > 1 {
+                format!("{c} {o}({n})")
+            } else {
+                format!("{c} {o}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `greenlight notify test`: one attempt through each configured channel.
+async fn notify_test(config: &Config, channel: Option<NotifyChannel>, json: bool) -> i32 {
+    use crate::notify::ChannelKind;
+    let only = channel.map(|c| match c {
+        NotifyChannel::Email => ChannelKind::Email,
+        NotifyChannel::Slack => ChannelKind::Slack,
+    });
+    let results = crate::notify::send_test(config, only).await;
+    if json {
+        let list: Vec<Value> = results
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "channel": r.channel.as_str(),
+                    "scope": r.scope,
+                    "destination": r.destination,
+                    "ok": r.result.is_ok(),
+                    "error": r.result.as_ref().err(),
+                })
+            })
+            .collect();
+        println!("{}", pretty(&Value::Array(list)));
+    } else if results.is_empty() {
+        println!(
+            "no {}notification channel configured (see [notify] in greenlight.example.toml)",
+            only.map(|k| format!("{k} ")).unwrap_or_default()
+        );
+    } else {
+        for r in &results {
+            match &r.result {
+                Ok(()) => println!("ok   {:<6} {} ({})", r.channel, r.destination, r.scope),
+                Err(e) => println!("FAIL {:<6} {} ({}): {e}", r.channel, r.destination, r.scope),
+            }
+        }
+    }
+    if results.is_empty() {
+        EXIT_USAGE
+    } else if results.iter().all(|r| r.result.is_ok()) {
+        0
+    } else {
+        EXIT_FAILED
     }
 }
 
@@ -572,5 +777,18 @@ mod tests {
             vec!["long".to_string(), "x".into()],
         ];
         assert_eq!(format_table(&rows), "A     BB\nlong  x\n");
+    }
+
+    #[test]
+    fn notifications_are_summed_up_per_channel_by_their_latest_attempt() {
+        let attempts = serde_json::json!([
+            {"channel": "slack", "outcome": "failed"},
+            {"channel": "email", "outcome": "sent"},
+            {"channel": "slack", "outcome": "sent"},
+        ]);
+        assert_eq!(notified(&attempts), "email sent, slack sent(2)");
+        let retrying = serde_json::json!([{"channel": "slack", "outcome": "failed"}]);
+        assert_eq!(notified(&retrying), "slack retrying");
+        assert_eq!(notified(&Value::Null), "-");
     }
 }

@@ -495,6 +495,7 @@ impl Config {
                 ));
             }
         }
+        crate::notify::config::validate(self).map_err(|(key, message)| bad(&key, message))?;
         Ok(())
     }
 

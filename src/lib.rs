@@ -9,6 +9,7 @@
 //! - [`registry`]: image references; resolving a tag to a digest at the registry.
 //! - [`proxy`]: nginx: render upstream files, test, reload, verify, drain.
 //! - [`deploy`]: the per-service queues and the deployment state machine.
+//! - [`notify`]: deployment notifications by email and Slack, off the deploy path.
 //! - [`http`]: the actix-web server: health and the admin API.
 //! - [`app`]: wires the real parts together and runs them.
 //! - [`cli`]: the `greenlight` command line; client commands call the admin API.
@@ -20,7 +21,9 @@ pub mod config;
 pub mod deploy;
 pub mod docker;
 pub mod http;
+pub mod ledger;
 pub mod notify;
 pub mod proxy;
 pub mod registry;
 pub mod store;
+pub mod webhook;

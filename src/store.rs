@@ -102,7 +102,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     body          BLOB NOT NULL,
     verdict       TEXT NOT NULL,
     detail        TEXT,
-    events        TEXT
+    events        TEXT,
+    services      TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_delivery_id ON deliveries(delivery_id);
 
@@ -146,6 +147,10 @@ pub struct NewDeployment {
     pub trigger_detail: Option<serde_json::Value>,
     pub tag: Option<String>,
     pub digest: Option<String>,
+    /// When the image was pushed (webhooks), for the out-of-order guard.
+    pub pushed_at: Option<i64>,
+    /// The ledger row of the delivery that asked for it.
+    pub delivery: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -181,6 +186,8 @@ pub struct Deployment {
     pub error: Option<String>,
     pub exit_code: Option<i64>,
     pub log_tail: Option<String>,
+    pub pushed_at: Option<i64>,
+    pub delivery: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
@@ -204,6 +211,7 @@ pub struct Live {
     pub previous_tag: Option<String>,
     pub previous_digest: Option<String>,
     pub previous_image_id: Option<String>,
+    pub pushed_at: Option<i64>,
 }
 
 /// How a deployment ended, when it did not succeed.
@@ -218,8 +226,8 @@ pub struct Failure {
 const DEPLOYMENT_COLUMNS: &str =
     "id, service, state, trigger, trigger_detail, requested_tag, requested_digest, \
      tag, digest, image, image_id, colour, container_id, address, previous_colour, previous_tag, \
-     previous_digest, previous_address, failed_step, error, exit_code, log_tail, created_at, \
-     updated_at, finished_at";
+     previous_digest, previous_address, failed_step, error, exit_code, log_tail, pushed_at, \
+     delivery, created_at, updated_at, finished_at";
 
 fn parse_col<T: std::str::FromStr>(row: &Row, i: usize) -> rusqlite::Result<Option<T>> {
     let text: Option<String> = row.get(i)?;
@@ -252,9 +260,11 @@ fn deployment_from_row(row: &Row) -> rusqlite::Result<Deployment> {
         error: row.get(19)?,
         exit_code: row.get(20)?,
         log_tail: row.get(21)?,
-        created_at: row.get(22)?,
-        updated_at: row.get(23)?,
-        finished_at: row.get(24)?,
+        pushed_at: row.get(22)?,
+        delivery: row.get(23)?,
+        created_at: row.get(24)?,
+        updated_at: row.get(25)?,
+        finished_at: row.get(26)?,
         steps: Vec::new(),
     })
 }
@@ -274,6 +284,7 @@ fn live_from_row(row: &Row) -> rusqlite::Result<Live> {
         previous_tag: row.get(10)?,
         previous_digest: row.get(11)?,
         previous_image_id: row.get(12)?,
+        pushed_at: row.get(13)?,
     })
 }
 
@@ -318,14 +329,16 @@ impl Store {
         let now = now_ms();
         conn.execute(
             "INSERT INTO deployments (service, state, trigger, trigger_detail, requested_tag, \
-             requested_digest, tag, digest, created_at, updated_at) \
-             VALUES (?1, 'received', ?2, ?3, ?4, ?5, ?4, ?5, ?6, ?6)",
+             requested_digest, tag, digest, pushed_at, delivery, created_at, updated_at) \
+             VALUES (?1, 'received', ?2, ?3, ?4, ?5, ?4, ?5, ?6, ?7, ?8, ?8)",
             params![
                 new.service,
                 new.trigger,
                 new.trigger_detail.as_ref().map(|v| v.to_string()),
                 new.tag,
                 new.digest,
+                new.pushed_at,
+                new.delivery,
                 now
             ],
         )?;
@@ -526,12 +539,69 @@ impl Store {
         Ok(rows)
     }
 
+    /// Moves a queued deployment to `to` only if it is still `received` (it may
+    /// have been superseded meanwhile). Returns whether it was claimed.
+    pub fn claim(&self, id: i64, to: State) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let n = tx.execute(
+            "UPDATE deployments SET state = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'received'",
+            params![id, to.as_str(), now],
+        )?;
+        if n == 1 {
+            tx.execute(
+                "UPDATE steps SET finished_at = ?2, outcome = 'ok' \
+                 WHERE deployment_id = ?1 AND finished_at IS NULL",
+                params![id, now],
+            )?;
+            Self::open_step(&tx, id, to, now, None)?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// Ends a still-queued deployment as superseded by `by`; false if a worker
+    /// already claimed it.
+    pub fn supersede(&self, id: i64, by: i64) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let error = format!("superseded by deployment {by} (a newer push)");
+        let n = tx.execute(
+            "UPDATE deployments SET state = 'superseded', error = ?2, updated_at = ?3, finished_at = ?3 \
+             WHERE id = ?1 AND state = 'received'",
+            params![id, error, now],
+        )?;
+        if n == 1 {
+            tx.execute(
+                "UPDATE steps SET finished_at = ?2, outcome = 'ok' WHERE deployment_id = ?1 AND finished_at IS NULL",
+                params![id, now],
+            )?;
+            Self::open_step(&tx, id, State::Superseded, now, Some(&error))?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// Deployments of a service not yet finished, oldest first.
+    pub fn active(&self, service: &str) -> Result<Vec<Deployment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE service = ?1 AND finished_at IS NULL ORDER BY id"
+        ))?;
+        let rows = stmt
+            .query_map([service], deployment_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     pub fn live(&self, service: &str) -> Result<Option<Live>> {
         Ok(self
             .conn()
             .query_row(
                 "SELECT service, colour, tag, digest, image, image_id, container_id, address, \
-                 deployment_id, since, previous_tag, previous_digest, previous_image_id \
+                 deployment_id, since, previous_tag, previous_digest, previous_image_id, pushed_at \
                  FROM live WHERE service = ?1",
                 [service],
                 live_from_row,
@@ -542,11 +612,11 @@ impl Store {
     pub fn set_live(&self, live: &Live) -> Result<()> {
         self.conn().execute(
             "INSERT INTO live (service, colour, tag, digest, image, image_id, container_id, address, \
-             deployment_id, since, previous_tag, previous_digest, previous_image_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+             deployment_id, since, previous_tag, previous_digest, previous_image_id, pushed_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
              ON CONFLICT(service) DO UPDATE SET colour = ?2, tag = ?3, digest = ?4, image = ?5, \
              image_id = ?6, container_id = ?7, address = ?8, deployment_id = ?9, since = ?10, \
-             previous_tag = ?11, previous_digest = ?12, previous_image_id = ?13",
+             previous_tag = ?11, previous_digest = ?12, previous_image_id = ?13, pushed_at = ?14",
             params![
                 live.service,
                 live.colour.as_str(),
@@ -560,7 +630,8 @@ impl Store {
                 live.since,
                 live.previous_tag,
                 live.previous_digest,
-                live.previous_image_id
+                live.previous_image_id,
+                live.pushed_at
             ],
         )?;
         Ok(())
@@ -584,6 +655,8 @@ mod tests {
             trigger_detail: Some(serde_json::json!({"command": "deploy"})),
             tag: Some("v1".into()),
             digest: None,
+            pushed_at: None,
+            delivery: None,
         }
     }
 
@@ -664,6 +737,7 @@ mod tests {
             previous_tag: Some("v1".into()),
             previous_digest: Some("sha256:1".into()),
             previous_image_id: None,
+            pushed_at: Some(7),
         };
         {
             let store = Store::open(&path).unwrap();

@@ -2,6 +2,7 @@
 //! deployments in flight, while different services deploy in parallel.
 
 pub mod health;
+pub mod intake;
 mod pipeline;
 pub mod prune;
 mod reconcile;
@@ -40,6 +41,8 @@ pub struct Request {
     /// `operator`, or the webhook source.
     pub trigger: String,
     pub trigger_detail: Option<serde_json::Value>,
+    /// The ledger row that asked for it, for redeliveries by hand.
+    pub delivery: Option<i64>,
 }
 
 pub(crate) struct Inner {
@@ -54,6 +57,8 @@ pub(crate) struct Inner {
 pub struct Deployer {
     inner: Arc<Inner>,
     queues: Arc<HashMap<String, mpsc::UnboundedSender<i64>>>,
+    /// Serialises decisions about incoming pushes (see `intake`).
+    intake: Arc<std::sync::Mutex<()>>,
 }
 
 impl Deployer {
@@ -84,15 +89,22 @@ impl Deployer {
         let deployer = Deployer {
             inner,
             queues: Arc::new(queues),
+            intake: Arc::new(std::sync::Mutex::new(())),
         };
         for id in requeue {
             if let Ok(Some(d)) = deployer.inner.store.deployment(id) {
-                if let Some(q) = deployer.queues.get(&d.service) {
-                    let _ = q.send(id);
-                }
+                deployer.enqueue(&d.service, id);
             }
         }
         deployer
+    }
+
+    /// Hands a recorded deployment to its service's worker. A closed queue means
+    /// shutdown: the deployment stays `received` for the next start to pick up.
+    pub(crate) fn enqueue(&self, service: &str, id: i64) {
+        if let Some(q) = self.queues.get(service) {
+            let _ = q.send(id);
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -113,9 +125,9 @@ impl Deployer {
 
     /// Records a deployment as `received` and queues it; returns its id.
     pub fn submit(&self, req: Request) -> Result<i64, SubmitError> {
-        let Some(queue) = self.queues.get(&req.service) else {
+        if !self.queues.contains_key(&req.service) {
             return Err(SubmitError::UnknownService(req.service));
-        };
+        }
         match (&req.tag, &req.digest) {
             (None, None) => {
                 return Err(SubmitError::BadRequest(
@@ -145,10 +157,10 @@ impl Deployer {
             trigger_detail: req.trigger_detail,
             tag: req.tag,
             digest: req.digest,
+            pushed_at: None,
+            delivery: req.delivery,
         })?;
-        // The worker lives as long as the process; a closed queue means shutdown,
-        // and the deployment stays `received` for the next start to pick up.
-        let _ = queue.send(id);
+        self.enqueue(&req.service, id);
         Ok(id)
     }
 }

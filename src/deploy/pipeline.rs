@@ -23,6 +23,8 @@ enum Stop {
     Done(State),
     /// The step failed.
     Fail(Failure),
+    /// Refused: older than what is live.
+    Stale(String),
 }
 
 impl From<Failure> for Stop {
@@ -65,16 +67,17 @@ pub(crate) async fn run(inner: &Inner, id: i64) {
         return;
     }
     let span = tracing::info_span!("deploy", service = %deployment.service, deployment = id);
-    inner.notifier.started(id);
-    run_deployment(inner, deployment).instrument(span).await;
-    // Exactly one outcome message per deployment, whatever ended it.
-    inner.notifier.finished(id);
+    if run_deployment(inner, deployment).instrument(span).await {
+        // Exactly one outcome message per deployment, whatever ended it.
+        inner.notifier.finished(id);
+    }
 }
 
-async fn run_deployment(inner: &Inner, deployment: Deployment) {
+/// Returns false when the deployment was not claimed (superseded meanwhile).
+async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
     let id = deployment.id;
     let Some(service) = inner.config.service(&deployment.service) else {
-        return;
+        return false;
     };
     let live = inner.store.live(&service.name).ok().flatten();
     let mut run = Run {
@@ -102,10 +105,26 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) {
     let mut state = State::Received;
     loop {
         let next = state.next();
-        if let Err(e) = inner.store.transition(id, next) {
+        let recorded = if state == State::Received {
+            // Claimed only if still queued: a newer push may have superseded it.
+            match inner.store.claim(id, next) {
+                Ok(true) => {
+                    inner.notifier.started(id);
+                    Ok(())
+                }
+                Ok(false) => {
+                    info!("superseded before it started");
+                    return false;
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            inner.store.transition(id, next)
+        };
+        if let Err(e) = recorded {
             warn!(error = %e, "cannot record transition; abandoning the deployment");
             run.abandon(state).await;
-            return;
+            return true;
         }
         let step_started = Instant::now();
         info!("{state} -> {next}");
@@ -117,7 +136,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "Deployed"
             );
-            return;
+            return true;
         }
         match run.step(state).await {
             Ok(()) => {
@@ -126,7 +145,18 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) {
             Err(Stop::Done(end)) => {
                 let _ = inner.store.transition(id, end);
                 info!("{state} -> {end}");
-                return;
+                return true;
+            }
+            Err(Stop::Stale(why)) => {
+                let mut failure = Failure {
+                    step: Some(state),
+                    error: why,
+                    ..Default::default()
+                };
+                run.unwind(state, &mut failure).await;
+                warn!(error = %failure.error, "{state} -> stale");
+                let _ = inner.store.finish(id, State::Stale, &failure);
+                return true;
             }
             Err(Stop::Fail(mut failure)) => {
                 failure.step = Some(state);
@@ -135,7 +165,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) {
                 if let Err(e) = inner.store.finish(id, end, &failure) {
                     warn!(error = %e, "cannot record the failure");
                 }
-                return;
+                return true;
             }
         }
     }
@@ -256,6 +286,8 @@ impl Run<'_> {
                     }
                 ))
             })?;
+        self.refuse_if_older_than_live(info.created.as_deref())
+            .await?;
         self.docker_healthcheck = info.has_healthcheck;
         let _ = self.inner.store.set_image_id(self.deployment.id, &info.id);
         self.note(&format!(
@@ -269,6 +301,29 @@ impl Run<'_> {
         ));
         self.image_id = Some(info.id);
         Ok(())
+    }
+
+    /// The out-of-order guard for pushes whose push time is unknown: an image
+    /// created before the live one never replaces it unless an operator asks.
+    async fn refuse_if_older_than_live(&self, created: Option<&str>) -> Result<(), Stop> {
+        if self.deployment.trigger == "operator" || self.deployment.pushed_at.is_some() {
+            return Ok(());
+        }
+        let Some(live_image) = self.live.as_ref().and_then(|l| l.image_id.clone()) else {
+            return Ok(());
+        };
+        let Ok(Some(live)) = self.inner.engine.inspect_image(&live_image).await else {
+            return Ok(());
+        };
+        let parse = |t: Option<&str>| t.and_then(crate::webhook::parse_time);
+        match (parse(created), parse(live.created.as_deref())) {
+            (Some(new), Some(old)) if new < old => Err(Stop::Stale(format!(
+                "the image was created before the live one ({} < {}); deploy it by hand to force it",
+                created.unwrap_or_default(),
+                live.created.unwrap_or_default()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     async fn start(&mut self) -> Result<(), Stop> {
@@ -442,6 +497,7 @@ impl Run<'_> {
             previous_tag: previous.as_ref().and_then(|p| p.tag.clone()),
             previous_digest: previous.as_ref().map(|p| p.digest.clone()),
             previous_image_id: previous.as_ref().and_then(|p| p.image_id.clone()),
+            pushed_at: self.deployment.pushed_at,
         };
         self.inner
             .store

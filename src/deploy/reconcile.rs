@@ -8,7 +8,11 @@ use tracing::{info, warn};
 use super::state::State;
 use super::Inner;
 use crate::docker::{LABEL_COLOUR, LABEL_DEPLOYMENT};
-use crate::store::{now_ms, Failure, Live};
+use crate::store::{now_ms, Deployment, Failure, Live, NewDeployment};
+
+/// How many times in a row a deployment is re-run after being interrupted, so a
+/// deployment that crashes greenlight cannot loop forever.
+const MAX_RESUMES: u64 = 2;
 
 /// Returns the ids of deployments still `received`, to queue again.
 pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
@@ -63,6 +67,7 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
                     previous_tag: previous.as_ref().and_then(|p| p.tag.clone()),
                     previous_digest: previous.as_ref().map(|p| p.digest.clone()),
                     previous_image_id: previous.as_ref().and_then(|p| p.image_id.clone()),
+                    pushed_at: d.as_ref().and_then(|d| d.pushed_at),
                 };
                 info!(service = %svc.name, colour = %u.colour, deployment = u.deployment, "live state taken from the rendered upstream");
                 let _ = inner.store.set_live(&live);
@@ -99,6 +104,11 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
                 ..Default::default()
             };
             let _ = inner.store.finish(d.id, State::Interrupted, &failure);
+            inner.notifier.finished(d.id);
+            if let Some(id) = resume(inner, d) {
+                info!(service = %svc.name, deployment = id, resumes = d.id, "re-running the interrupted deployment");
+                requeue.push(id);
+            }
         }
         let leftovers: Vec<_> = containers
             .iter()
@@ -130,4 +140,50 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
         }
     }
     requeue
+}
+
+/// A webhook's sender will not retry, so an interrupted push deployment is run
+/// again (an operator's command failed visibly and is theirs to repeat).
+fn resume(inner: &Inner, d: &Deployment) -> Option<i64> {
+    if d.trigger == "operator" {
+        return None;
+    }
+    let depth = d
+        .trigger_detail
+        .as_ref()
+        .and_then(|t| t.get("resume_depth"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    if depth >= MAX_RESUMES {
+        warn!(
+            deployment = d.id,
+            "interrupted {} times in a row; not re-running it",
+            depth + 1
+        );
+        return None;
+    }
+    let mut detail = d
+        .trigger_detail
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let Some(obj) = detail.as_object_mut() {
+        obj.insert("resumes".into(), d.id.into());
+        obj.insert("resume_depth".into(), (depth + 1).into());
+    }
+    let id = inner
+        .store
+        .create_deployment(&NewDeployment {
+            service: d.service.clone(),
+            trigger: d.trigger.clone(),
+            trigger_detail: Some(detail),
+            tag: d.requested_tag.clone(),
+            digest: d.requested_digest.clone(),
+            pushed_at: d.pushed_at,
+            delivery: d.delivery,
+        })
+        .ok()?;
+    if let Some(row) = d.delivery {
+        let _ = inner.store.link_delivery(row, id);
+    }
+    Some(id)
 }

@@ -28,9 +28,11 @@ pub enum State {
     AlreadyLive,
     /// greenlight stopped while the deployment ran; cleaned up on the next start.
     Interrupted,
+    /// Refused: the image is older than the live one (a late or replayed webhook).
+    Stale,
 }
 
-pub const ALL: [State; 16] = [
+pub const ALL: [State; 17] = [
     State::Received,
     State::Resolving,
     State::Pulling,
@@ -47,6 +49,7 @@ pub const ALL: [State; 16] = [
     State::Superseded,
     State::AlreadyLive,
     State::Interrupted,
+    State::Stale,
 ];
 
 impl State {
@@ -68,6 +71,7 @@ impl State {
             State::Superseded => "superseded",
             State::AlreadyLive => "already_live",
             State::Interrupted => "interrupted",
+            State::Stale => "stale",
         }
     }
 
@@ -80,6 +84,7 @@ impl State {
                 | State::Superseded
                 | State::AlreadyLive
                 | State::Interrupted
+                | State::Stale
         )
     }
 

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::auth::Admin;
 use super::AppState;
 use crate::deploy::{Request, SubmitError};
-use crate::store::{Deployment, Live};
+use crate::notify::Attempt;
+use crate::store::{Deployment, Live, Store};
 
 pub fn scope() -> Scope {
     web::scope("/api")
@@ -17,13 +18,16 @@ pub fn scope() -> Scope {
         .route("/services/{name}/deploy", web::post().to(deploy))
         .route("/deployments", web::get().to(deployments))
         .route("/deployments/{id}", web::get().to(deployment))
+        .route("/deliveries", web::get().to(deliveries))
+        .route("/deliveries/{id}", web::get().to(delivery))
+        .route("/deliveries/{id}/redeliver", web::post().to(redeliver))
 }
 
 pub fn error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ "error": message }))
 }
 
-fn internal(e: impl std::fmt::Display) -> HttpResponse {
+pub(crate) fn internal(e: impl std::fmt::Display) -> HttpResponse {
     // Logged in full; the client learns only that it was our fault.
     tracing::error!(error = %e, "admin API internal error");
     error(
@@ -123,6 +127,7 @@ async fn deploy(
         digest: body.digest,
         trigger: "operator".into(),
         trigger_detail: Some(serde_json::json!({"command": "deploy"})),
+        delivery: None,
     };
     match state.deployer.submit(req) {
         Ok(id) => HttpResponse::Accepted().json(serde_json::json!({
@@ -159,15 +164,116 @@ async fn deployments(
         .store()
         .deployments(q.service.as_deref(), limit)
     {
+        Ok(list) => match with_notifications(state.deployer.store(), list) {
+            Ok(views) => HttpResponse::Ok().json(views),
+            Err(e) => internal(e),
+        },
+        Err(e) => internal(e),
+    }
+}
+
+/// A deployment with every attempt to notify about it.
+#[derive(Serialize)]
+pub struct DeploymentView {
+    #[serde(flatten)]
+    pub deployment: Deployment,
+    pub notifications: Vec<Attempt>,
+}
+
+fn with_notifications(
+    store: &Store,
+    list: Vec<Deployment>,
+) -> crate::store::Result<Vec<DeploymentView>> {
+    let ids: Vec<i64> = list.iter().map(|d| d.id).collect();
+    let mut attempts = store.notifications_of(&ids)?;
+    Ok(list
+        .into_iter()
+        .map(|d| DeploymentView {
+            notifications: attempts.remove(&d.id).unwrap_or_default(),
+            deployment: d,
+        })
+        .collect())
+}
+
+async fn deployment(_: Admin, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
+    let store = state.deployer.store();
+    match store.deployment(*id) {
+        Ok(Some(d)) => match with_notifications(store, vec![d]) {
+            Ok(mut views) => HttpResponse::Ok().json(views.remove(0)),
+            Err(e) => internal(e),
+        },
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no deployment {id}")),
+        Err(e) => internal(e),
+    }
+}
+
+async fn deliveries(
+    _: Admin,
+    state: web::Data<AppState>,
+    q: web::Query<ListQuery>,
+) -> HttpResponse {
+    let limit = q.limit.unwrap_or(20).clamp(1, 500);
+    match state
+        .deployer
+        .store()
+        .deliveries(q.service.as_deref(), limit)
+    {
         Ok(list) => HttpResponse::Ok().json(list),
         Err(e) => internal(e),
     }
 }
 
-async fn deployment(_: Admin, state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
-    match state.deployer.store().deployment(*id) {
+async fn delivery(_: Admin, state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    match state.deployer.store().delivery(&id) {
         Ok(Some(d)) => HttpResponse::Ok().json(d),
-        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no deployment {id}")),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no delivery {id:?}")),
         Err(e) => internal(e),
     }
+}
+
+/// Runs a stored delivery through the same path again, as a new attempt linked
+/// to the original.
+async fn redeliver(_: Admin, state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    let d = match state.deployer.store().delivery(&id) {
+        Ok(Some(d)) => d,
+        Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no delivery {id:?}")),
+        Err(e) => return internal(e),
+    };
+    let Ok(source) = d.source.parse() else {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("delivery {id:?} has unknown source {:?}", d.source),
+        );
+    };
+    let headers: Vec<(String, String)> = d
+        .headers
+        .as_ref()
+        .and_then(|h| h.as_object())
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let lower = headers.iter().cloned().collect();
+    let parsed =
+        match super::hooks::parse_delivery(state.deployer.config(), source, &lower, &d.raw_body) {
+            Ok((_, parsed)) => parsed,
+            Err(e) => {
+                return error(
+                    StatusCode::CONFLICT,
+                    &format!("the stored delivery cannot be read: {e}"),
+                )
+            }
+        };
+    let original = d.redelivery_of.unwrap_or(d.row);
+    super::hooks::ingest(
+        &state,
+        source,
+        d.delivery_id,
+        headers,
+        d.raw_body,
+        parsed,
+        Some(original),
+    )
 }

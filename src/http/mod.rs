@@ -2,6 +2,7 @@
 
 mod api;
 mod auth;
+pub mod hooks;
 
 use std::net::TcpListener;
 
@@ -12,6 +13,7 @@ use crate::deploy::Deployer;
 pub struct AppState {
     pub deployer: Deployer,
     pub admin_token: String,
+    pub hooks: hooks::HookCounters,
 }
 
 /// Builds the server on an already bound listener (tests bind port 0).
@@ -24,6 +26,7 @@ pub fn server(
     let state = web::Data::new(AppState {
         admin_token: deployer.config().server.admin_token.clone(),
         deployer,
+        hooks: hooks::HookCounters::default(),
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -40,6 +43,7 @@ pub fn server(
             )
             .route("/healthz", web::get().to(healthz))
             .service(api::scope())
+            .service(hooks::scope())
             .default_service(web::to(|| async {
                 api::error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
             }))

@@ -1,34 +1,569 @@
-//! Deployment notifications (email, Slack). Placeholder seam: the pipeline calls
-//! `Notifier::started` and `Notifier::finished`; sending is never on the deploy path.
+//! Deployment notifications by email and Slack.
+//!
+//! The pipeline calls [`Notifier::started`] and [`Notifier::finished`]; both return
+//! at once and the sending happens on its own task, so a slow or dead receiver
+//! never delays or fails a deploy. What is sent is decided from the stored
+//! deployment (its state says which event it is) and the config (which channels
+//! want that event). Each attempt is recorded in the `notifications` table and
+//! retried with backoff (see [`retry`]).
+//!
+//! - [`config`]: `[notify]` and `[service.notify]`, secrets redacted.
+//! - [`render`]: what a message says (pure).
+//! - [`email`], [`slack`]: one attempt through each channel.
+//! - [`record`]: the attempts in the store.
 
-use serde::Deserialize;
+pub mod config;
+pub mod email;
+pub mod record;
+pub mod render;
+pub mod retry;
+pub mod slack;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+pub use config::{Event, NotifyConfig, ServiceNotify};
+pub use record::{Attempt, Outcome};
+
+use config::{EmailConfig, WebhookUrl};
+use render::Message;
+use retry::{Policy, SendError};
 
 use crate::store::Store;
 
-/// `[notify]`: the channels, each optional.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyConfig {}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelKind {
+    Email,
+    Slack,
+}
 
-/// `[service.notify]`: a service's own channels.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceNotify {}
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Email => "email",
+            ChannelKind::Slack => "slack",
+        }
+    }
+}
 
+impl fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Where one channel's messages go.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    Email {
+        config: Arc<EmailConfig>,
+        to: Vec<Mailbox>,
+    },
+    Slack {
+        url: WebhookUrl,
+    },
+}
+
+impl Destination {
+    pub fn kind(&self) -> ChannelKind {
+        match self {
+            Destination::Email { .. } => ChannelKind::Email,
+            Destination::Slack { .. } => ChannelKind::Slack,
+        }
+    }
+
+    /// For logs and reports: recipients and relay, or the webhook's host.
+    pub fn describe(&self) -> String {
+        match self {
+            Destination::Email { config, to } => email::describe(config, to),
+            Destination::Slack { url } => url.redacted(),
+        }
+    }
+
+    fn same_as(&self, other: &Destination) -> bool {
+        match (self, other) {
+            (Destination::Email { to: a, .. }, Destination::Email { to: b, .. }) => a == b,
+            (Destination::Slack { url: a }, Destination::Slack { url: b }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A channel with the events it wants.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub destination: Destination,
+    pub on: Vec<Event>,
+}
+
+/// The channels of a service: `[notify]`, with what `[service.notify]` overrides.
+pub fn routes(notify: &NotifyConfig, service: Option<&ServiceNotify>) -> Vec<Route> {
+    let mut out = Vec::new();
+    if let Some(email) = &notify.email {
+        let own = service.and_then(|s| s.email.as_ref());
+        out.push(Route {
+            destination: Destination::Email {
+                config: Arc::new(email.clone()),
+                to: own
+                    .and_then(|o| o.to.clone())
+                    .unwrap_or_else(|| email.to.clone()),
+            },
+            on: own
+                .and_then(|o| o.on.clone())
+                .unwrap_or_else(|| email.on.clone()),
+        });
+    }
+    let own = service.and_then(|s| s.slack.as_ref());
+    let url = own
+        .and_then(|o| o.webhook_url.clone())
+        .or_else(|| notify.slack.as_ref().map(|s| s.webhook_url.clone()));
+    if let Some(url) = url {
+        out.push(Route {
+            destination: Destination::Slack { url },
+            on: own
+                .and_then(|o| o.on.clone())
+                .or_else(|| notify.slack.as_ref().map(|s| s.on.clone()))
+                .unwrap_or_else(|| config::DEFAULT_ON.to_vec()),
+        });
+    }
+    out
+}
+
+/// Tells operators about deployments. Cheap to clone.
 #[derive(Clone)]
 pub struct Notifier {
-    #[allow(dead_code)]
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     store: Store,
+    /// Per service; `fallback` for a deployment of a service no longer configured.
+    routes: HashMap<String, Vec<Route>>,
+    fallback: Vec<Route>,
+    wants_started: bool,
+    policy: Policy,
+    timeout: Duration,
+    http: reqwest::Client,
+    /// A deployment's `started` sends, so that on each channel its outcome
+    /// follows its start.
+    pending: Mutex<HashMap<i64, JoinHandle<StartedSends>>>,
+    /// Deliveries in flight: a second call for the same deployment, channel and
+    /// event while one runs is not a second message. (Afterwards the store says so.)
+    sending: Mutex<HashSet<(i64, ChannelKind, Event)>>,
+}
+
+/// The `started` delivery of each route (by index) still in flight.
+type StartedSends = Vec<(usize, JoinHandle<()>)>;
+
+/// Attempts are cut off by `send_once`, so the client needs no timeout of its own.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("greenlight/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
 }
 
 impl Notifier {
-    pub fn new(_config: &crate::config::Config, store: Store) -> Notifier {
-        Notifier { store }
+    pub fn new(config: &crate::config::Config, store: Store) -> Notifier {
+        let n = &config.notify;
+        let per_service: HashMap<_, _> = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), routes(n, s.notify.as_ref())))
+            .collect();
+        let fallback = routes(n, None);
+        let wants_started = per_service
+            .values()
+            .chain([&fallback])
+            .flatten()
+            .any(|r| r.on.contains(&Event::Started));
+        Notifier {
+            inner: Arc::new(Inner {
+                store,
+                routes: per_service,
+                fallback,
+                wants_started,
+                policy: Policy {
+                    base: n.retry_base,
+                    max_attempts: n.max_attempts,
+                },
+                timeout: n.timeout,
+                http: http_client(),
+                pending: Mutex::new(HashMap::new()),
+                sending: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    fn has_channels(&self) -> bool {
+        !self.inner.fallback.is_empty() || self.inner.routes.values().any(|r| !r.is_empty())
     }
 
     /// A deployment started (after it was queued). Returns at once.
-    pub fn started(&self, _deployment_id: i64) {}
+    pub fn started(&self, deployment_id: i64) {
+        if !self.inner.wants_started {
+            return;
+        }
+        let inner = self.inner.clone();
+        if let Some(task) = spawn(async move { inner.start(deployment_id) }) {
+            self.inner.pending().insert(deployment_id, task);
+        }
+    }
 
     /// A deployment reached a terminal state. Returns at once.
-    pub fn finished(&self, _deployment_id: i64) {}
+    pub fn finished(&self, deployment_id: i64) {
+        if !self.has_channels() {
+            return;
+        }
+        let started = self.inner.pending().remove(&deployment_id);
+        let inner = self.inner.clone();
+        spawn(async move {
+            let started = match started {
+                Some(task) => task.await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            inner.finish(deployment_id, started).await;
+        });
+    }
+}
+
+/// Spawns on the current tokio runtime; outside one there is nobody to send.
+fn spawn<F>(task: F) -> Option<JoinHandle<F::Output>>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => Some(rt.spawn(task)),
+        Err(_) => {
+            warn!("notification not sent: no async runtime");
+            None
+        }
+    }
+}
+
+impl Inner {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<i64, JoinHandle<StartedSends>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn load(&self, id: i64) -> Option<crate::store::Deployment> {
+        match self.store.deployment(id) {
+            Ok(Some(d)) => Some(d),
+            Ok(None) => {
+                warn!(deployment = id, "nothing to notify: no such deployment");
+                None
+            }
+            Err(e) => {
+                warn!(deployment = id, error = %e, "cannot load the deployment to notify");
+                None
+            }
+        }
+    }
+
+    /// The routes of a deployment's service that want `event`, with their index.
+    fn routes_for(&self, service: &str, event: Event) -> Vec<(usize, Route)> {
+        self.routes
+            .get(service)
+            .unwrap_or(&self.fallback)
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.on.contains(&event))
+            .map(|(i, r)| (i, r.clone()))
+            .collect()
+    }
+
+    /// Starts the `started` deliveries, one task per channel.
+    fn start(self: Arc<Self>, id: i64) -> StartedSends {
+        let Some(d) = self.load(id) else {
+            return Vec::new();
+        };
+        let message = Arc::new(render::message(&d, Event::Started));
+        self.routes_for(&d.service, Event::Started)
+            .into_iter()
+            .filter_map(|(i, route)| {
+                let (inner, message) = (self.clone(), message.clone());
+                spawn(async move {
+                    inner
+                        .deliver(id, Event::Started, &route.destination, &message)
+                        .await
+                })
+                .map(|task| (i, task))
+            })
+            .collect()
+    }
+
+    /// Sends the outcome through each channel that wants it, after that
+    /// channel's `started` message.
+    async fn finish(&self, id: i64, mut started: StartedSends) {
+        let Some(d) = self.load(id) else { return };
+        let Some(event) = Event::outcome_of(d.state) else {
+            // Abandoned on a store error: its state is not an outcome, so saying
+            // anything would risk saying something untrue.
+            return warn!(deployment = id, state = %d.state, "deployment ended without an outcome; not notifying");
+        };
+        let routes = self.routes_for(&d.service, event);
+        if routes.is_empty() {
+            return debug!(deployment = id, %event, "no channel wants this event");
+        }
+        let message = render::message(&d, event);
+        let sends = routes.into_iter().map(|(i, route)| {
+            let before = started
+                .iter()
+                .position(|(j, _)| *j == i)
+                .map(|p| started.swap_remove(p).1);
+            let message = &message;
+            async move {
+                if let Some(task) = before {
+                    let _ = task.await;
+                }
+                self.deliver(id, event, &route.destination, message).await
+            }
+        });
+        futures_util::future::join_all(sends.collect::<Vec<_>>()).await;
+    }
+
+    fn sending(&self) -> std::sync::MutexGuard<'_, HashSet<(i64, ChannelKind, Event)>> {
+        self.sending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Delivers `message` through `to` once per deployment and event, retrying.
+    async fn deliver(&self, id: i64, event: Event, to: &Destination, message: &Message) {
+        let key = (id, to.kind(), event);
+        if !self.sending().insert(key) {
+            return debug!(deployment = id, channel = %to.kind(), %event, "already being notified");
+        }
+        self.attempts(id, event, to, message).await;
+        self.sending().remove(&key);
+    }
+
+    async fn attempts(&self, id: i64, event: Event, to: &Destination, message: &Message) {
+        let channel = to.kind().as_str();
+        match self.store.notification_tried(id, channel, event.as_str()) {
+            Ok(true) => return debug!(deployment = id, channel, %event, "already notified"),
+            Ok(false) => {}
+            Err(e) => warn!(deployment = id, error = %e, "cannot read notification history"),
+        }
+        let dest = to.describe();
+        info!(deployment = id, channel, %event, to = %dest, "Notifying");
+        let mut attempt = 1;
+        loop {
+            let result = send_once(&self.http, to, message, self.timeout).await;
+            let (outcome, detail, wait) = match result {
+                Ok(()) => (Outcome::Sent, None, None),
+                Err(e) => {
+                    let wait = self.policy.next_delay(attempt, &e, rand::random::<f64>());
+                    let detail = match wait {
+                        Some(w) => format!(
+                            "{}; retrying in {}",
+                            e.detail,
+                            render::format_duration(w.as_millis() as i64)
+                        ),
+                        None if !e.retryable => format!("{}; not retried", e.detail),
+                        None => format!(
+                            "{}; gave up after {attempt} attempt{}",
+                            e.detail,
+                            if attempt == 1 { "" } else { "s" }
+                        ),
+                    };
+                    let outcome = if wait.is_some() {
+                        Outcome::Failed
+                    } else {
+                        Outcome::GaveUp
+                    };
+                    (outcome, Some(detail), wait)
+                }
+            };
+            if let Err(e) = self.store.record_notification(
+                id,
+                channel,
+                event.as_str(),
+                attempt,
+                outcome,
+                detail.as_deref(),
+            ) {
+                warn!(deployment = id, error = %e, "cannot record the notification attempt");
+            }
+            match (outcome, wait) {
+                (Outcome::Sent, _) => {
+                    return info!(deployment = id, channel, %event, to = %dest, attempt, "Notified")
+                }
+                (_, Some(wait)) => {
+                    warn!(deployment = id, channel, %event, attempt, error = detail.as_deref().unwrap_or(""), "notification failed");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                (_, None) => {
+                    return warn!(deployment = id, channel, %event, attempt, error = detail.as_deref().unwrap_or(""), "notification given up")
+                }
+            }
+        }
+    }
+}
+
+/// One attempt, cut off at `timeout` whatever the channel is doing.
+async fn send_once(
+    http: &reqwest::Client,
+    to: &Destination,
+    message: &Message,
+    timeout: Duration,
+) -> Result<(), SendError> {
+    let attempt = async {
+        match to {
+            Destination::Email { config, to } => email::send(config, to, message, timeout).await,
+            Destination::Slack { url } => slack::send(http, url, &message.slack).await,
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(SendError::retry(format!(
+                "no answer within {}",
+                render::format_duration(timeout.as_millis() as i64)
+            )))
+        })
+}
+
+/// What `greenlight notify test` found for one destination.
+#[derive(Debug, Clone)]
+pub struct TestResult {
+    pub channel: ChannelKind,
+    /// `[notify]`, or the service whose own channel this is.
+    pub scope: String,
+    pub destination: String,
+    pub result: Result<(), String>,
+}
+
+/// Sends one test message, one attempt each, through every configured
+/// destination (`only`: of one kind): `[notify]`'s and each service's own.
+pub async fn send_test(
+    config: &crate::config::Config,
+    only: Option<ChannelKind>,
+) -> Vec<TestResult> {
+    let mut targets: Vec<(String, Destination)> = Vec::new();
+    for r in routes(&config.notify, None) {
+        targets.push(("[notify]".into(), r.destination));
+    }
+    for s in &config.services {
+        let Some(own) = &s.notify else { continue };
+        for r in routes(&config.notify, Some(own)) {
+            if !targets.iter().any(|(_, d)| d.same_as(&r.destination)) {
+                targets.push((format!("service {}", s.name), r.destination));
+            }
+        }
+    }
+    let services: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+    // The EHLO name lettre would use: this host's name.
+    let host = lettre::transport::smtp::extension::ClientId::default().to_string();
+    let message = render::test_message(&services, &host);
+    let http = http_client();
+    let sends = targets
+        .into_iter()
+        .filter(|(_, d)| only.is_none_or(|k| d.kind() == k))
+        .map(|(scope, d)| {
+            let (http, message) = (&http, &message);
+            async move {
+                let result = send_once(http, &d, message, config.notify.timeout)
+                    .await
+                    .map_err(|e| e.detail);
+                TestResult {
+                    channel: d.kind(),
+                    scope,
+                    destination: d.describe(),
+                    result,
+                }
+            }
+        });
+    futures_util::future::join_all(sends).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config::{ServiceEmail, ServiceSlack};
+
+    fn notify() -> NotifyConfig {
+        let text = r#"
+            [email]
+            server = "smtp.example.com"
+            from = "greenlight <gl@example.com>"
+            to = ["ops@example.com"]
+            [slack]
+            webhook_url = "https://hooks.slack.com/services/T/B/x"
+            on = ["failed"]
+        "#;
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_service_inherits_the_channels_it_does_not_override() {
+        let r = routes(&notify(), None);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].on, config::DEFAULT_ON.to_vec());
+        assert_eq!(r[1].on, vec![Event::Failed]);
+        let own = ServiceNotify {
+            email: Some(ServiceEmail {
+                to: Some(vec!["web@example.com".parse().unwrap()]),
+                on: None,
+            }),
+            slack: Some(ServiceSlack {
+                webhook_url: None,
+                on: Some(vec![]),
+            }),
+        };
+        let r = routes(&notify(), Some(&own));
+        match &r[0].destination {
+            Destination::Email { to, .. } => assert_eq!(to[0].email.to_string(), "web@example.com"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r[0].on, config::DEFAULT_ON.to_vec());
+        assert!(r[1].on.is_empty(), "on = [] silences slack for the service");
+    }
+
+    #[test]
+    fn a_service_may_bring_its_own_slack_channel() {
+        let own = ServiceNotify {
+            email: None,
+            slack: Some(ServiceSlack {
+                webhook_url: Some(
+                    WebhookUrl::parse("https://hooks.slack.com/services/T/B/own").unwrap(),
+                ),
+                on: None,
+            }),
+        };
+        let mut n = notify();
+        n.slack = None;
+        let r = routes(&n, Some(&own));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].on, config::DEFAULT_ON.to_vec());
+        assert!(!r[1]
+            .destination
+            .same_as(&routes(&notify(), None)[1].destination));
+    }
+
+    #[test]
+    fn notifying_outside_a_runtime_does_not_panic() {
+        let store = Store::in_memory().unwrap();
+        let mut config: crate::config::Config = toml::from_str(
+            r#"
+            [server]
+            admin_token = "0123456789abcdef"
+            [nginx]
+            mode = "host"
+            upstreams_dir = "/tmp"
+            config = "/tmp/nginx.conf"
+            "#,
+        )
+        .unwrap();
+        config.notify = notify();
+        let n = Notifier::new(&config, store);
+        n.started(1);
+        n.finished(1);
+    }
 }

@@ -322,6 +322,17 @@ pub enum NginxKind {
 impl World {
     /// `versions`: (tag, baked env) of each demo image to build and push.
     pub fn new(tag: &str, kind: NginxKind, versions: &[(&str, &[(&str, &str)])]) -> World {
+        World::with_config(tag, kind, versions, "")
+    }
+
+    /// Like `new`, with `extra` appended to greenlight's config (top-level tables
+    /// such as `[notify]`).
+    pub fn with_config(
+        tag: &str,
+        kind: NginxKind,
+        versions: &[(&str, &[(&str, &str)])],
+        extra: &str,
+    ) -> World {
         let images = versions
             .iter()
             .map(|(v, env)| {
@@ -335,7 +346,7 @@ impl World {
                 (v.to_string(), opts)
             })
             .collect();
-        World::with_images(tag, kind, images)
+        World::with_images_and_config(tag, kind, images, extra)
     }
 
     /// Like `new`, with full control over each image (e.g. a Docker HEALTHCHECK).
@@ -343,6 +354,16 @@ impl World {
         tag: &str,
         kind: NginxKind,
         versions: Vec<(String, DemoImageOpts)>,
+    ) -> World {
+        World::with_images_and_config(tag, kind, versions, "")
+    }
+
+    /// Like `with_images`, with `extra` appended to greenlight's config.
+    pub fn with_images_and_config(
+        tag: &str,
+        kind: NginxKind,
+        versions: Vec<(String, DemoImageOpts)>,
+        extra: &str,
     ) -> World {
         let prefix = prefix(tag);
         let cleanup = DockerCleanup::new(&prefix);
@@ -371,7 +392,7 @@ impl World {
             }
         };
         let repo = format!("{}/{repo_path}", registry.host());
-        let config = config_for(
+        let mut config = config_for(
             &nginx,
             &[ServiceSpec {
                 name: service.clone(),
@@ -380,6 +401,7 @@ impl World {
                 extra: String::new(),
             }],
         );
+        config.push_str(extra);
         let gl = Greenlight::spawn(&config);
         World {
             prefix,

@@ -1,0 +1,349 @@
+//! The webhook endpoints. Each answers within milliseconds: authenticate over the
+//! raw bytes, parse, record the delivery in the ledger, decide, answer `202`;
+//! the deployment itself runs after the answer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, Scope};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::AppState;
+use crate::config::Config;
+use crate::deploy::intake::{overall, Outcome, Verdict};
+use crate::ledger::NewDelivery;
+use crate::webhook::{self, distribution, dockerhub, github, Item, Parsed, Source, Unreadable};
+
+/// Rejected deliveries by source, for `/metrics`.
+#[derive(Default)]
+pub struct HookCounters {
+    pub github_unauthorized: AtomicU64,
+    pub dockerhub_unauthorized: AtomicU64,
+    pub registry_unauthorized: AtomicU64,
+}
+
+impl HookCounters {
+    fn unauthorized(&self, source: Source) -> &AtomicU64 {
+        match source {
+            Source::Github => &self.github_unauthorized,
+            Source::Dockerhub => &self.dockerhub_unauthorized,
+            Source::Registry => &self.registry_unauthorized,
+        }
+    }
+}
+
+pub fn scope() -> Scope {
+    web::scope("/hooks")
+        .route("/github", web::post().to(github_hook))
+        .route("/dockerhub/{token}", web::post().to(dockerhub_hook))
+        .route("/registry", web::post().to(registry_hook))
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> HttpResponse {
+    HttpResponse::build(status).json(body)
+}
+
+fn unauthorized(state: &AppState, source: Source, why: &str) -> HttpResponse {
+    state
+        .hooks
+        .unauthorized(source)
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(source = source.as_str(), reason = why, "webhook refused");
+    answer(StatusCode::UNAUTHORIZED, json!({ "error": why }))
+}
+
+fn unreadable(source: Source, e: &Unreadable) -> HttpResponse {
+    tracing::info!(source = source.as_str(), reason = %e, "unreadable webhook");
+    answer(StatusCode::BAD_REQUEST, json!({ "error": e.0 }))
+}
+
+fn too_large(limit: usize) -> HttpResponse {
+    answer(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        json!({ "error": format!("body over {limit} bytes (server.body_limit)") }),
+    )
+}
+
+/// Reads the whole body, refusing at once past `limit` bytes.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, HttpResponse> {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn headers_of(req: &HttpRequest) -> Vec<(String, String)> {
+    req.headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn github_hook(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let limit = state.deployer.config().server.body_limit;
+    let body = match read_body(&req, payload, limit).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let secrets = &state.deployer.config().webhooks.github_secrets;
+    if let Err(e) = github::verify(secrets, &body, header(&req, "x-hub-signature-256")) {
+        return unauthorized(&state, Source::Github, e.0);
+    }
+    let headers = headers_of(&req);
+    match parse_delivery(
+        state.deployer.config(),
+        Source::Github,
+        &lowercase(&headers),
+        &body,
+    ) {
+        Ok((id, parsed)) => ingest(&state, Source::Github, id, headers, body, parsed, None),
+        Err(e) => unreadable(Source::Github, &e),
+    }
+}
+
+async fn dockerhub_hook(
+    req: HttpRequest,
+    token: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let expected = state.deployer.config().webhooks.dockerhub_token.as_deref();
+    if !webhook::token_matches(&token, expected) {
+        return unauthorized(&state, Source::Dockerhub, "wrong or unset Docker Hub token");
+    }
+    let limit = state.deployer.config().server.body_limit;
+    let body = match read_body(&req, payload, limit).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let headers = headers_of(&req);
+    match parse_delivery(
+        state.deployer.config(),
+        Source::Dockerhub,
+        &lowercase(&headers),
+        &body,
+    ) {
+        Ok((id, parsed)) => ingest(&state, Source::Dockerhub, id, headers, body, parsed, None),
+        Err(e) => unreadable(Source::Dockerhub, &e),
+    }
+}
+
+async fn registry_hook(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let presented = header(&req, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = state.deployer.config().webhooks.registry_token.as_deref();
+    if !webhook::token_matches(presented, expected) {
+        return unauthorized(
+            &state,
+            Source::Registry,
+            "missing or wrong Authorization: Bearer token",
+        );
+    }
+    let limit = state.deployer.config().server.body_limit;
+    let body = match read_body(&req, payload, limit).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let headers = headers_of(&req);
+    match parse_delivery(
+        state.deployer.config(),
+        Source::Registry,
+        &lowercase(&headers),
+        &body,
+    ) {
+        Ok((id, parsed)) => ingest(&state, Source::Registry, id, headers, body, parsed, None),
+        Err(e) => unreadable(Source::Registry, &e),
+    }
+}
+
+fn lowercase(headers: &[(String, String)]) -> HashMap<String, String> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect()
+}
+
+/// Parses an authenticated delivery (fresh, or stored in the ledger for a
+/// redelivery): its delivery id and what it holds.
+pub fn parse_delivery(
+    config: &Config,
+    source: Source,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<(String, Parsed), Unreadable> {
+    let get = |k: &str| headers.get(k).map(String::as_str);
+    match source {
+        Source::Github => {
+            let event = get("x-github-event");
+            let delivery = get("x-github-delivery");
+            let doc = if event == Some("ping") {
+                serde_json::Value::Null
+            } else {
+                github::json_body(get("content-type"), body)?
+            };
+            let parsed =
+                github::parse(event, delivery, &doc, &config.webhooks.github_registry_host)?;
+            let id = delivery
+                .map(str::to_string)
+                .unwrap_or_else(|| match &parsed {
+                    Parsed::Items(items) => items
+                        .iter()
+                        .find_map(|i| match i {
+                            Item::Push(p) => Some(p.delivery_id.clone()),
+                            Item::Ignored(_) => None,
+                        })
+                        .unwrap_or_else(|| webhook::generated_id("gh")),
+                    Parsed::Ping => webhook::generated_id("gh"),
+                });
+            Ok((id, parsed))
+        }
+        Source::Dockerhub => {
+            let parsed = dockerhub::parse(body, &config.webhooks.dockerhub_registry_host)?;
+            let id = match &parsed {
+                Parsed::Items(items) => items.iter().find_map(|i| match i {
+                    Item::Push(p) => Some(p.delivery_id.clone()),
+                    Item::Ignored(_) => None,
+                }),
+                Parsed::Ping => None,
+            }
+            .unwrap_or_else(|| webhook::generated_id("dockerhub"));
+            Ok((id, parsed))
+        }
+        Source::Registry => {
+            if !distribution::content_type_ok(get("content-type")) {
+                return Err(Unreadable(format!(
+                    "unsupported content type {:?}: expected {}",
+                    get("content-type").unwrap_or(""),
+                    distribution::CONTENT_TYPES[0]
+                )));
+            }
+            distribution::parse(body)
+        }
+    }
+}
+
+/// Records the delivery and decides what each of its events means.
+pub fn ingest(
+    state: &AppState,
+    source: Source,
+    delivery_id: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    parsed: Parsed,
+    redelivery_of: Option<i64>,
+) -> HttpResponse {
+    let store = state.deployer.store();
+    let (items, ping) = match parsed {
+        Parsed::Ping => (vec![Item::Ignored("ping".into())], true),
+        Parsed::Items(items) => (items, false),
+    };
+    let recorded = store.insert_delivery(&NewDelivery {
+        source: source.as_str().into(),
+        delivery_id: delivery_id.clone(),
+        redelivery_of,
+        headers,
+        body,
+    });
+    let (row, attempt) = match recorded {
+        Ok(r) => r,
+        Err(e) => return super::api::internal(e),
+    };
+    let mut outcomes = Vec::with_capacity(items.len());
+    for item in items {
+        let outcome = match item {
+            Item::Push(mut event) => {
+                // A redelivery keeps the id it was first recorded under.
+                event.delivery_id = delivery_id.clone();
+                match state.deployer.offer(&event, row) {
+                    Ok(o) => o,
+                    Err(e) => return super::api::internal(e),
+                }
+            }
+            Item::Ignored(why) => Outcome::ignored(why),
+        };
+        outcomes.push(outcome);
+    }
+    let verdict = overall(&outcomes);
+    let detail: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o.detail.as_str())
+        .filter(|d| !d.is_empty())
+        .collect();
+    let detail = detail.join("; ");
+    let mut deployments: Vec<i64> = outcomes
+        .iter()
+        .filter(|o| matches!(o.verdict, Verdict::Queued | Verdict::Duplicate))
+        .filter_map(|o| o.deployment)
+        .collect();
+    deployments.dedup();
+    let mut services: Vec<String> = outcomes.iter().filter_map(|o| o.service.clone()).collect();
+    services.sort();
+    services.dedup();
+    let events = serde_json::to_value(&outcomes).unwrap_or_default();
+    if let Err(e) = store.set_delivery_verdict(
+        row,
+        verdict.as_str(),
+        &detail,
+        &events,
+        &services,
+        &deployments,
+    ) {
+        return super::api::internal(e);
+    }
+    tracing::info!(
+        source = source.as_str(),
+        delivery = %delivery_id,
+        attempt,
+        verdict = verdict.as_str(),
+        detail = %detail,
+        "delivery"
+    );
+    let status = if ping {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    answer(
+        status,
+        json!({
+            "delivery": delivery_id,
+            "attempt": attempt,
+            "outcome": verdict.as_str(),
+            "detail": if ping { "pong".to_string() } else { detail },
+            "deployments": deployments,
+        }),
+    )
+}
