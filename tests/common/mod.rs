@@ -8,11 +8,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use greenlight_testkit::env::{
-    build_demo_image, free_port, DemoImageOpts, DockerCleanup, Nginx, Registry, RegistryOpts,
+    build_demo_image, free_port, DemoImageOpts, DockerCleanup, Nginx, NotifyEndpoint, Registry,
+    RegistryOpts,
 };
 use serde_json::{json, Value};
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
+pub const GITHUB_SECRET: &str = "github-test-secret";
+pub const REGISTRY_TOKEN: &str = "registry-test-token";
+pub const DOCKERHUB_TOKEN: &str = "dockerhub-test-token-0123456789";
 
 /// A short unique prefix for this test's names (services, containers, networks).
 pub fn prefix(tag: &str) -> String {
@@ -31,8 +35,12 @@ pub struct Greenlight {
 impl Greenlight {
     /// Writes `config` (with `{listen}` and `{state}` filled in) and starts serving.
     pub fn spawn(config: &str) -> Greenlight {
+        Greenlight::spawn_on(free_port(), config)
+    }
+
+    /// Like `spawn`, on a port chosen beforehand (a registry must know where to notify).
+    pub fn spawn_on(port: u16, config: &str) -> Greenlight {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let config = config
             .replace("{listen}", &format!("127.0.0.1:{port}"))
             .replace(
@@ -365,16 +373,62 @@ impl World {
         versions: Vec<(String, DemoImageOpts)>,
         extra: &str,
     ) -> World {
+        World::build(tag, kind, versions, extra, None)
+    }
+
+    /// A world whose webhooks are configured (secrets below; GitHub- and Docker
+    /// Hub-shaped deliveries refer to the test registry) and whose registry
+    /// notifies greenlight. Images are built but NOT pushed: `push` does that,
+    /// and the registry's notification is what deploys them.
+    pub fn with_hooks(
+        tag: &str,
+        versions: &[(&str, &[(&str, &str)])],
+        registry_notifies: bool,
+    ) -> World {
+        let images = versions
+            .iter()
+            .map(|(v, env)| {
+                let env = env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (
+                    v.to_string(),
+                    DemoImageOpts {
+                        healthcheck: false,
+                        env,
+                    },
+                )
+            })
+            .collect();
+        World::build(tag, NginxKind::Host, images, "", Some(registry_notifies))
+    }
+
+    fn build(
+        tag: &str,
+        kind: NginxKind,
+        versions: Vec<(String, DemoImageOpts)>,
+        extra: &str,
+        hooks: Option<bool>,
+    ) -> World {
         let prefix = prefix(tag);
         let cleanup = DockerCleanup::new(&prefix);
         let service = format!("{prefix}app");
         let network = format!("{prefix}-net");
-        let registry = Registry::start(RegistryOpts { notify: None }).unwrap();
+        let gl_port = free_port();
+        let notify = (hooks == Some(true)).then(|| NotifyEndpoint {
+            url: format!("http://127.0.0.1:{gl_port}/hooks/registry"),
+            token: REGISTRY_TOKEN.into(),
+        });
+        let registry = Registry::start(RegistryOpts { notify }).unwrap();
         let repo_path = format!("{prefix}/demo");
         let mut digests = HashMap::new();
         for (version, opts) in &versions {
             let local = format!("{prefix}-build:{version}");
             build_demo_image(&local, version, opts.clone()).unwrap();
+            if hooks.is_some() {
+                continue;
+            }
             let digest = registry.push(&local, &repo_path, version).unwrap();
             // Only the registry copy should exist: greenlight must pull it.
             let _ = greenlight_testkit::env::docker(&["rmi", &local]);
@@ -402,7 +456,15 @@ impl World {
             }],
         );
         config.push_str(extra);
-        let gl = Greenlight::spawn(&config);
+        if hooks.is_some() {
+            config.push_str(&format!(
+                "\n[webhooks]\ngithub_secrets = [\"retired-secret\", \"{GITHUB_SECRET}\"]\n\
+                 registry_token = \"{REGISTRY_TOKEN}\"\ndockerhub_token = \"{DOCKERHUB_TOKEN}\"\n\
+                 github_registry_host = \"{host}\"\ndockerhub_registry_host = \"{host}\"\n",
+                host = registry.host()
+            ));
+        }
+        let gl = Greenlight::spawn_on(gl_port, &config);
         World {
             prefix,
             service,
@@ -417,6 +479,80 @@ impl World {
 
     pub fn digest(&self, version: &str) -> &str {
         &self.digests[version]
+    }
+
+    /// Pushes built image `version` to `repo_path` (default: the service's
+    /// repository) under `tag`; returns the manifest digest.
+    pub fn push_as(&mut self, version: &str, repo_path: Option<&str>, tag: &str) -> String {
+        let local = format!("{}-build:{version}", self.prefix);
+        let default_path = format!("{}/demo", self.prefix);
+        let path = repo_path.unwrap_or(&default_path);
+        let digest = self.registry.push(&local, path, tag).unwrap();
+        if repo_path.is_none() {
+            self.digests.insert(tag.to_string(), digest.clone());
+        }
+        digest
+    }
+
+    pub fn push(&mut self, version: &str) -> String {
+        self.push_as(version, None, version)
+    }
+
+    /// Waits until greenlight says `tag` is live.
+    pub async fn wait_live(&self, tag: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = self
+                .gl
+                .get(&format!("/api/services/{}", self.service))
+                .await;
+            if s["live"]["tag"] == tag && s["deploying"].is_null() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{tag} never went live: {s:#}\n{}",
+                self.gl.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Posts a signed GitHub-shaped delivery; returns (status, answer).
+    pub async fn github(&self, guid: &str, body: &str) -> (u16, Value) {
+        let resp = ::reqwest::Client::new()
+            .post(format!("{}/hooks/github", self.gl.url()))
+            .header("X-GitHub-Event", "package")
+            .header("X-GitHub-Delivery", guid)
+            .header(
+                "X-Hub-Signature-256",
+                greenlight::webhook::github::sign(GITHUB_SECRET, body.as_bytes()),
+            )
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A GitHub `package` event for this world's repository.
+    pub fn github_payload(&self, tag: &str, digest: &str, pushed_at: &str) -> String {
+        let mut doc: Value = serde_json::from_str(include_str!(
+            "../fixtures/webhooks/github-package-published.json"
+        ))
+        .unwrap();
+        let p = &mut doc["package"];
+        p["namespace"] = self.prefix.clone().into();
+        p["name"] = "demo".into();
+        let v = &mut p["package_version"];
+        v["name"] = digest.into();
+        v["updated_at"] = pushed_at.into();
+        v["container_metadata"]["tag"]["name"] = tag.into();
+        v["container_metadata"]["tag"]["digest"] = digest.into();
+        v["container_metadata"]["manifest"]["digest"] = digest.into();
+        doc.to_string()
     }
 
     /// Deploys `tag` and asserts it succeeded.
