@@ -374,7 +374,9 @@ impl Run<'_> {
         .collect();
         let plan = ContainerPlan {
             name: name.clone(),
-            image: self.image.clone(),
+            // By ID: a tag or digest reference can be removed under us (someone
+            // untags the repository) between the pull and this create.
+            image: self.image_id.clone().unwrap_or_else(|| self.image.clone()),
             labels,
             env,
             command: svc.command.clone(),
