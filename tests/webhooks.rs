@@ -552,3 +552,54 @@ async fn bad_deliveries_get_their_status_and_change_nothing() {
         assert!(!log.contains(secret), "a secret in the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_push_supersedes_a_queued_one_so_the_latest_wins() {
+    let slow: &[(&str, &str)] = &[("DEMO_START_DELAY_MS", "2500")];
+    let mut w = World::with_hooks("s", &[("v1", slow), ("v2", NO_ENV), ("v3", NO_ENV)], false);
+    let (d1, d2, d3) = (w.push("v1"), w.push("v2"), w.push("v3"));
+    // v1 is in its health gate for a while; v2 and v3 arrive meanwhile.
+    let (_, a) = w
+        .github(
+            "guid-s1",
+            &w.github_payload("v1", &d1, "2026-02-01T00:00:00Z"),
+        )
+        .await;
+    let (_, b) = w
+        .github(
+            "guid-s2",
+            &w.github_payload("v2", &d2, "2026-02-02T00:00:00Z"),
+        )
+        .await;
+    let (_, c) = w
+        .github(
+            "guid-s3",
+            &w.github_payload("v3", &d3, "2026-02-03T00:00:00Z"),
+        )
+        .await;
+    for answer in [&a, &b, &c] {
+        assert_eq!(answer["outcome"], "queued", "{answer}");
+    }
+    let v2 = b["deployments"][0].as_i64().unwrap();
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("supersedes {v2}")),
+        "{c}"
+    );
+    w.wait_live("v3").await;
+    let superseded = w.gl.get(&format!("/api/deployments/{v2}")).await;
+    assert_eq!(superseded["state"], "superseded", "{superseded:#}");
+    let states: Vec<String> = deployments(&w)
+        .await
+        .iter()
+        .map(|d| d["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        states,
+        ["succeeded", "superseded", "succeeded"],
+        "newest first: v3, v2, v1"
+    );
+    assert_eq!(w.served().await, (200, "v3".into()));
+}

@@ -76,7 +76,23 @@ const DEMO_TARGET: &str = "x86_64-unknown-linux-gnu";
 // ---------------------------------------------------------------------------------
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read, release).
+///
+/// Ports come from 20000-32767, below Linux's ephemeral range (32768-60999): a
+/// port the kernel hands out for bind(0) can be taken by any outgoing connection
+/// (a load probe opens thousands) before the test's server binds it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = 12_768u32;
+    let start =
+        (std::process::id().wrapping_mul(7919) + NEXT.fetch_add(1, Ordering::Relaxed) * 131) % span;
+    for i in 0..span {
+        let port = (20_000 + (start + i * 37) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            NEXT.fetch_add(1, Ordering::Relaxed);
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
