@@ -117,16 +117,7 @@ async fn github_hook(
     if let Err(e) = github::verify(secrets, &body, header(&req, "x-hub-signature-256")) {
         return unauthorized(&state, Source::Github, e.0);
     }
-    let headers = headers_of(&req);
-    match parse_delivery(
-        state.deployer.config(),
-        Source::Github,
-        &lowercase(&headers),
-        &body,
-    ) {
-        Ok((id, parsed)) => ingest(&state, Source::Github, id, headers, body, parsed, None),
-        Err(e) => unreadable(Source::Github, &e),
-    }
+    accept(&req, &state, Source::Github, body)
 }
 
 async fn dockerhub_hook(
@@ -139,20 +130,9 @@ async fn dockerhub_hook(
     if !webhook::token_matches(&token, expected) {
         return unauthorized(&state, Source::Dockerhub, "wrong or unset Docker Hub token");
     }
-    let limit = state.deployer.config().server.body_limit;
-    let body = match read_body(&req, payload, limit).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let headers = headers_of(&req);
-    match parse_delivery(
-        state.deployer.config(),
-        Source::Dockerhub,
-        &lowercase(&headers),
-        &body,
-    ) {
-        Ok((id, parsed)) => ingest(&state, Source::Dockerhub, id, headers, body, parsed, None),
-        Err(e) => unreadable(Source::Dockerhub, &e),
+    match read_body(&req, payload, state.deployer.config().server.body_limit).await {
+        Ok(body) => accept(&req, &state, Source::Dockerhub, body),
+        Err(resp) => resp,
     }
 }
 
@@ -172,20 +152,18 @@ async fn registry_hook(
             "missing or wrong Authorization: Bearer token",
         );
     }
-    let limit = state.deployer.config().server.body_limit;
-    let body = match read_body(&req, payload, limit).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let headers = headers_of(&req);
-    match parse_delivery(
-        state.deployer.config(),
-        Source::Registry,
-        &lowercase(&headers),
-        &body,
-    ) {
-        Ok((id, parsed)) => ingest(&state, Source::Registry, id, headers, body, parsed, None),
-        Err(e) => unreadable(Source::Registry, &e),
+    match read_body(&req, payload, state.deployer.config().server.body_limit).await {
+        Ok(body) => accept(&req, &state, Source::Registry, body),
+        Err(resp) => resp,
+    }
+}
+
+/// An authenticated delivery: parse it, then record and decide.
+fn accept(req: &HttpRequest, state: &AppState, source: Source, body: Vec<u8>) -> HttpResponse {
+    let headers = headers_of(req);
+    match parse_delivery(state.deployer.config(), source, &lowercase(&headers), &body) {
+        Ok((id, parsed)) => ingest(state, source, id, headers, body, parsed, None),
+        Err(e) => unreadable(source, &e),
     }
 }
 

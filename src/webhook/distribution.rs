@@ -64,13 +64,7 @@ struct Actor {
 }
 
 pub fn content_type_ok(content_type: Option<&str>) -> bool {
-    let ct = content_type
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = super::media_type(content_type);
     CONTENT_TYPES.contains(&ct.as_str()) || ct == "application/json"
 }
 

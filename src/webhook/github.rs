@@ -47,13 +47,7 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 /// The JSON document of a delivery: GitHub sends `application/json`, or a form
 /// with a `payload` field when the hook is set to `x-www-form-urlencoded`.
 pub fn json_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, Unreadable> {
-    let ct = content_type
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = super::media_type(content_type);
     let text: std::borrow::Cow<[u8]> = match ct.as_str() {
         "application/json" => body.into(),
         "application/x-www-form-urlencoded" => {

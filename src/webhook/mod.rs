@@ -98,6 +98,17 @@ pub struct Unreadable(pub String);
 #[error("{0}")]
 pub struct Unauthorized(pub &'static str);
 
+/// The media type of a Content-Type header, lowercased, without parameters.
+pub fn media_type(content_type: Option<&str>) -> String {
+    content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Constant-time comparison of a presented token with the configured one.
 pub fn token_matches(presented: &str, expected: Option<&str>) -> bool {
     use subtle::ConstantTimeEq;
