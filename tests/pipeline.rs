@@ -410,3 +410,62 @@ async fn a_deployment_cut_short_by_a_crash_is_cleaned_up_and_recorded_as_interru
     let status = w.gl.get(&format!("/api/services/{}", w.service)).await;
     assert_eq!(status["live"]["tag"], "v1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_cannot_be_proven_is_rolled_back_without_failed_requests() {
+    let mut w = World::new("v", NginxKind::Host, &[("v1", NO_ENV), ("v2", NO_ENV)]);
+    w.deploy_ok("v1").await;
+    let upstream_before = w.upstream_file();
+    // A verify server nobody answers on: the reload can never be proven.
+    w.gl.stop();
+    let config = std::fs::read_to_string(&w.gl.config_path).unwrap();
+    let config = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("verify_url") {
+                "verify_url = \"http://127.0.0.1:9\"".to_string()
+            } else if l.starts_with("verify_timeout") {
+                "verify_timeout = \"2s\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&w.gl.config_path, config).unwrap();
+    w.gl.start();
+
+    let probe = probe(&w, true);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
+    assert_eq!(d["state"], "rolled_back", "{d:#}");
+    assert_eq!(d["failed_step"], "verifying");
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains("does not route") && error.contains("switched back"),
+        "{error}"
+    );
+    // Let a few requests land after the switch back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = probe.stop().await;
+    // Two reloads: to v2 and back.
+    assert_zero_failures(&report, 2);
+    assert_eq!(
+        report.versions.last().unwrap().0,
+        "v1",
+        "{}",
+        report.summary()
+    );
+
+    assert_eq!(
+        w.upstream_file(),
+        upstream_before,
+        "the previous upstream is back"
+    );
+    assert_eq!(w.served().await, (200, "v1".into()));
+    let containers = w.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].0, format!("{}-blue", w.service));
+    let status = w.gl.get(&format!("/api/services/{}", w.service)).await;
+    assert_eq!(status["live"]["tag"], "v1");
+}

@@ -613,10 +613,23 @@ impl Run<'_> {
             if let Some(previous) = self.previous.take() {
                 end = State::RolledBack;
                 let nginx = &self.inner.nginx;
+                // The workers routing to the new colour now; after switching back
+                // they still finish their requests to it, so it must outlive them.
+                let serving_new = nginx.workers().await.unwrap_or_default();
                 let back = match nginx.restore(&self.service.name, &previous) {
                     Ok(()) => nginx.reload().await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
+                if back.is_ok() {
+                    if let Ok(left) = nginx.wait_drained(&serving_new).await {
+                        if left > 0 {
+                            warn!(
+                                left,
+                                "workers still routing to the new colour after drain_timeout"
+                            );
+                        }
+                    }
+                }
                 match back {
                     Ok(()) => {
                         if let Some(live) = &self.live {
