@@ -417,12 +417,14 @@ impl Engine {
             .collect())
     }
 
-    pub async fn remove_image(&self, id: &str) -> Result<()> {
+    /// Removes one image reference (`repo:tag` or `repo@digest`); Docker deletes
+    /// the image itself with its last reference, and never one a container uses.
+    pub async fn remove_image_ref(&self, reference: &str) -> Result<()> {
         let opts = RemoveImageOptions {
-            force: true,
+            force: false,
             noprune: false,
         };
-        match self.docker.remove_image(id, Some(opts), None).await {
+        match self.docker.remove_image(reference, Some(opts), None).await {
             Ok(_) => Ok(()),
             Err(e) if not_found(&e) => Ok(()),
             Err(e) => Err(e.into()),

@@ -587,9 +587,15 @@ impl Run<'_> {
         let doomed = prune::select(&images, &repo, self.service.rollout.keep_images, &protected);
         let mut removed = Vec::new();
         for image in doomed {
-            match engine.remove_image(&image.id).await {
-                Ok(()) => removed.push(short(&image.id)),
-                Err(e) => warn!(image = %image.id, error = %e, "pruning image"),
+            let mut all = true;
+            for reference in prune::references(image, &repo) {
+                if let Err(e) = engine.remove_image_ref(reference).await {
+                    warn!(image = %reference, error = %e, "pruning image");
+                    all = false;
+                }
+            }
+            if all {
+                removed.push(short(&image.id));
             }
         }
         self.note(&if removed.is_empty() {

@@ -5,18 +5,28 @@ use std::collections::HashSet;
 use crate::docker::ImageSummary;
 use crate::registry::Repository;
 
-/// Whether an image carries a tag or digest of `repository`.
-pub fn belongs_to(image: &ImageSummary, repository: &Repository) -> bool {
-    image
+/// The references (`repo@digest`, `repo:tag`) of an image that are `repository`'s.
+/// Pruning removes only these: the same image may also be another service's.
+pub fn references<'a>(image: &'a ImageSummary, repository: &Repository) -> Vec<&'a str> {
+    let digests = image
         .repo_digests
         .iter()
-        .filter_map(|d| d.split_once('@').map(|(r, _)| r))
-        .chain(image.repo_tags.iter().filter_map(|t| {
-            // The tag follows the last ':' after the last '/'.
-            let slash = t.rfind('/').map(|i| i + 1).unwrap_or(0);
-            t[slash..].rfind(':').map(|i| &t[..slash + i])
-        }))
-        .any(|r| &Repository::parse(r) == repository)
+        .filter_map(|d| d.split_once('@').map(|(r, _)| (r, d.as_str())));
+    let tags = image.repo_tags.iter().filter_map(|t| {
+        // The tag follows the last ':' after the last '/'.
+        let slash = t.rfind('/').map(|i| i + 1).unwrap_or(0);
+        t[slash..].rfind(':').map(|i| (&t[..slash + i], t.as_str()))
+    });
+    digests
+        .chain(tags)
+        .filter(|(repo, _)| &Repository::parse(repo) == repository)
+        .map(|(_, reference)| reference)
+        .collect()
+}
+
+/// Whether an image carries a tag or digest of `repository`.
+pub fn belongs_to(image: &ImageSummary, repository: &Repository) -> bool {
+    !references(image, repository).is_empty()
 }
 
 /// Images of `repository` to remove: everything beyond the newest `keep`, never
@@ -96,6 +106,24 @@ mod tests {
             .map(|i| i.id.as_str())
             .collect();
         assert_eq!(ids, vec!["i3", "i2"]);
+    }
+
+    #[test]
+    fn only_this_repositorys_references_are_pruned() {
+        let repo = Repository::parse("127.0.0.1:5000/web");
+        let shared = image(
+            "i1",
+            1,
+            &[
+                "127.0.0.1:5000/web@sha256:1",
+                "127.0.0.1:5000/api@sha256:1",
+                "127.0.0.1:5000/web:v1",
+            ],
+        );
+        assert_eq!(
+            references(&shared, &repo),
+            vec!["127.0.0.1:5000/web@sha256:1", "127.0.0.1:5000/web:v1"]
+        );
     }
 
     #[test]
