@@ -105,6 +105,15 @@ pub struct ImageSummary {
     pub created: i64,
 }
 
+fn restart_policy(name: &str) -> RestartPolicyNameEnum {
+    match name {
+        "always" => RestartPolicyNameEnum::ALWAYS,
+        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+        "no" => RestartPolicyNameEnum::NO,
+        _ => RestartPolicyNameEnum::UNLESS_STOPPED,
+    }
+}
+
 fn not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
@@ -238,12 +247,7 @@ impl Engine {
     }
 
     pub async fn create(&self, plan: &ContainerPlan) -> Result<String> {
-        let restart = match plan.restart.as_str() {
-            "always" => RestartPolicyNameEnum::ALWAYS,
-            "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-            "no" => RestartPolicyNameEnum::NO,
-            _ => RestartPolicyNameEnum::UNLESS_STOPPED,
-        };
+        let restart = restart_policy(&plan.restart);
         let spec = ContainerSpec {
             image: Some(plan.image.clone()),
             env: Some(plan.env.clone()),
@@ -266,6 +270,19 @@ impl Engine {
         };
         let created = self.docker.create_container(Some(opts), spec).await?;
         Ok(created.id)
+    }
+
+    /// Changes a container's restart policy (`no`, `always`, `unless-stopped`, `on-failure`).
+    pub async fn set_restart_policy(&self, id: &str, policy: &str) -> Result<()> {
+        let opts = bollard::container::UpdateContainerOptions::<String> {
+            restart_policy: Some(RestartPolicy {
+                name: Some(restart_policy(policy)),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        self.docker.update_container(id, opts).await?;
+        Ok(())
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {

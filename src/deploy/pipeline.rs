@@ -382,7 +382,9 @@ impl Run<'_> {
             command: svc.command.clone(),
             binds: svc.volumes.clone(),
             network: svc.network.clone(),
-            restart: svc.restart.clone(),
+            // No restarts until it has passed the gate: a crash there must leave
+            // the container exited, with its real exit code, not restarting.
+            restart: "no".into(),
         };
         let id = engine.create(&plan).await.map_err(|e| match &e {
             crate::docker::DockerError::Api(bollard::errors::Error::DockerResponseServerError {
@@ -433,6 +435,17 @@ impl Run<'_> {
         };
         match gate.wait().await {
             Ok(probes) => {
+                let id = self.container_id.as_deref().unwrap_or_default();
+                self.inner
+                    .engine
+                    .set_restart_policy(id, &self.service.restart)
+                    .await
+                    .map_err(|e| {
+                        fail(format!(
+                            "setting the restart policy {:?}: {e}",
+                            self.service.restart
+                        ))
+                    })?;
                 self.note(&format!("healthy after {probes} probes"));
                 Ok(())
             }

@@ -156,6 +156,9 @@ struct Inner {
     /// Deliveries in flight: a second call for the same deployment, channel and
     /// event while one runs is not a second message. (Afterwards the store says so.)
     sending: Mutex<HashSet<(i64, ChannelKind, Event)>>,
+    /// Deployments whose outcome is being or was sent by this process: a second
+    /// `finished` call must not overtake the first, which waits for `started`.
+    finished: Mutex<HashSet<i64>>,
 }
 
 /// The `started` delivery of each route (by index) still in flight.
@@ -197,6 +200,7 @@ impl Notifier {
                 http: http_client(),
                 pending: Mutex::new(HashMap::new()),
                 sending: Mutex::new(HashSet::new()),
+                finished: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -219,6 +223,15 @@ impl Notifier {
     /// A deployment reached a terminal state. Returns at once.
     pub fn finished(&self, deployment_id: i64) {
         if !self.has_channels() {
+            return;
+        }
+        let first = self
+            .inner
+            .finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(deployment_id);
+        if !first {
             return;
         }
         let started = self.inner.pending().remove(&deployment_id);
