@@ -1,0 +1,300 @@
+//! A real `greenlight serve` child process (the release binary), its config, and
+//! memory sampling from /proc.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use greenlight_testkit::env::{workspace_root, Nginx};
+
+pub const TOKEN: &str = "bench-admin-token-0123456789";
+pub const GITHUB_SECRET: &str = "bench-github-secret";
+pub const REGISTRY_TOKEN: &str = "bench-registry-token";
+
+/// Builds `greenlight` in release (a no-op when up to date) and returns its path.
+/// `GREENLIGHT_BIN` overrides both.
+pub fn greenlight_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("GREENLIGHT_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let root = workspace_root();
+    let binary = root.join("target/release/greenlight");
+    if is_fresh(&binary, &root) {
+        return Ok(binary);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building greenlight (cargo build --release --bin greenlight) ...");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "greenlight",
+            "--manifest-path",
+        ])
+        .arg(root.join("Cargo.toml"))
+        .env_remove("CARGO_TARGET_DIR")
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run cargo")?;
+    ensure!(status.success(), "cargo build of greenlight failed");
+    ensure!(binary.is_file(), "{} was not built", binary.display());
+    Ok(binary)
+}
+
+/// Whether `binary` exists and is newer than every file of the product's sources.
+fn is_fresh(binary: &Path, root: &Path) -> bool {
+    fn newest(path: &Path) -> Option<std::time::SystemTime> {
+        let meta = std::fs::metadata(path).ok()?;
+        if meta.is_dir() {
+            std::fs::read_dir(path)
+                .ok()?
+                .flatten()
+                .filter_map(|e| newest(&e.path()))
+                .max()
+        } else {
+            meta.modified().ok()
+        }
+    }
+    let Some(built) = std::fs::metadata(binary).and_then(|m| m.modified()).ok() else {
+        return false;
+    };
+    ["src", "Cargo.toml", "Cargo.lock"]
+        .iter()
+        .filter_map(|p| newest(&root.join(p)))
+        .all(|t| t <= built)
+}
+
+/// A service in the generated config.
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    pub network: String,
+}
+
+/// A greenlight config for a host nginx and `services`, with webhooks configured.
+pub fn config_for(nginx: &Nginx, services: &[ServiceSpec], github_registry_host: &str) -> String {
+    let mut text = format!(
+        r#"[server]
+listen = "{{listen}}"
+admin_token = "{TOKEN}"
+state = "{{state}}"
+
+[nginx]
+mode = "host"
+binary = "/usr/sbin/nginx"
+config = "{conf}"
+prefix = "{prefix}"
+upstreams_dir = "{upstreams}"
+verify_url = "{verify}"
+verify_timeout = "10s"
+drain_timeout = "20s"
+
+[webhooks]
+github_secrets = ["{GITHUB_SECRET}"]
+registry_token = "{REGISTRY_TOKEN}"
+github_registry_host = "{github_registry_host}"
+"#,
+        conf = nginx.conf_path().display(),
+        prefix = nginx.dir().display(),
+        upstreams = nginx.upstreams_dir().display(),
+        verify = nginx.verify_url(),
+    );
+    for s in services {
+        text.push_str(&format!(
+            r#"
+[[service]]
+name = "{}"
+image = "{}"
+port = 8080
+network = "{}"
+
+[service.health]
+path = "/healthz"
+interval = "100ms"
+timeout = "1s"
+healthy_after = 3
+deadline = "10s"
+
+[service.rollout]
+stop_grace = "5s"
+keep_images = 2
+"#,
+            s.name, s.image, s.network
+        ));
+    }
+    text
+}
+
+/// A running `greenlight serve`, killed on drop.
+pub struct Greenlight {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+    /// Spawn to the first `200` from `/healthz`.
+    pub ready_after: Duration,
+}
+
+impl Greenlight {
+    /// Writes `config` (`{listen}`, `{state}` filled in) and starts serving on `port`;
+    /// waits for `/healthz`. `rust_log`: `None` keeps greenlight's default (`info`).
+    pub fn spawn(binary: &Path, port: u16, config: &str, rust_log: Option<&str>) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("greenlight-bench-")
+            .tempdir()?;
+        let config = config
+            .replace("{listen}", &format!("127.0.0.1:{port}"))
+            .replace(
+                "{state}",
+                &dir.path().join("state.db").display().to_string(),
+            );
+        let config_path = dir.path().join("greenlight.toml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("greenlight.log"))?;
+        let mut command = Command::new(binary);
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        } else {
+            command.env_remove("RUST_LOG");
+        }
+        let started = Instant::now();
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut gl = Greenlight {
+            dir,
+            port,
+            child,
+            ready_after: Duration::ZERO,
+        };
+        loop {
+            if http_ok(port, "/healthz") {
+                gl.ready_after = started.elapsed();
+                return Ok(gl);
+            }
+            if let Some(status) = gl.child.try_wait()? {
+                bail!("greenlight exited with {status} at start:\n{}", gl.log());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("greenlight did not become ready:\n{}", gl.log());
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("greenlight.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Greenlight {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+/// SIGTERM, up to 10 s to exit, then SIGKILL.
+pub fn stop_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// A readiness check from synchronous code: `GET path` answers 200.
+pub fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.ends_with(b"200")
+}
+
+/// `(VmRSS, VmHWM)` of a process in KiB, from /proc/<pid>/status.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Samples a process's VmRSS every 50 ms on its own thread; `stop` returns the largest
+/// sample and the kernel's VmHWM (peak since the process started), in KiB.
+pub struct RssSampler {
+    pid: u32,
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = thread::spawn(move || {
+            let mut max = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if let Some((rss, _)) = rss_kib(pid) {
+                    max = max.max(rss);
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            max
+        });
+        RssSampler { pid, stop, handle }
+    }
+
+    pub fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let max = self.handle.join().unwrap_or(0);
+        let hwm = rss_kib(self.pid).map(|(_, h)| h).unwrap_or(0);
+        (max, hwm)
+    }
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
