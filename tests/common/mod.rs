@@ -425,7 +425,11 @@ impl World {
         let mut digests = HashMap::new();
         for (version, opts) in &versions {
             let local = format!("{prefix}-build:{version}");
-            build_demo_image(&local, version, opts.clone()).unwrap();
+            // Unique content per test: two tests building an identical image share
+            // its ID, and one's cleanup can delete it under the other's build.
+            let mut opts = opts.clone();
+            opts.env.push(("GL_TEST_WORLD".into(), prefix.clone()));
+            build_demo_image(&local, version, opts).unwrap();
             if hooks.is_some() {
                 continue;
             }
