@@ -17,6 +17,9 @@ use crate::proxy::{Previous, Upstream};
 use crate::registry::{self, Repository};
 use crate::store::{now_ms, Deployment, Failure, Live};
 
+/// Pulls of one deployment when the image vanishes right after its pull.
+const PULL_TRIES: u32 = 3;
+
 /// How a step ended when it did not simply succeed.
 enum Stop {
     /// Nothing to do (the digest is already live).
@@ -261,31 +264,42 @@ impl Run<'_> {
 
     async fn pull(&mut self) -> Result<(), Stop> {
         let repo = Repository::parse(&self.service.image);
-        if self.service.pull {
-            let creds = registry::credentials(self.inner.config.registry_for(&repo.host));
-            self.inner
+        let creds = registry::credentials(self.inner.config.registry_for(&repo.host));
+        // Someone untagging the repository on this host can remove the digest
+        // reference between the pull and the inspect: pull again, a bounded
+        // number of times (a repeated pull of a present image is instant).
+        let mut tries = 0;
+        let info = loop {
+            tries += 1;
+            if self.service.pull {
+                self.inner
+                    .engine
+                    .pull(&self.image, creds.clone())
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            let found = self
+                .inner
                 .engine
-                .pull(&self.image, creds)
+                .inspect_image(&self.image)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
-        }
-        let info = self
-            .inner
-            .engine
-            .inspect_image(&self.image)
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .ok_or_else(|| {
-                fail(format!(
-                    "{} is not present on this host{}",
-                    self.image,
-                    if self.service.pull {
-                        " after the pull"
-                    } else {
-                        " (pull = false)"
-                    }
-                ))
-            })?;
+            match found {
+                Some(info) => break info,
+                None if self.service.pull && tries < PULL_TRIES => continue,
+                None => {
+                    return Err(fail(format!(
+                        "{} is not present on this host{}",
+                        self.image,
+                        if self.service.pull {
+                            " after the pull"
+                        } else {
+                            " (pull = false)"
+                        }
+                    )))
+                }
+            }
+        };
         self.refuse_if_older_than_live(info.created.as_deref())
             .await?;
         self.docker_healthcheck = info.has_healthcheck;
