@@ -35,14 +35,14 @@ impl Drop for Compose {
             );
         }
         let _ = self.run(&["down", "-v", "--remove-orphans"]);
-        // compose v1 leaves a network with an explicit `name:` behind.
-        let _ = docker(&["network", "rm", &format!("{}-app", self.project)]);
         // The demo containers greenlight made are not compose's.
         if let Ok(ids) = docker(&["ps", "-aq", "--filter", "label=greenlight.service=demo"]) {
             for id in ids.split_whitespace() {
                 let _ = docker(&["rm", "-f", id]);
             }
         }
+        // The demo containers kept the app network (named explicitly) alive.
+        let _ = docker(&["network", "rm", &format!("{}-app", self.project)]);
     }
 }
 
