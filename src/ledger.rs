@@ -201,12 +201,6 @@ impl Store {
         )?;
         Ok(())
     }
-
-    pub fn delivery_count(&self) -> Result<i64> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?)
-    }
 }
 
 #[cfg(test)]

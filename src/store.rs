@@ -356,11 +356,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
-        tx.execute(
-            "UPDATE steps SET finished_at = ?2, outcome = 'ok' \
-             WHERE deployment_id = ?1 AND finished_at IS NULL",
-            params![id, now],
-        )?;
+        Self::close_step(&tx, id, now)?;
         Self::open_step(&tx, id, to, now, None)?;
         let finished = to.is_terminal().then_some(now);
         let n = tx.execute(
@@ -371,6 +367,16 @@ impl Store {
             return Err(StoreError::NotFound(id));
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Closes the deployment's open step as `ok`.
+    fn close_step(tx: &rusqlite::Transaction, id: i64, now: i64) -> Result<()> {
+        tx.execute(
+            "UPDATE steps SET finished_at = ?2, outcome = 'ok' \
+             WHERE deployment_id = ?1 AND finished_at IS NULL",
+            params![id, now],
+        )?;
         Ok(())
     }
 
@@ -550,11 +556,7 @@ impl Store {
             params![id, to.as_str(), now],
         )?;
         if n == 1 {
-            tx.execute(
-                "UPDATE steps SET finished_at = ?2, outcome = 'ok' \
-                 WHERE deployment_id = ?1 AND finished_at IS NULL",
-                params![id, now],
-            )?;
+            Self::close_step(&tx, id, now)?;
             Self::open_step(&tx, id, to, now, None)?;
         }
         tx.commit()?;
@@ -574,10 +576,7 @@ impl Store {
             params![id, error, now],
         )?;
         if n == 1 {
-            tx.execute(
-                "UPDATE steps SET finished_at = ?2, outcome = 'ok' WHERE deployment_id = ?1 AND finished_at IS NULL",
-                params![id, now],
-            )?;
+            Self::close_step(&tx, id, now)?;
             Self::open_step(&tx, id, State::Superseded, now, Some(&error))?;
         }
         tx.commit()?;
