@@ -21,7 +21,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     })?;
     let store = Store::open(&config.server.state)
         .with_context(|| format!("opening {}", config.server.state.display()))?;
-    let engine = Engine::connect(config.docker.socket.as_deref()).await?;
+    let engine = Engine::connect(&config.docker).await?;
     let config = Arc::new(config);
     let deployer = Deployer::start(config.clone(), store, engine).await;
     let server = crate::http::server(listener, deployer, 2)?;

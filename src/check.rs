@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, NginxMode};
-use crate::docker::Engine;
+use crate::config::{Config, NginxMode, ServiceConfig};
+use crate::docker::{Engine, LABEL_COLOUR, LABEL_DEPLOYMENT};
 use crate::proxy::Nginx;
 use crate::store::Store;
 
@@ -47,7 +47,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             "make server.state a writable path (its directory is created if missing)",
         ),
     });
-    let engine = match Engine::connect(config.docker.socket.as_deref()).await {
+    let engine = match Engine::connect(&config.docker).await {
         Ok(engine) => {
             out.push(ok(
                 "docker",
@@ -110,12 +110,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             ),
         });
         for svc in &config.services {
-            let what = format!("service {}", svc.name);
-            let detail = match nginx.current(&svc.name) {
-                Some(u) => format!("live: {} at {} ({})", u.colour, u.address, short(&u.digest)),
-                None => "nothing deployed yet".into(),
-            };
-            out.push(ok(&what, detail));
+            out.push(live_container(&engine, &nginx, svc).await);
         }
     }
     let http = reqwest::Client::builder()
@@ -135,6 +130,40 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         ),
     });
     out
+}
+
+/// What nginx routes the service to, and whether that container still runs.
+async fn live_container(engine: &Engine, nginx: &Nginx, svc: &ServiceConfig) -> Finding {
+    let what = format!("service {}", svc.name);
+    let Some(u) = nginx.current(&svc.name) else {
+        return ok(&what, "nothing deployed yet");
+    };
+    let live = format!("live: {} at {} ({})", u.colour, u.address, short(&u.digest));
+    let containers = match engine.service_containers(&svc.name).await {
+        Ok(c) => c,
+        Err(e) => return bad(&what, format!("{live}; cannot list its containers: {e}"), "check the Docker engine"),
+    };
+    let found = containers.iter().find(|c| {
+        c.label(LABEL_DEPLOYMENT) == Some(&u.deployment.to_string())
+            && c.label(LABEL_COLOUR) == Some(u.colour.as_str())
+    });
+    let redeploy = format!(
+        "greenlight deploy {} --digest {} (or push again): it starts a new colour and switches to it",
+        svc.name, u.digest
+    );
+    match found {
+        Some(c) if c.state == "running" => ok(&what, live),
+        Some(c) => bad(
+            &what,
+            format!("{live}, but its container {} is {}: nginx answers 502", c.name, c.state),
+            format!("docker start {}, or {redeploy}", c.name),
+        ),
+        None => bad(
+            &what,
+            format!("{live}, but that container is gone (removed outside greenlight): nginx answers 502"),
+            redeploy,
+        ),
+    }
 }
 
 fn short(digest: &str) -> String {

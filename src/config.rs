@@ -40,6 +40,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub docker: DockerConfig,
+    #[serde(default)]
+    pub pull: PullConfig,
     pub nginx: NginxConfig,
     #[serde(default, rename = "registry")]
     pub registries: Vec<RegistryConfig>,
@@ -67,11 +69,50 @@ pub struct ServerConfig {
     pub body_limit: usize,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DockerConfig {
     /// `unix:///var/run/docker.sock`, a path, or `tcp://host:port`. Unset: `DOCKER_HOST`, then the default socket.
     pub socket: Option<String>,
+    /// Longest wait for the engine to answer one API call (a pull's progress
+    /// stream is bounded by `[pull] timeout` instead).
+    #[serde(default = "default_docker_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            socket: None,
+            timeout: default_docker_timeout(),
+        }
+    }
+}
+
+/// Talking to registries: a registry that is down or answers 5xx is retried with
+/// backoff; one that says no (unknown tag, refused credentials) is not.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullConfig {
+    /// Tries of resolving a tag or pulling an image, counting the first.
+    #[serde(default = "default_pull_attempts")]
+    pub attempts: u32,
+    /// Wait after the first failed try; doubled after each next one (with jitter).
+    #[serde(default = "default_pull_backoff", deserialize_with = "duration")]
+    pub backoff: Duration,
+    /// Longest one pull may take before it is cut off as stalled.
+    #[serde(default = "default_pull_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        PullConfig {
+            attempts: default_pull_attempts(),
+            backoff: default_pull_backoff(),
+            timeout: default_pull_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -234,6 +275,13 @@ pub struct RolloutConfig {
     /// Images of this service kept (the live and the previous one are always kept).
     #[serde(default = "default_keep_images")]
     pub keep_images: usize,
+    /// After the switch, keep probing the new colour this long while the old one
+    /// still runs; a failure switches back in one reload.
+    #[serde(default, deserialize_with = "duration")]
+    pub soak: Duration,
+    /// Longest a whole deployment may take; a step still running then is cut off.
+    #[serde(default = "default_rollout_deadline", deserialize_with = "duration")]
+    pub deadline: Duration,
 }
 
 impl Default for RolloutConfig {
@@ -241,6 +289,8 @@ impl Default for RolloutConfig {
         RolloutConfig {
             stop_grace: default_stop_grace(),
             keep_images: default_keep_images(),
+            soak: Duration::ZERO,
+            deadline: default_rollout_deadline(),
         }
     }
 }
@@ -301,6 +351,21 @@ fn default_stop_grace() -> Duration {
 }
 fn default_keep_images() -> usize {
     3
+}
+fn default_rollout_deadline() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_docker_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_pull_attempts() -> u32 {
+    5
+}
+fn default_pull_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_pull_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -429,6 +494,20 @@ impl Config {
             }
             _ => {}
         }
+        if self.pull.attempts == 0 {
+            return Err(bad(
+                "pull.attempts",
+                "must be at least 1 (the first try counts)".into(),
+            ));
+        }
+        if self.pull.timeout.is_zero() || self.docker.timeout.is_zero() {
+            let key = if self.pull.timeout.is_zero() {
+                "pull.timeout"
+            } else {
+                "docker.timeout"
+            };
+            return Err(bad(key, "must be longer than 0s".into()));
+        }
         if reqwest::Url::parse(&self.nginx.verify_url).is_err() {
             return Err(bad(
                 "nginx.verify_url",
@@ -477,6 +556,15 @@ impl Config {
                 return Err(bad(
                     &key("health.healthy_after"),
                     "must be at least 1".into(),
+                ));
+            }
+            if s.rollout.deadline < s.health.deadline {
+                return Err(bad(
+                    &key("rollout.deadline"),
+                    format!(
+                        "{:?} is shorter than health.deadline {:?}: the health gate alone may take that long",
+                        s.rollout.deadline, s.health.deadline
+                    ),
                 ));
             }
             if s.rollout.keep_images < 2 {

@@ -23,7 +23,6 @@ pub const LABEL_DEPLOYMENT: &str = "greenlight.deployment";
 pub const LABEL_DIGEST: &str = "greenlight.digest";
 
 /// Longest a single Docker API call may take before it is reported as hung.
-const API_TIMEOUT_SECS: u64 = 120;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -127,7 +126,9 @@ fn not_found(e: &bollard::errors::Error) -> bool {
 impl Engine {
     /// Connects to `socket` (a path, `unix://`, `tcp://` or `http://` address), else
     /// `DOCKER_HOST`, else the default socket, and negotiates the API version.
-    pub async fn connect(socket: Option<&str>) -> Result<Engine> {
+    pub async fn connect(cfg: &crate::config::DockerConfig) -> Result<Engine> {
+        let socket = cfg.socket.as_deref();
+        let timeout = cfg.timeout.as_secs().max(1);
         let at = socket
             .map(str::to_string)
             .or_else(|| std::env::var("DOCKER_HOST").ok())
@@ -137,13 +138,13 @@ impl Engine {
             source,
         };
         let docker = match socket {
-            None => Docker::connect_with_defaults(),
+            None => Docker::connect_with_defaults().map(|d| d.with_timeout(cfg.timeout)),
             Some(s) if s.starts_with("tcp://") || s.starts_with("http://") => {
-                Docker::connect_with_http(s, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                Docker::connect_with_http(s, timeout, bollard::API_DEFAULT_VERSION)
             }
             Some(s) => Docker::connect_with_unix(
                 s.trim_start_matches("unix://"),
-                API_TIMEOUT_SECS,
+                timeout,
                 bollard::API_DEFAULT_VERSION,
             ),
         }

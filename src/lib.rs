@@ -25,5 +25,6 @@ pub mod ledger;
 pub mod notify;
 pub mod proxy;
 pub mod registry;
+pub mod retry;
 pub mod store;
 pub mod webhook;

@@ -321,17 +321,6 @@ impl Nginx {
             .collect())
     }
 
-    /// PIDs of workers left over from an earlier reload, still finishing requests.
-    pub async fn shutting_down_workers(&self) -> Result<Vec<u32>> {
-        Ok(self
-            .worker_processes()
-            .await?
-            .into_iter()
-            .filter(|(_, cmd)| cmd.contains("shutting down"))
-            .map(|(pid, _)| pid)
-            .collect())
-    }
-
     /// Waits until none of `old` is still running, at most `drain_timeout`.
     /// Returns how many were still running when it gave up.
     pub async fn wait_drained(&self, old: &[u32]) -> Result<usize> {

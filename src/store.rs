@@ -434,10 +434,12 @@ impl Store {
         Ok(())
     }
 
-    /// Adds a note to the open step (what was decided, what was waited for).
+    /// Adds a note to the open step (what was decided, what was waited for),
+    /// after what it noted so far.
     pub fn note(&self, id: i64, detail: &str) -> Result<()> {
         self.conn().execute(
-            "UPDATE steps SET detail = ?2 WHERE deployment_id = ?1 AND finished_at IS NULL",
+            "UPDATE steps SET detail = CASE WHEN detail IS NULL OR detail = '' THEN ?2 \
+             ELSE detail || '; ' || ?2 END WHERE deployment_id = ?1 AND finished_at IS NULL",
             params![id, detail],
         )?;
         Ok(())

@@ -58,6 +58,12 @@ impl App {
     fn health(&self) -> Response {
         if self.config.unhealthy {
             Response::text(503, "unhealthy (DEMO_UNHEALTHY=1)\n")
+        } else if self
+            .config
+            .unhealthy_after
+            .is_some_and(|after| self.started.elapsed() >= after)
+        {
+            Response::text(503, "unhealthy (DEMO_UNHEALTHY_AFTER_MS)\n")
         } else if self.started.elapsed() < self.config.start_delay {
             Response::text(503, "starting (DEMO_START_DELAY_MS)\n")
         } else {

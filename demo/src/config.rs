@@ -19,6 +19,9 @@ pub struct Config {
     pub unhealthy: bool,
     /// `DEMO_START_DELAY_MS`: `/healthz` answers 503 for this long after start.
     pub start_delay: Duration,
+    /// `DEMO_UNHEALTHY_AFTER_MS`: `/healthz` answers 503 from this long after
+    /// start on (the app keeps serving everything else).
+    pub unhealthy_after: Option<Duration>,
     /// `DEMO_EXIT_AFTER_MS`: the process exits on its own after this long.
     pub exit_after: Option<Duration>,
     /// `DEMO_EXIT_CODE`: the code of that exit, default 3.
@@ -33,6 +36,7 @@ impl Default for Config {
             colour: "none".to_string(),
             unhealthy: false,
             start_delay: Duration::ZERO,
+            unhealthy_after: None,
             exit_after: None,
             exit_code: DEFAULT_EXIT_CODE,
         }
@@ -70,6 +74,7 @@ impl Config {
         }
         config.unhealthy = matches!(get("DEMO_UNHEALTHY"), Some("1" | "true" | "yes"));
         config.start_delay = Duration::from_millis(number("DEMO_START_DELAY_MS")?.unwrap_or(0));
+        config.unhealthy_after = number("DEMO_UNHEALTHY_AFTER_MS")?.map(Duration::from_millis);
         config.exit_after = number("DEMO_EXIT_AFTER_MS")?.map(Duration::from_millis);
         if let Some(code) = get("DEMO_EXIT_CODE") {
             config.exit_code = code
@@ -104,6 +109,7 @@ mod tests {
             ("GREENLIGHT_COLOUR", "blue"),
             ("DEMO_UNHEALTHY", "1"),
             ("DEMO_START_DELAY_MS", "1500"),
+            ("DEMO_UNHEALTHY_AFTER_MS", "900"),
             ("DEMO_EXIT_AFTER_MS", "200"),
             ("DEMO_EXIT_CODE", "7"),
         ]))
@@ -113,6 +119,7 @@ mod tests {
         assert_eq!(config.colour, "blue");
         assert!(config.unhealthy);
         assert_eq!(config.start_delay, Duration::from_millis(1500));
+        assert_eq!(config.unhealthy_after, Some(Duration::from_millis(900)));
         assert_eq!(config.exit_after, Some(Duration::from_millis(200)));
         assert_eq!(config.exit_code, 7);
     }

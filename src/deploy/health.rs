@@ -1,11 +1,14 @@
 //! The health gate: a new container goes live only after N consecutive good HTTP
 //! probes of its own address (and Docker's HEALTHCHECK, when the image has one).
-//! A container that exits or restarts fails the gate at once.
+//! A container that exits or restarts fails the gate at once. The soak keeps
+//! watching it the same way after the switch.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use crate::config::HealthConfig;
-use crate::docker::Engine;
+use crate::docker::{ContainerStatus, Engine};
 
 /// Lines of the container's log kept for the report.
 pub const LOG_TAIL_LINES: usize = 40;
@@ -25,71 +28,97 @@ pub struct HealthGate<'a> {
 }
 
 impl HealthGate<'_> {
-    /// Returns how many probes it took.
-    pub async fn wait(&self) -> Result<u32, GateFailure> {
-        let http = reqwest::Client::builder()
+    fn client(&self) -> Result<reqwest::Client, GateFailure> {
+        reqwest::Client::builder()
             .timeout(self.config.timeout)
             .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| GateFailure {
                 error: format!("building the probe client: {e}"),
                 exit_code: None,
+            })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}{}", self.address, self.config.path)
+    }
+
+    /// The container as Docker sees it; an error once it has exited, restarted,
+    /// vanished or been declared unhealthy by its HEALTHCHECK.
+    async fn container(&self, phase: &str) -> Result<ContainerStatus, GateFailure> {
+        let status = self
+            .engine
+            .status(self.container_id)
+            .await
+            .map_err(|e| GateFailure {
+                error: format!("inspecting the new container: {e}"),
+                exit_code: None,
             })?;
-        let url = format!("http://{}{}", self.address, self.config.path);
+        let Some(status) = status else {
+            return Err(GateFailure {
+                error: format!("the new container disappeared during the {phase}"),
+                exit_code: None,
+            });
+        };
+        if !status.running || status.restarting || status.restart_count > 0 {
+            return Err(GateFailure {
+                error: format!(
+                    "the new container {} (exit code {}) during the {phase}",
+                    if status.restart_count > 0 || status.restarting {
+                        "crashed and was restarted"
+                    } else {
+                        "exited"
+                    },
+                    status
+                        .exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "unknown".into())
+                ),
+                exit_code: status.exit_code,
+            });
+        }
+        if self.docker_healthcheck && status.health.as_deref() == Some("unhealthy") {
+            return Err(GateFailure {
+                error: format!("Docker HEALTHCHECK reports the new container unhealthy during the {phase}"),
+                exit_code: None,
+            });
+        }
+        Ok(status)
+    }
+
+    /// One HTTP probe: `Ok` with what it saw when the status is the wanted one.
+    async fn probe(&self, http: &reqwest::Client, url: &str) -> Result<String, String> {
+        match http.get(url).send().await {
+            Ok(resp) if resp.status().as_u16() == self.config.status => {
+                Ok(format!("HTTP {}", resp.status()))
+            }
+            Ok(resp) => Err(format!(
+                "HTTP {} (want {})",
+                resp.status(),
+                self.config.status
+            )),
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
+    /// Returns how many probes it took.
+    pub async fn wait(&self) -> Result<u32, GateFailure> {
+        let http = self.client()?;
+        let url = self.url();
         let start = Instant::now();
         let mut consecutive = 0u32;
         let mut probes = 0u32;
         loop {
-            let status = self
-                .engine
-                .status(self.container_id)
-                .await
-                .map_err(|e| GateFailure {
-                    error: format!("inspecting the new container: {e}"),
-                    exit_code: None,
-                })?;
-            let Some(status) = status else {
-                return Err(GateFailure {
-                    error: "the new container disappeared during the health gate".into(),
-                    exit_code: None,
-                });
-            };
-            if !status.running || status.restarting || status.restart_count > 0 {
-                return Err(GateFailure {
-                    error: format!(
-                        "the new container {} (exit code {}) during the health gate",
-                        if status.restart_count > 0 || status.restarting {
-                            "crashed and was restarted"
-                        } else {
-                            "exited"
-                        },
-                        status
-                            .exit_code
-                            .map(|c| c.to_string())
-                            .unwrap_or_else(|| "unknown".into())
-                    ),
-                    exit_code: status.exit_code,
-                });
-            }
-            if self.docker_healthcheck && status.health.as_deref() == Some("unhealthy") {
-                return Err(GateFailure {
-                    error: "Docker HEALTHCHECK reports the new container unhealthy".into(),
-                    exit_code: None,
-                });
-            }
+            let status = self.container("health gate").await?;
             probes += 1;
-            let last = match http.get(&url).send().await {
-                Ok(resp) if resp.status().as_u16() == self.config.status => {
+            let last = match self.probe(&http, &url).await {
+                Ok(seen) => {
                     consecutive += 1;
-                    format!("HTTP {}", resp.status())
+                    seen
                 }
-                Ok(resp) => {
+                Err(seen) => {
                     consecutive = 0;
-                    format!("HTTP {} (want {})", resp.status(), self.config.status)
-                }
-                Err(e) => {
-                    consecutive = 0;
-                    describe(&e)
+                    seen
                 }
             };
             let docker_ok = !self.docker_healthcheck || status.health.as_deref() == Some("healthy");
@@ -114,6 +143,41 @@ impl HealthGate<'_> {
                 });
             }
             tokio::time::sleep(self.config.interval).await;
+        }
+    }
+
+    /// The soak: after the switch, every probe must pass and the container must
+    /// keep running for `duration`. Returns the number of probes, early when
+    /// `stop` is notified (an operator asked for a rollback).
+    pub async fn soak(&self, duration: Duration, stop: &Notify) -> Result<u32, GateFailure> {
+        let http = self.client()?;
+        let url = self.url();
+        let end = Instant::now() + duration;
+        let mut probes = 0u32;
+        loop {
+            self.container("soak").await?;
+            probes += 1;
+            if let Err(seen) = self.probe(&http, &url).await {
+                // A refused or cut connection often means the process is exiting:
+                // the exit code explains more than the probe, so give Docker a
+                // moment to report it.
+                for _ in 0..10 {
+                    self.container("soak").await?;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                return Err(GateFailure {
+                    error: format!("probe {probes} of {url} failed during the soak: {seen}"),
+                    exit_code: None,
+                });
+            }
+            let now = Instant::now();
+            if now >= end {
+                return Ok(probes);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.interval.min(end - now)) => {}
+                _ = stop.notified() => return Ok(probes),
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod state;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::config::Config;
 use crate::docker::Engine;
@@ -51,6 +51,72 @@ pub(crate) struct Inner {
     pub engine: Engine,
     pub nginx: Nginx,
     pub notifier: Notifier,
+    pub soaks: Soaks,
+}
+
+/// Deployments in their soak, by service, so an operator's rollback can end one
+/// early: nginx then switches back in one reload to the colour still running.
+#[derive(Default)]
+pub(crate) struct Soaks(std::sync::Mutex<HashMap<String, Soak>>);
+
+struct Soak {
+    deployment: i64,
+    stop: Arc<Notify>,
+    rollback: bool,
+}
+
+impl Soaks {
+    /// The soak of `deployment` begins; the returned handle wakes it early.
+    pub fn open(&self, service: &str, deployment: i64) -> Arc<Notify> {
+        let stop = Arc::new(Notify::new());
+        self.0.lock().unwrap().insert(
+            service.to_string(),
+            Soak {
+                deployment,
+                stop: stop.clone(),
+                rollback: false,
+            },
+        );
+        stop
+    }
+
+    /// Asks the soaking deployment of `service`, if any, to roll back.
+    fn rollback(&self, service: &str) -> Option<i64> {
+        let mut soaks = self.0.lock().unwrap();
+        let soak = soaks.get_mut(service)?;
+        soak.rollback = true;
+        soak.stop.notify_one();
+        Some(soak.deployment)
+    }
+
+    /// The soak ended; returns whether a rollback was asked for meanwhile.
+    pub fn close(&self, service: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .remove(service)
+            .is_some_and(|s| s.rollback)
+    }
+}
+
+/// How a rollback request was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollback {
+    /// The deployment still soaking switches back to the colour still running.
+    Instant(i64),
+    /// A new deployment of the previous digest, through the health gate.
+    Deployment(i64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("no service named {0:?} in the config")]
+    UnknownService(String),
+    /// Nothing to go back to, with the reason.
+    #[error("{0}")]
+    Nothing(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 #[derive(Clone)]
@@ -73,6 +139,7 @@ impl Deployer {
             engine,
             nginx,
             notifier,
+            soaks: Soaks::default(),
         });
         let requeue = reconcile::run(&inner).await;
         let mut queues = HashMap::new();
@@ -162,6 +229,58 @@ impl Deployer {
         })?;
         self.enqueue(&req.service, id);
         Ok(id)
+    }
+}
+
+impl Deployer {
+    /// Goes back to the previous version of `service`: at once (one reload) when
+    /// the last deployment is still soaking and the old colour still runs, else
+    /// by deploying the previous digest through the health gate and the switch.
+    pub async fn rollback(&self, service: &str) -> Result<Rollback, RollbackError> {
+        if self.inner.config.service(service).is_none() {
+            return Err(RollbackError::UnknownService(service.into()));
+        }
+        if let Some(id) = self.inner.soaks.rollback(service) {
+            return Ok(Rollback::Instant(id));
+        }
+        let Some(live) = self.inner.store.live(service)? else {
+            return Err(RollbackError::Nothing(format!(
+                "nothing of {service} is live, so there is nothing to roll back from"
+            )));
+        };
+        let Some(previous) = live.previous_digest.clone() else {
+            return Err(RollbackError::Nothing(format!(
+                "{service} has no previous version on record (only {} was deployed)",
+                live.digest
+            )));
+        };
+        let kept = match &live.previous_image_id {
+            Some(image) => matches!(self.inner.engine.inspect_image(image).await, Ok(Some(_))),
+            None => false,
+        };
+        if !kept {
+            return Err(RollbackError::Nothing(format!(
+                "the previous image of {service} ({previous}) is no longer on this host; deploy its tag instead"
+            )));
+        }
+        let id = self
+            .submit(Request {
+                service: service.into(),
+                tag: None,
+                digest: Some(previous.clone()),
+                trigger: "operator".into(),
+                trigger_detail: Some(serde_json::json!({
+                    "command": "rollback",
+                    "from": live.digest,
+                    "previous_tag": live.previous_tag,
+                })),
+                delivery: None,
+            })
+            .map_err(|e| match e {
+                SubmitError::Store(e) => RollbackError::Store(e),
+                other => RollbackError::Nothing(other.to_string()),
+            })?;
+        Ok(Rollback::Deployment(id))
     }
 }
 

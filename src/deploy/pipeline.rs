@@ -15,6 +15,7 @@ use crate::config::ServiceConfig;
 use crate::docker::{ContainerPlan, LABEL_COLOUR, LABEL_DEPLOYMENT, LABEL_DIGEST, LABEL_SERVICE};
 use crate::proxy::{Previous, Upstream};
 use crate::registry::{self, Repository};
+use crate::retry::{Policy, SendError};
 use crate::store::{now_ms, Deployment, Failure, Live};
 
 /// Pulls of one deployment when the image vanishes right after its pull.
@@ -51,6 +52,8 @@ struct Run<'a> {
     live: Option<Live>,
     image: String,
     digest: String,
+    /// The tag deployed, as shown in status and history.
+    tag: Option<String>,
     image_id: Option<String>,
     docker_healthcheck: bool,
     colour: Colour,
@@ -89,6 +92,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
         live,
         image: String::new(),
         digest: String::new(),
+        tag: None,
         image_id: None,
         docker_healthcheck: false,
         colour: Colour::Blue,
@@ -99,6 +103,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
         deployment,
     };
     let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + service.rollout.deadline;
     info!(
         tag = run.deployment.requested_tag.as_deref().unwrap_or("-"),
         digest = run.deployment.requested_digest.as_deref().unwrap_or("-"),
@@ -106,8 +111,13 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
         "Deploying"
     );
     let mut state = State::Received;
+    let mut step_started = Instant::now();
     loop {
-        let next = state.next();
+        let mut next = state.next();
+        // A first deployment has nothing to go back to: no soak.
+        if next == State::Soaking && (service.rollout.soak.is_zero() || run.live.is_none()) {
+            next = next.next();
+        }
         let recorded = if state == State::Received {
             // Claimed only if still queued: a newer push may have superseded it.
             match inner.store.claim(id, next) {
@@ -129,8 +139,11 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
             run.abandon(state).await;
             return true;
         }
-        let step_started = Instant::now();
-        info!("{state} -> {next}");
+        info!(
+            step_ms = step_started.elapsed().as_millis() as u64,
+            "{state} -> {next}"
+        );
+        step_started = Instant::now();
         state = next;
         if state.is_terminal() {
             info!(
@@ -141,10 +154,22 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
             );
             return true;
         }
-        match run.step(state).await {
-            Ok(()) => {
-                tracing::debug!(step = %state, elapsed_ms = step_started.elapsed().as_millis() as u64, "step done")
+        pause_if_asked(state).await;
+        // Up to the soak, the deadline cuts a step off and the deployment unwinds;
+        // the clean-up after it is bounded step by step and never undoes the switch.
+        let outcome = if state.is_cleanup() {
+            run.step(state).await
+        } else {
+            match tokio::time::timeout_at(deadline, run.step(state)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(fail(format!(
+                    "cut off at {state}: the deployment ran past its deadline of {} (rollout.deadline)",
+                    humantime::format_duration(service.rollout.deadline)
+                ))),
             }
+        };
+        match outcome {
+            Ok(()) => {}
             Err(Stop::Done(end)) => {
                 let _ = inner.store.transition(id, end);
                 info!("{state} -> {end}");
@@ -174,6 +199,22 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
     }
 }
 
+/// Test hook for crash tests: `GREENLIGHT_TEST_PAUSE_AT=<step>` makes every
+/// deployment stop at that step (after recording it) until the process is
+/// killed. Unset in production; read once.
+async fn pause_if_asked(state: State) {
+    static AT: std::sync::OnceLock<Option<State>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var("GREENLIGHT_TEST_PAUSE_AT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+    });
+    if *at == Some(state) {
+        warn!("GREENLIGHT_TEST_PAUSE_AT={state}: pausing this deployment until greenlight is killed");
+        std::future::pending::<()>().await;
+    }
+}
+
 impl Run<'_> {
     async fn step(&mut self, state: State) -> Result<(), Stop> {
         match state {
@@ -183,6 +224,7 @@ impl Run<'_> {
             State::HealthGate => self.health_gate().await,
             State::Switching => self.switch().await,
             State::Verifying => self.verify().await,
+            State::Soaking => self.soak().await,
             State::Draining => self.drain().await,
             State::StoppingOld => self.stop_old().await,
             State::Pruning => self.prune().await,
@@ -223,9 +265,13 @@ impl Run<'_> {
             }
             (None, Some(t)) => {
                 let cfg = self.inner.config.registry_for(&repo.host);
-                registry::resolve_tag(&repo, t, cfg)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?
+                self.with_retries("resolving the tag", || async {
+                    registry::resolve_tag(&repo, t, cfg).await.map_err(|e| {
+                        let transient = matches!(e, registry::RegistryError::Unavailable { .. });
+                        attempt_error(e.to_string(), transient)
+                    })
+                })
+                .await?
             }
             (None, None) => return Err(fail("neither a tag nor a digest was requested")),
         };
@@ -240,9 +286,19 @@ impl Run<'_> {
             tag.as_deref().unwrap_or("digest"),
             self.digest
         ));
+        // A rollback names the tag it goes back to, for status and history.
+        let shown_tag = tag.clone().or_else(|| {
+            self.deployment
+                .trigger_detail
+                .as_ref()
+                .and_then(|d| d.get("previous_tag"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+        });
+        self.tag = shown_tag;
         let _ = self.inner.store.set_target(
             self.deployment.id,
-            tag.as_deref(),
+            self.tag.as_deref(),
             &self.digest,
             &self.image,
             self.live.as_ref(),
@@ -265,40 +321,57 @@ impl Run<'_> {
     async fn pull(&mut self) -> Result<(), Stop> {
         let repo = Repository::parse(&self.service.image);
         let creds = registry::credentials(self.inner.config.registry_for(&repo.host));
-        // Someone untagging the repository on this host can remove the digest
-        // reference between the pull and the inspect: pull again, a bounded
-        // number of times (a repeated pull of a present image is instant).
-        let mut tries = 0;
-        let info = loop {
-            tries += 1;
-            if self.service.pull {
-                self.inner
-                    .engine
-                    .pull(&self.image, creds.clone())
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
-            }
-            let found = self
-                .inner
-                .engine
+        let engine = &self.inner.engine;
+        let inspect = || async {
+            engine
                 .inspect_image(&self.image)
                 .await
-                .map_err(|e| fail(e.to_string()))?;
-            match found {
-                Some(info) => break info,
-                None if self.service.pull && tries < PULL_TRIES => continue,
-                None => {
-                    return Err(fail(format!(
-                        "{} is not present on this host{}",
-                        self.image,
-                        if self.service.pull {
-                            " after the pull"
-                        } else {
-                            " (pull = false)"
-                        }
-                    )))
+                .map_err(|e| fail(e.to_string()))
+        };
+        // A digest names its content: an image already here needs no pull (a
+        // rollback then works while the registry is down).
+        let mut found = inspect().await?;
+        if found.is_some() && self.service.pull {
+            self.note("the image is already on this host; no pull needed");
+        }
+        // Someone untagging the repository on this host can remove the digest
+        // reference between the pull and the inspect: pull again, a bounded
+        // number of times.
+        let mut tries = 0;
+        while found.is_none() && self.service.pull && tries < PULL_TRIES {
+            tries += 1;
+            let limit = self.inner.config.pull.timeout;
+            self.with_retries("pulling", || async {
+                match tokio::time::timeout(limit, engine.pull(&self.image, creds.clone())).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => {
+                        let text = e.to_string();
+                        let transient = pull_error_is_transient(&text);
+                        Err(attempt_error(text, transient))
+                    }
+                    Err(_) => Err(attempt_error(
+                        format!(
+                            "the pull of {} stalled: no end within {} (pull.timeout)",
+                            self.image,
+                            humantime::format_duration(limit)
+                        ),
+                        true,
+                    )),
                 }
-            }
+            })
+            .await?;
+            found = inspect().await?;
+        }
+        let Some(info) = found else {
+            return Err(fail(format!(
+                "{} is not present on this host{}",
+                self.image,
+                if self.service.pull {
+                    " after the pull"
+                } else {
+                    " (pull = false)"
+                }
+            )));
         };
         self.refuse_if_older_than_live(info.created.as_deref())
             .await?;
@@ -315,6 +388,43 @@ impl Run<'_> {
         ));
         self.image_id = Some(info.id);
         Ok(())
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or `[pull] attempts`
+    /// run out, waiting with backoff in between; each retry is noted.
+    async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Stop>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SendError>>,
+    {
+        let cfg = &self.inner.config.pull;
+        let policy = Policy {
+            base: cfg.backoff,
+            max_attempts: cfg.attempts,
+        };
+        let mut n = 0;
+        loop {
+            n += 1;
+            let e = match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let Some(wait) = policy.next_delay(n, &e, rand::random::<f64>()) else {
+                return Err(fail(if n > 1 {
+                    format!("{} (gave up after {n} tries)", e.detail)
+                } else {
+                    e.detail
+                }));
+            };
+            warn!(try_ = n, error = %e.detail, "{what} failed; trying again in {wait:?}");
+            self.note(&format!(
+                "{what}: try {n} of {} failed ({}); next in {} ms",
+                cfg.attempts,
+                e.detail,
+                wait.as_millis()
+            ));
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// The out-of-order guard for pushes whose push time is unknown: an image
@@ -515,7 +625,7 @@ impl Run<'_> {
         let live = Live {
             service: self.service.name.clone(),
             colour: self.colour,
-            tag: self.deployment.requested_tag.clone(),
+            tag: self.tag.clone(),
             digest: self.digest.clone(),
             image: self.image.clone(),
             image_id: self.image_id.clone(),
@@ -537,6 +647,36 @@ impl Run<'_> {
             self.service.name, live.address
         ));
         Ok(())
+    }
+
+    async fn soak(&mut self) -> Result<(), Stop> {
+        let soak = self.service.rollout.soak;
+        let gate = HealthGate {
+            engine: &self.inner.engine,
+            config: &self.service.health,
+            container_id: self.container_id.as_deref().unwrap_or_default(),
+            address: self.address.as_deref().unwrap_or_default(),
+            docker_healthcheck: self.docker_healthcheck,
+        };
+        let stop = self.inner.soaks.open(&self.service.name, self.deployment.id);
+        let watched = gate.soak(soak, &stop).await;
+        if self.inner.soaks.close(&self.service.name) {
+            return Err(fail("an operator asked for a rollback during the soak"));
+        }
+        match watched {
+            Ok(probes) => {
+                self.note(&format!(
+                    "healthy through the {} soak ({probes} probes)",
+                    humantime::format_duration(soak)
+                ));
+                Ok(())
+            }
+            Err(g) => Err(Stop::Fail(Failure {
+                error: g.error,
+                exit_code: g.exit_code,
+                ..Default::default()
+            })),
+        }
     }
 
     async fn drain(&mut self) -> Result<(), Stop> {
@@ -564,10 +704,15 @@ impl Run<'_> {
 
     async fn stop_old(&mut self) -> Result<(), Stop> {
         let engine = &self.inner.engine;
-        let containers = engine
-            .service_containers(&self.service.name)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let containers = match engine.service_containers(&self.service.name).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.note(&format!(
+                    "cannot list containers to stop the old colour: {e}; the next start removes it"
+                ));
+                return Ok(());
+            }
+        };
         let mut stopped = Vec::new();
         for c in containers {
             if Some(&c.id) == self.container_id.as_ref() {
@@ -697,6 +842,32 @@ impl Run<'_> {
     }
 }
 
+fn attempt_error(detail: String, transient: bool) -> SendError {
+    if transient {
+        SendError::retry(detail)
+    } else {
+        SendError::permanent(detail)
+    }
+}
+
+/// Docker reports pull failures as text. The registry's refusals (unknown
+/// manifest or tag, refused credentials, a bad reference) are final; anything
+/// else (refused or reset connections, timeouts, 5xx) may pass.
+fn pull_error_is_transient(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    const FINAL: [&str; 8] = [
+        "manifest unknown",
+        "not found",
+        "unauthorized",
+        "denied",
+        "authentication required",
+        "invalid reference",
+        "no basic auth credentials",
+        "forbidden",
+    ];
+    !FINAL.iter().any(|f| t.contains(f))
+}
+
 fn short(id: &str) -> String {
     let hex = id.split_once(':').map(|(_, h)| h).unwrap_or(id);
     hex.chars().take(12).collect()
@@ -719,6 +890,25 @@ mod tests {
     fn env_files_skip_comments_and_blank_lines() {
         let env = parse_env_file("# c\nA=1\n\nexport B=two words\nnonsense\n");
         assert_eq!(env, vec!["A=1", "B=two words"]);
+    }
+
+    #[test]
+    fn pull_errors_that_the_registry_means_are_final() {
+        for text in [
+            "pulling x: manifest for 127.0.0.1:5000/demo@sha256:ab not found: manifest unknown: manifest unknown",
+            "pulling x: pull access denied for demo, repository does not exist or may require 'docker login'",
+            "pulling x: unauthorized: authentication required",
+        ] {
+            assert!(!pull_error_is_transient(text), "{text}");
+        }
+        for text in [
+            "pulling x: Get \"http://127.0.0.1:5000/v2/\": dial tcp 127.0.0.1:5000: connect: connection refused",
+            "pulling x: received unexpected HTTP status: 503 Service Unavailable",
+            "pulling x: net/http: TLS handshake timeout",
+            "pulling x: unexpected EOF",
+        ] {
+            assert!(pull_error_is_transient(text), "{text}");
+        }
     }
 
     #[test]

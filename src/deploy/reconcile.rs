@@ -26,6 +26,7 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
     });
     let mut requeue = Vec::new();
     let mut reload = false;
+    let mut leftovers = Vec::new();
     for svc in &inner.config.services {
         let current = inner.nginx.current(&svc.name);
         let containers = match inner.engine.service_containers(&svc.name).await {
@@ -110,44 +111,52 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
                 requeue.push(id);
             }
         }
-        let leftovers: Vec<_> = containers
-            .iter()
-            .filter(|c| Some(&c.id) != live_container.map(|l| &l.id))
-            .collect();
-        if leftovers.is_empty() {
-            continue;
-        }
-        // Old workers may still be finishing requests on a leftover colour.
-        if let Ok(old) = inner.nginx.shutting_down_workers().await {
-            let _ = inner.nginx.wait_drained(&old).await;
-        }
-        for c in leftovers {
-            info!(service = %svc.name, container = %c.name, "removing leftover container");
-            let _ = inner.engine.stop(&c.id, svc.rollout.stop_grace).await;
-            if let Err(e) = inner.engine.remove(&c.id).await {
-                warn!(container = %c.name, error = %e, "cannot remove leftover container");
-            }
-        }
+        let live_id = live_container.map(|l| l.id.clone());
+        leftovers.extend(
+            containers
+                .into_iter()
+                .filter(|c| Some(&c.id) != live_id.as_ref())
+                .map(|c| (svc, c)),
+        );
     }
-    if reload {
-        match inner.nginx.test().await {
-            Ok(_) => {
-                if let Err(e) = inner.nginx.reload().await {
-                    warn!(error = %e, "reloading nginx after reconcile");
-                }
-            }
-            Err(e) => warn!(error = %e, "nginx -t failed during reconcile; not reloading"),
+    // nginx must route by the rendered files before anything it might still route
+    // to is removed: greenlight may have died between writing a file and the
+    // reload, or so soon after a reload that the old workers still route by the
+    // previous file. A reload now makes every worker alive before it an old one;
+    // once those have drained, no worker routes to a leftover.
+    if !reload && leftovers.is_empty() {
+        return requeue;
+    }
+    let old = inner.nginx.workers().await.unwrap_or_default();
+    let reloaded = match inner.nginx.test().await {
+        Ok(_) => inner.nginx.reload().await.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("nginx -t failed: {e}")),
+    };
+    if let Err(e) = reloaded {
+        warn!(error = %e, "cannot make nginx route by the rendered upstreams; leaving the other containers running");
+        return requeue;
+    }
+    if leftovers.is_empty() {
+        return requeue;
+    }
+    match inner.nginx.wait_drained(&old).await {
+        Ok(0) => {}
+        Ok(left) => warn!(left, "old nginx workers still running after drain_timeout"),
+        Err(e) => warn!(error = %e, "cannot watch nginx workers"),
+    }
+    for (svc, c) in leftovers {
+        info!(service = %svc.name, container = %c.name, "removing leftover container");
+        let _ = inner.engine.stop(&c.id, svc.rollout.stop_grace).await;
+        if let Err(e) = inner.engine.remove(&c.id).await {
+            warn!(container = %c.name, error = %e, "cannot remove leftover container");
         }
     }
     requeue
 }
 
-/// A webhook's sender will not retry, so an interrupted push deployment is run
-/// again (an operator's command failed visibly and is theirs to repeat).
+/// A webhook's sender will not retry and an operator may have gone home, so an
+/// interrupted deployment is run again (at most `MAX_RESUMES` times in a row).
 fn resume(inner: &Inner, d: &Deployment) -> Option<i64> {
-    if d.trigger == "operator" {
-        return None;
-    }
     let depth = d
         .trigger_detail
         .as_ref()

@@ -17,6 +17,8 @@ pub enum State {
     HealthGate,
     Switching,
     Verifying,
+    /// Watching the new colour after the switch while the old one still runs.
+    Soaking,
     Draining,
     StoppingOld,
     Pruning,
@@ -32,7 +34,7 @@ pub enum State {
     Stale,
 }
 
-pub const ALL: [State; 17] = [
+pub const ALL: [State; 18] = [
     State::Received,
     State::Resolving,
     State::Pulling,
@@ -40,6 +42,7 @@ pub const ALL: [State; 17] = [
     State::HealthGate,
     State::Switching,
     State::Verifying,
+    State::Soaking,
     State::Draining,
     State::StoppingOld,
     State::Pruning,
@@ -62,6 +65,7 @@ impl State {
             State::HealthGate => "health_gate",
             State::Switching => "switching",
             State::Verifying => "verifying",
+            State::Soaking => "soaking",
             State::Draining => "draining",
             State::StoppingOld => "stopping_old",
             State::Pruning => "pruning",
@@ -97,7 +101,8 @@ impl State {
             State::Starting => State::HealthGate,
             State::HealthGate => State::Switching,
             State::Switching => State::Verifying,
-            State::Verifying => State::Draining,
+            State::Verifying => State::Soaking,
+            State::Soaking => State::Draining,
             State::Draining => State::StoppingOld,
             State::StoppingOld => State::Pruning,
             State::Pruning => State::Succeeded,
@@ -105,12 +110,22 @@ impl State {
         }
     }
 
+    /// The steps after the soak: the new colour is proven and stays; these only
+    /// clean up, so their failures are noted and never undo the switch.
+    pub fn is_cleanup(self) -> bool {
+        matches!(self, State::Draining | State::StoppingOld | State::Pruning)
+    }
+
     /// Whether nginx may already route to the new colour in this state: from here on
     /// a failure must switch back rather than just remove the new container.
     pub fn past_switch(self) -> bool {
         matches!(
             self,
-            State::Verifying | State::Draining | State::StoppingOld | State::Pruning
+            State::Verifying
+                | State::Soaking
+                | State::Draining
+                | State::StoppingOld
+                | State::Pruning
         )
     }
 }
@@ -185,7 +200,7 @@ mod tests {
         let names: Vec<_> = seen.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             names.join(" "),
-            "received resolving pulling starting health_gate switching verifying draining stopping_old pruning succeeded"
+            "received resolving pulling starting health_gate switching verifying soaking draining stopping_old pruning succeeded"
         );
     }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Admin;
 use super::AppState;
-use crate::deploy::{Request, SubmitError};
+use crate::deploy::{Request, Rollback, RollbackError, SubmitError};
 use crate::notify::Attempt;
 use crate::store::{Deployment, Live, Store};
 
@@ -16,6 +16,7 @@ pub fn scope() -> Scope {
         .route("/services", web::get().to(services))
         .route("/services/{name}", web::get().to(service))
         .route("/services/{name}/deploy", web::post().to(deploy))
+        .route("/services/{name}/rollback", web::post().to(rollback))
         .route("/deployments", web::get().to(deployments))
         .route("/deployments/{id}", web::get().to(deployment))
         .route("/deliveries", web::get().to(deliveries))
@@ -138,6 +139,27 @@ async fn deploy(
             error(StatusCode::NOT_FOUND, &format!("no service named {s:?}"))
         }
         Err(SubmitError::BadRequest(m)) => error(StatusCode::BAD_REQUEST, &m),
+        Err(e) => internal(e),
+    }
+}
+
+async fn rollback(_: Admin, state: web::Data<AppState>, name: web::Path<String>) -> HttpResponse {
+    match state.deployer.rollback(&name).await {
+        Ok(how) => {
+            let (id, instant) = match how {
+                Rollback::Instant(id) => (id, true),
+                Rollback::Deployment(id) => (id, false),
+            };
+            HttpResponse::Accepted().json(serde_json::json!({
+                "deployment": id,
+                "url": format!("/api/deployments/{id}"),
+                "instant": instant,
+            }))
+        }
+        Err(RollbackError::UnknownService(s)) => {
+            error(StatusCode::NOT_FOUND, &format!("no service named {s:?}"))
+        }
+        Err(RollbackError::Nothing(why)) => error(StatusCode::CONFLICT, &why),
         Err(e) => internal(e),
     }
 }

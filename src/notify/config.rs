@@ -72,8 +72,7 @@ pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(4);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// Longest one attempt (SMTP dialogue or Slack request) may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound of any single wait between attempts, `Retry-After` included.
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+pub use crate::retry::MAX_RETRY_DELAY;
 
 /// `[notify]`: the channels, each optional, and how deliveries are retried.
 #[derive(Debug, Clone, Deserialize)]

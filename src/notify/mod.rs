@@ -16,7 +16,7 @@ pub mod config;
 pub mod email;
 pub mod record;
 pub mod render;
-pub mod retry;
+pub use crate::retry;
 pub mod slack;
 
 use std::collections::{HashMap, HashSet};

@@ -971,6 +971,29 @@ impl Nginx {
         Ok(nginx)
     }
 
+    /// Stops nginx (gracefully: SIGQUIT) and starts it again on the same ports
+    /// and files, as an operator's `systemctl restart nginx` or
+    /// `docker restart` would. Waits until both ports answer again.
+    pub fn restart(&mut self) -> Result<()> {
+        match &mut self.runtime {
+            Runtime::Host { child } => {
+                stop_process(child, libc::SIGQUIT, STOP_DEADLINE);
+                *child = start_host_nginx(self.dir.path(), self.port, self.verify_port)?;
+            }
+            Runtime::Container { name, .. } => {
+                let name = name.clone();
+                docker(&["restart", &name])?;
+                self.port = published_port(&name, CONTAINER_PORT)?;
+                self.verify_port = published_port(&name, CONTAINER_VERIFY_PORT)?;
+                let (port, verify_port) = (self.port, self.verify_port);
+                wait_for("the nginx container to answer", START_DEADLINE, || {
+                    Ok((answers_http(port) && answers_http(verify_port)).then_some(()))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Port of the site on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

@@ -2,6 +2,8 @@
 //! Docker engine, a real nginx and a real registry, one isolated world per test.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -28,6 +30,9 @@ pub struct Greenlight {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub port: u16,
+    /// Extra environment of the process (e.g. `GREENLIGHT_TEST_PAUSE_AT`), from
+    /// the next `start` on.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     http: reqwest::Client,
 }
@@ -53,6 +58,7 @@ impl Greenlight {
             dir,
             config_path,
             port,
+            env: Vec::new(),
             child: None,
             http: reqwest::Client::new(),
         };
@@ -77,6 +83,7 @@ impl Greenlight {
         let child = Command::new(env!("CARGO_BIN_EXE_greenlight"))
             .args(["--config", self.config_path.to_str().unwrap(), "serve"])
             .env("RUST_LOG", "greenlight=debug,info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -123,6 +130,14 @@ impl Greenlight {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Rewrites the config file (takes effect at the next start).
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let edited = edit(&text);
+        assert_ne!(edited, text, "the config edit changed nothing");
+        std::fs::write(&self.config_path, edited).unwrap();
     }
 
     pub fn restart(&mut self) {

@@ -1,9 +1,11 @@
-//! When to try again: exponential backoff with jitter, bounded, and a receiver's
+//! When to try again (notifications, registries): exponential backoff with
+//! jitter, bounded, and a receiver's
 //! `Retry-After` honoured. Pure, so the schedule is tested without waiting.
 
 use std::time::Duration;
 
-use super::config::MAX_RETRY_DELAY;
+/// No wait between attempts is longer than this, whatever a receiver asks.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
