@@ -141,7 +141,13 @@ async fn live_container(engine: &Engine, nginx: &Nginx, svc: &ServiceConfig) -> 
     let live = format!("live: {} at {} ({})", u.colour, u.address, short(&u.digest));
     let containers = match engine.service_containers(&svc.name).await {
         Ok(c) => c,
-        Err(e) => return bad(&what, format!("{live}; cannot list its containers: {e}"), "check the Docker engine"),
+        Err(e) => {
+            return bad(
+                &what,
+                format!("{live}; cannot list its containers: {e}"),
+                "check the Docker engine",
+            )
+        }
     };
     let found = containers.iter().find(|c| {
         c.label(LABEL_DEPLOYMENT) == Some(&u.deployment.to_string())

@@ -120,7 +120,10 @@ async fn a_colour_that_exits_during_the_soak_is_switched_back() {
         NginxKind::Host,
         &[
             ("v1", NO_ENV),
-            ("v2", &[("DEMO_EXIT_AFTER_MS", "2500"), ("DEMO_EXIT_CODE", "9")]),
+            (
+                "v2",
+                &[("DEMO_EXIT_AFTER_MS", "2500"), ("DEMO_EXIT_CODE", "9")],
+            ),
         ],
     );
     w.gl.edit_config(|c| rollout(c, "soak = \"6s\""));
@@ -174,7 +177,10 @@ async fn an_operator_rollback_during_the_soak_is_one_reload_back() {
     let took = asked.elapsed();
     assert_eq!(d["state"], "rolled_back", "{d:#}");
     assert!(
-        d["error"].as_str().unwrap().contains("operator asked for a rollback"),
+        d["error"]
+            .as_str()
+            .unwrap()
+            .contains("operator asked for a rollback"),
         "{d:#}"
     );
     eprintln!("rollback during the soak took {took:?}");
@@ -243,10 +249,9 @@ async fn rollback_deploys_the_previous_digest_and_is_refused_without_one() {
             .contains("no longer on this host"),
         "{answer}"
     );
-    let (status, answer) = w
-        .gl
-        .api(reqwest::Method::POST, "/api/services/nope/rollback", None)
-        .await;
+    let (status, answer) =
+        w.gl.api(reqwest::Method::POST, "/api/services/nope/rollback", None)
+            .await;
     assert_eq!(status, 404, "{answer}");
 }
 
@@ -323,14 +328,16 @@ async fn a_missing_tag_fails_at_once_with_the_registrys_words() {
     assert!(took < Duration::from_secs(2), "took {took:?}");
     // A digest the registry does not have: the pull's own words, no retries.
     let missing = format!("sha256:{}", "0".repeat(64));
-    let d = w
-        .gl
-        .deploy_and_wait(&w.service, Target::Digest(&missing))
-        .await;
+    let d =
+        w.gl.deploy_and_wait(&w.service, Target::Digest(&missing))
+            .await;
     assert_eq!(d["state"], "failed", "{d:#}");
     assert_eq!(d["failed_step"], "pulling");
     let error = d["error"].as_str().unwrap();
-    assert!(error.contains("not found") || error.contains("unknown"), "{error}");
+    assert!(
+        error.contains("not found") || error.contains("unknown"),
+        "{error}"
+    );
     assert!(!error.contains("tries"), "{error}");
     assert_eq!(w.served().await, (200, "v1".into()));
 }
@@ -350,10 +357,9 @@ async fn a_stalled_pull_is_cut_off_and_the_deadline_bounds_the_whole_deployment(
     // pull.timeout cuts each stalled attempt.
     proxy.set_mode(Mode::Stall);
     let started = Instant::now();
-    let d = w
-        .gl
-        .deploy_and_wait(&w.service, Target::Digest(&w.digest("v2").to_string()))
-        .await;
+    let d =
+        w.gl.deploy_and_wait(&w.service, Target::Digest(w.digest("v2")))
+            .await;
     let took = started.elapsed();
     assert_eq!(d["state"], "failed", "{d:#}");
     assert_eq!(d["failed_step"], "pulling");
@@ -371,10 +377,9 @@ async fn a_stalled_pull_is_cut_off_and_the_deadline_bounds_the_whole_deployment(
     });
     w.gl.restart();
     let started = Instant::now();
-    let d = w
-        .gl
-        .deploy_and_wait(&w.service, Target::Digest(&w.digest("v2").to_string()))
-        .await;
+    let d =
+        w.gl.deploy_and_wait(&w.service, Target::Digest(w.digest("v2")))
+            .await;
     let took = started.elapsed();
     assert_eq!(d["state"], "failed", "{d:#}");
     assert_eq!(d["failed_step"], "pulling");
@@ -389,10 +394,9 @@ async fn a_stalled_pull_is_cut_off_and_the_deadline_bounds_the_whole_deployment(
     assert_zero_failures(&report, 0);
     assert_eq!(versions(&report), vec!["v1"]);
     // The engine is not left stuck: the same digest deploys once the registry answers.
-    let d = w
-        .gl
-        .deploy_and_wait(&w.service, Target::Digest(&w.digest("v2").to_string()))
-        .await;
+    let d =
+        w.gl.deploy_and_wait(&w.service, Target::Digest(w.digest("v2")))
+            .await;
     assert_eq!(d["state"], "succeeded", "{d:#}");
     assert_only_live_container(&w, "green");
 }
@@ -419,10 +423,9 @@ async fn killed_at(at: &str) {
     assert_eq!(d["state"], "interrupted", "{d:#}");
     assert_eq!(d["failed_step"], at, "{d:#}");
     // The interrupted deployment is run again (nobody would resend the request).
-    let list = w
-        .gl
-        .get(&format!("/api/deployments?service={}", w.service))
-        .await;
+    let list =
+        w.gl.get(&format!("/api/deployments?service={}", w.service))
+            .await;
     let rerun = list
         .as_array()
         .unwrap()
@@ -433,7 +436,11 @@ async fn killed_at(at: &str) {
         .unwrap();
     let r = w.gl.wait_done(rerun).await;
     let went_live = matches!(at, "verifying" | "draining" | "stopping_old");
-    let expected = if went_live { "already_live" } else { "succeeded" };
+    let expected = if went_live {
+        "already_live"
+    } else {
+        "succeeded"
+    };
     assert_eq!(r["state"], expected, "{r:#}\n{}", w.gl.log());
     assert_eq!(w.served().await, (200, "v2".into()));
     assert_only_live_container(&w, "green");

@@ -79,7 +79,9 @@ impl HealthGate<'_> {
         }
         if self.docker_healthcheck && status.health.as_deref() == Some("unhealthy") {
             return Err(GateFailure {
-                error: format!("Docker HEALTHCHECK reports the new container unhealthy during the {phase}"),
+                error: format!(
+                    "Docker HEALTHCHECK reports the new container unhealthy during the {phase}"
+                ),
                 exit_code: None,
             });
         }

@@ -210,7 +210,9 @@ async fn pause_if_asked(state: State) {
             .and_then(|s| s.parse().ok())
     });
     if *at == Some(state) {
-        warn!("GREENLIGHT_TEST_PAUSE_AT={state}: pausing this deployment until greenlight is killed");
+        warn!(
+            "GREENLIGHT_TEST_PAUSE_AT={state}: pausing this deployment until greenlight is killed"
+        );
         std::future::pending::<()>().await;
     }
 }
@@ -658,7 +660,10 @@ impl Run<'_> {
             address: self.address.as_deref().unwrap_or_default(),
             docker_healthcheck: self.docker_healthcheck,
         };
-        let stop = self.inner.soaks.open(&self.service.name, self.deployment.id);
+        let stop = self
+            .inner
+            .soaks
+            .open(&self.service.name, self.deployment.id);
         let watched = gate.soak(soak, &stop).await;
         if self.inner.soaks.close(&self.service.name) {
             return Err(fail("an operator asked for a rollback during the soak"));

@@ -173,7 +173,8 @@ mod tests {
         let proxy = FaultProxy::start(target, Mode::Pass).unwrap();
         let read_all = || {
             let mut c = TcpStream::connect(proxy.addr).unwrap();
-            c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
             let mut out = Vec::new();
             let _ = c.write_all(b"GET / HTTP/1.1\r\n\r\n");
             let _ = c.read_to_end(&mut out);
@@ -187,7 +188,10 @@ mod tests {
         proxy.set_mode(Mode::Stall);
         let start = std::time::Instant::now();
         assert_eq!(read_all(), "");
-        assert!(start.elapsed() >= Duration::from_millis(400), "a stall answers nothing until the read times out");
+        assert!(
+            start.elapsed() >= Duration::from_millis(400),
+            "a stall answers nothing until the read times out"
+        );
         assert_eq!(proxy.accepted(), 4);
     }
 }

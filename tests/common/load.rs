@@ -115,4 +115,3 @@ pub fn assert_flips_once(report: &ProbeReport, expected: &[&str]) {
 pub fn versions(report: &ProbeReport) -> Vec<&str> {
     report.versions.iter().map(|(v, _)| v.as_str()).collect()
 }
-
