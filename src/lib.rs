@@ -11,6 +11,7 @@
 //! - [`deploy`]: the per-service queues and the deployment state machine.
 //! - [`notify`]: deployment notifications by email and Slack, off the deploy path.
 //! - [`http`]: the actix-web server: health and the admin API.
+//! - [`metrics`]: `GET /metrics`, Prometheus text derived from the store at scrape time.
 //! - [`app`]: wires the real parts together and runs them.
 //! - [`cli`]: the `greenlight` command line; client commands call the admin API.
 
@@ -22,6 +23,7 @@ pub mod deploy;
 pub mod docker;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod registry;

@@ -1,7 +1,7 @@
 //! The HTTP surface (actix-web): health, and the admin API behind a bearer token.
 
 mod api;
-mod auth;
+pub(crate) mod auth;
 pub mod hooks;
 
 use std::net::TcpListener;
@@ -28,6 +28,7 @@ pub fn server(
         deployer,
         hooks: hooks::HookCounters::default(),
     });
+    let metrics = web::Data::new(crate::metrics::Metrics::default());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -42,6 +43,7 @@ pub fn server(
                     }),
             )
             .route("/healthz", web::get().to(healthz))
+            .service(crate::metrics::resource(metrics.clone()))
             .service(api::scope())
             .service(hooks::scope())
             .default_service(web::to(|| async {
