@@ -1,8 +1,11 @@
-//! The HTTP surface (actix-web): health, and the admin API behind a bearer token.
+//! The HTTP surface (actix-web): health, the admin API behind a bearer token or a
+//! status-page session, the webhooks, and the status page.
 
 mod api;
 mod auth;
 pub mod hooks;
+mod page;
+mod session;
 
 use std::net::TcpListener;
 
@@ -28,9 +31,11 @@ pub fn server(
         deployer,
         hooks: hooks::HookCounters::default(),
     });
+    let sessions = web::Data::new(session::Sessions::default());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(sessions.clone())
             .app_data(web::PayloadConfig::new(body_limit))
             .app_data(
                 web::JsonConfig::default()
@@ -44,6 +49,7 @@ pub fn server(
             .route("/healthz", web::get().to(healthz))
             .service(api::scope())
             .service(hooks::scope())
+            .configure(page::routes)
             .default_service(web::to(|| async {
                 api::error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
             }))
