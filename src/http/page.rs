@@ -513,7 +513,11 @@ fn service_cells(v: &ServiceView, now: i64) -> Markup {
                         None => span.badge.bad { "container missing" },
                     }
                 }
-                td.since { (ago(live.since, now)) }
+                td.since {
+                    time datetime=(timestamp(live.since)) title=(timestamp(live.since)) {
+                        (duration(now - live.since))
+                    }
+                }
             }
         }
         td.deploying {
@@ -643,8 +647,10 @@ fn deliveries_view(list: &[Delivery], now: i64) -> Markup {
                                     }
                                     td { span.badge.(verdict_class(&d.verdict)) { (d.verdict) } }
                                     td.wrap {
-                                        @if !d.services.is_empty() { strong { (d.services.join(", ")) } " " }
-                                        (d.detail.as_deref().unwrap_or(""))
+                                        @match d.detail.as_deref().filter(|t| !t.is_empty()) {
+                                            Some(detail) => { (detail) }
+                                            None => { (d.services.join(", ")) }
+                                        }
                                     }
                                     td {
                                         @for (i, id) in d.deployments.iter().enumerate() {
@@ -811,7 +817,7 @@ mod tests {
             html.contains(r#"<span class="badge ok" title="Up 3 minutes">running</span>"#),
             "{html}"
         );
-        assert!(html.contains("3m 12s ago"), "{html}");
+        assert!(html.contains(r#"<time datetime="1970-01-01T00:00:00Z" title="1970-01-01T00:00:00Z">3m 12s</time>"#), "{html}");
         assert!(html.contains("#7"), "{html}");
     }
 }
