@@ -56,7 +56,10 @@ pub struct ServiceView {
     pub last: Option<Deployment>,
 }
 
-async fn service_view(state: &AppState, name: &str) -> Result<ServiceView, HttpResponse> {
+pub(crate) async fn service_view(
+    state: &AppState,
+    name: &str,
+) -> Result<ServiceView, HttpResponse> {
     let deployer = &state.deployer;
     let Some(svc) = deployer.config().service(name) else {
         return Err(error(

@@ -1,8 +1,11 @@
-//! The HTTP surface (actix-web): health, and the admin API behind a bearer token.
+//! The HTTP surface (actix-web): health, the admin API behind a bearer token or a
+//! status-page session, the webhooks, and the status page.
 
 mod api;
 pub(crate) mod auth;
 pub mod hooks;
+mod page;
+mod session;
 
 use std::net::TcpListener;
 
@@ -29,9 +32,11 @@ pub fn server(
         hooks: hooks::HookCounters::default(),
     });
     let metrics = web::Data::new(crate::metrics::Metrics::default());
+    let sessions = web::Data::new(session::Sessions::default());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(sessions.clone())
             .app_data(web::PayloadConfig::new(body_limit))
             .app_data(
                 web::JsonConfig::default()
@@ -46,6 +51,7 @@ pub fn server(
             .service(crate::metrics::resource(metrics.clone()))
             .service(api::scope())
             .service(hooks::scope())
+            .configure(page::routes)
             .default_service(web::to(|| async {
                 api::error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
             }))

@@ -1,0 +1,823 @@
+//! The status page at `/` and its login: server-rendered HTML (maud escapes every
+//! value), a little inline JavaScript for the buttons, which call the JSON admin
+//! API with the session's CSRF token. The data comes from the same functions as
+//! the API's (`service_view`, the store's deployment and delivery queries).
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use super::api::{self, ServiceView};
+use super::session::{self, Session, Sessions};
+use super::AppState;
+use crate::deploy::state::State;
+use crate::ledger::Delivery;
+use crate::store::{now_ms, Deployment, Store};
+
+/// How many deployments and deliveries the page lists.
+const RECENT: usize = 15;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(status_page))
+        .route("/login", web::get().to(login_form))
+        .route("/login", web::post().to(login))
+        .route("/logout", web::post().to(logout));
+}
+
+// ---------------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------------
+
+fn see_other(location: &str) -> actix_web::HttpResponseBuilder {
+    let mut b = HttpResponse::SeeOther();
+    b.insert_header((header::LOCATION, location))
+        .insert_header((header::CACHE_CONTROL, "no-store"));
+    b
+}
+
+/// An HTML answer: no caching (the page carries a CSRF token), no framing, and a
+/// content security policy that runs only this response's own script and style.
+fn html_page(status: StatusCode, nonce: &str, body: Markup) -> HttpResponse {
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
+         connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+         base-uri 'none'"
+    );
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, csp))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "same-origin"))
+        .body(body.into_string())
+}
+
+async fn login_form(req: HttpRequest, sessions: web::Data<Sessions>) -> HttpResponse {
+    if sessions.of_request(&req).is_some() {
+        return see_other("/").finish();
+    }
+    let nonce = session::random_token();
+    html_page(StatusCode::OK, &nonce, login_view(&nonce, None))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: String,
+}
+
+async fn login(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    sessions: web::Data<Sessions>,
+    form: web::Form<LoginForm>,
+) -> HttpResponse {
+    let nonce = session::random_token();
+    let peer = req
+        .connection_info()
+        .realip_remote_addr()
+        .unwrap_or("?")
+        .to_string();
+    if let Some(why) = session::cross_site(&req) {
+        tracing::warn!(%peer, %why, "status page login refused: cross-site");
+        let view = login_view(
+            &nonce,
+            Some("Login refused: the form was sent from another site."),
+        );
+        return html_page(StatusCode::FORBIDDEN, &nonce, view);
+    }
+    let ok: bool = !form.token.is_empty()
+        && bool::from(form.token.as_bytes().ct_eq(state.admin_token.as_bytes()));
+    if !ok {
+        tracing::warn!(%peer, "status page login refused: wrong admin token");
+        let view = login_view(&nonce, Some("Wrong token. Use the server's admin token."));
+        return html_page(StatusCode::UNAUTHORIZED, &nonce, view);
+    }
+    let (id, _) = sessions.create();
+    tracing::info!(%peer, "status page login");
+    see_other("/").cookie(session::cookie(&req, id)).finish()
+}
+
+#[derive(Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    req: HttpRequest,
+    sessions: web::Data<Sessions>,
+    form: web::Form<LogoutForm>,
+) -> HttpResponse {
+    if let Some(why) = session::cross_site(&req) {
+        tracing::warn!(%why, "logout refused: cross-site");
+        return api::error(StatusCode::FORBIDDEN, "cross-site request refused");
+    }
+    if let Some((id, session)) = sessions.of_request(&req) {
+        if !session::csrf_matches(&session, &form.csrf) {
+            return api::error(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
+        }
+        sessions.remove(&id);
+        tracing::info!("status page logout");
+    }
+    see_other("/login").cookie(session::removal(&req)).finish()
+}
+
+/// What the page shows, read the way the admin API reads it.
+struct Snapshot {
+    /// Each configured service; `None` when its state could not be read (logged).
+    services: Vec<(String, Option<ServiceView>)>,
+    deployments: Vec<Deployment>,
+    deliveries: Vec<Delivery>,
+}
+
+/// The newest deployments, each with its steps.
+fn recent_deployments(store: &Store) -> crate::store::Result<Vec<Deployment>> {
+    let mut out = Vec::new();
+    for d in store.deployments(None, RECENT)? {
+        out.push(store.deployment(d.id)?.unwrap_or(d));
+    }
+    Ok(out)
+}
+
+async fn status_page(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    sessions: web::Data<Sessions>,
+) -> HttpResponse {
+    let Some((_, session)) = sessions.of_request(&req) else {
+        return see_other("/login").finish();
+    };
+    let mut services = Vec::new();
+    for svc in &state.deployer.config().services {
+        let view = api::service_view(&state, &svc.name).await.ok();
+        services.push((svc.name.clone(), view));
+    }
+    let store = state.deployer.store();
+    let deployments = match recent_deployments(store) {
+        Ok(d) => d,
+        Err(e) => return api::internal(e),
+    };
+    let deliveries = match store.deliveries(None, RECENT) {
+        Ok(d) => d,
+        Err(e) => return api::internal(e),
+    };
+    let snap = Snapshot {
+        services,
+        deployments,
+        deliveries,
+    };
+    let nonce = session::random_token();
+    html_page(
+        StatusCode::OK,
+        &nonce,
+        status_view(&nonce, &session, &snap, now_ms()),
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// Formatting (pure)
+// ---------------------------------------------------------------------------------
+
+/// The first 12 hex digits of a digest or image ID.
+fn short_digest(digest: &str) -> &str {
+    let hex = digest.split_once(':').map(|(_, h)| h).unwrap_or(digest);
+    hex.get(..12).unwrap_or(hex)
+}
+
+/// A duration as people read it: `850 ms`, `4.2 s`, `3m 12s`, `2h 5m`, `3d 4h`.
+fn duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    let s = ms / 1000;
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{}m {}s", s / 60, s % 60),
+        3_600_000..=86_399_999 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC, to the second.
+fn timestamp(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `3m 12s ago`, with the exact time as a tooltip.
+fn ago(ms: i64, now: i64) -> Markup {
+    html! { time datetime=(timestamp(ms)) title=(timestamp(ms)) { (duration(now - ms)) " ago" } }
+}
+
+/// A CSS class for a deployment state: ok, bad, busy or muted.
+fn state_class(s: State) -> &'static str {
+    match s {
+        State::Succeeded => "ok",
+        State::Failed | State::RolledBack | State::Interrupted => "bad",
+        State::Superseded | State::AlreadyLive | State::Stale => "muted",
+        _ => "busy",
+    }
+}
+
+fn verdict_class(verdict: &str) -> &'static str {
+    match verdict {
+        "queued" => "ok",
+        "received" => "busy",
+        "ignored" | "duplicate" | "stale" | "already_live" => "muted",
+        _ => "bad",
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Views (pure)
+// ---------------------------------------------------------------------------------
+
+const STYLE: &str = r#"
+:root{--bg:#f5f6f8;--fg:#1c2230;--muted:#667085;--line:#dde1e7;--ok:#12703a;--bad:#b42318;--busy:#1d4ed8}
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;background:var(--bg);color:var(--fg)}
+header{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;justify-content:space-between;padding:.7rem 1rem;background:#101828;color:#fff}
+header h1{font-size:1.15rem;margin:0}
+header form{display:inline;margin:0}
+header a{color:#d0d5dd}
+main{max-width:1180px;margin:0 auto;padding:1rem}
+section{margin:0 0 1.6rem}
+h2{font-size:1.05rem;margin:0 0 .5rem}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;background:#fff;border:1px solid var(--line);border-radius:6px}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:.45rem .6rem;border-bottom:1px solid var(--line);white-space:nowrap;vertical-align:top}
+th{font-weight:600;font-size:.8rem;color:var(--muted);background:#f9fafb;text-transform:uppercase;letter-spacing:.02em}
+tr:last-child td{border-bottom:0}
+td.wrap{white-space:normal;min-width:14rem;max-width:30rem}
+code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.85em}
+.muted{color:var(--muted)}
+.badge{display:inline-block;padding:.05rem .5rem;border-radius:999px;font-size:.8rem;font-weight:600;background:#eaecf0;color:#344054}
+.badge.ok{background:#dcfae6;color:var(--ok)}
+.badge.bad{background:#fee4e2;color:var(--bad)}
+.badge.busy{background:#dbeafe;color:var(--busy)}
+.dot{display:inline-block;width:.75rem;height:.75rem;border-radius:50%;margin-right:.3rem;vertical-align:-.08rem;border:1px solid rgba(0,0,0,.15)}
+.dot.blue{background:#2563eb}.dot.green{background:#16a34a}
+button{font:inherit;font-size:.9rem;padding:.25rem .7rem;border-radius:5px;border:1px solid #98a2b3;background:#fff;color:var(--fg);cursor:pointer}
+button.primary{background:#101828;color:#fff;border-color:#101828}
+header button{background:transparent;color:#fff;border-color:#667085}
+button:disabled{opacity:.5;cursor:default}
+input,select{font:inherit;padding:.3rem .45rem;border:1px solid #98a2b3;border-radius:5px;background:#fff;max-width:100%}
+label{display:flex;flex-direction:column;gap:.15rem;font-size:.85rem;color:var(--muted)}
+form.deploy{display:flex;flex-wrap:wrap;gap:.6rem;align-items:flex-end;background:#fff;border:1px solid var(--line);border-radius:6px;padding:.7rem}
+#message{padding:.55rem .8rem;border-radius:6px;margin:0 0 1rem;font-weight:500;word-break:break-word}
+#message.ok{background:#dcfae6;color:var(--ok)}
+#message.err{background:#fee4e2;color:var(--bad)}
+.dep{background:#fff;border:1px solid var(--line);border-left:4px solid #98a2b3;border-radius:6px;padding:.6rem .8rem;margin:0 0 .6rem}
+.dep.ok{border-left-color:#17b26a}.dep.bad{border-left-color:#d92d20}.dep.busy{border-left-color:#2563eb}
+.dep h3{font-size:.95rem;margin:0;display:flex;flex-wrap:wrap;gap:.3rem .6rem;align-items:baseline}
+.dep .meta{font-size:.85rem;color:var(--muted)}
+ol.timeline{list-style:none;display:flex;flex-wrap:wrap;gap:.3rem;padding:0;margin:.5rem 0 0}
+ol.timeline li{padding:.1rem .5rem;border-radius:4px;font-size:.8rem;background:#ecfdf3;border:1px solid #abefc6}
+ol.timeline li.error{background:#fee4e2;border-color:#fda29b;color:var(--bad);font-weight:700}
+ol.timeline li.running{background:#dbeafe;border-color:#93c5fd;color:var(--busy);font-weight:600}
+ol.timeline li.end{background:#f2f4f7;border-color:#d0d5dd}
+ol.timeline li.end.bad{background:#d92d20;border-color:#d92d20;color:#fff}
+ol.timeline li.end.ok{background:#17b26a;border-color:#17b26a;color:#fff}
+p.error{color:var(--bad);margin:.5rem 0 0;white-space:pre-wrap;word-break:break-word}
+details{margin-top:.4rem}
+pre.log{max-height:16rem;overflow:auto;background:#101828;color:#e4e7ec;padding:.5rem .6rem;border-radius:4px;margin:.3rem 0 0}
+.login{max-width:24rem;margin:12vh auto;padding:1.5rem;background:#fff;border:1px solid var(--line);border-radius:8px}
+.login h1{font-size:1.3rem;margin:0 0 1rem}
+.login form{display:flex;flex-direction:column;gap:.8rem}
+.login .error{color:var(--bad);font-weight:600;margin:0}
+@media (max-width:640px){main{padding:.6rem}body{font-size:14px}th,td{padding:.4rem .45rem}}
+"#;
+
+const SCRIPT: &str = r#"
+"use strict";
+(function () {
+  var csrf = document.querySelector('meta[name="greenlight-csrf"]').getAttribute("content");
+  var box = document.getElementById("message");
+  var form = document.getElementById("deploy");
+  var KEY = "greenlight-message";
+  function show(text, ok) {
+    box.textContent = text;
+    box.className = ok ? "ok" : "err";
+    box.hidden = false;
+  }
+  function remember(text, ok) {
+    try { sessionStorage.setItem(KEY, JSON.stringify({ text: text, ok: ok, at: Date.now() })); } catch (e) {}
+  }
+  try {
+    var saved = JSON.parse(sessionStorage.getItem(KEY) || "null");
+    if (saved && Date.now() - saved.at < 60000) show(saved.text, saved.ok);
+  } catch (e) {}
+  function describe(data) {
+    if (!data) return "done";
+    if (data.outcome) {
+      var s = data.outcome;
+      if (data.detail) s += " (" + data.detail + ")";
+      if (data.deployments && data.deployments.length) s += ", deployment #" + data.deployments.join(", #");
+      return s;
+    }
+    if (data.deployment) return "deployment #" + data.deployment + " queued";
+    return "done";
+  }
+  function call(what, url, body, button) {
+    if (button) button.disabled = true;
+    function failed(text) {
+      show(what + " failed: " + text, false);
+      remember(what + " failed: " + text, false);
+      if (button) button.disabled = false;
+    }
+    fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-Greenlight-CSRF": csrf },
+      body: JSON.stringify(body || {})
+    }).then(function (resp) {
+      return resp.text().then(function (text) {
+        var data = null;
+        try { data = JSON.parse(text); } catch (e) {}
+        if (resp.ok) {
+          remember(what + ": " + describe(data), true);
+          location.reload();
+        } else {
+          failed("HTTP " + resp.status + ": " + (data && data.error ? data.error : (text || resp.statusText)));
+        }
+      });
+    }).catch(function (e) { failed(String(e)); });
+  }
+  document.addEventListener("click", function (ev) {
+    var b = ev.target.closest("button[data-action]");
+    if (!b) return;
+    if (b.dataset.action === "redeliver") {
+      call("Redeliver " + b.dataset.delivery,
+        "/api/deliveries/" + encodeURIComponent(b.dataset.delivery) + "/redeliver", null, b);
+    } else if (b.dataset.action === "rollback") {
+      call("Roll back " + b.dataset.service,
+        "/api/services/" + encodeURIComponent(b.dataset.service) + "/rollback", null, b);
+    }
+  });
+  if (form) {
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var svc = form.elements.service.value, tag = form.elements.tag.value.trim();
+      if (!tag) { show("Deploy: enter a tag", false); return; }
+      call("Deploy " + svc + ":" + tag,
+        "/api/services/" + encodeURIComponent(svc) + "/deploy", { tag: tag }, form.querySelector("button"));
+    });
+  }
+  // While a deployment runs, follow it; never while someone types or reads a log.
+  if (document.body.dataset.busy === "1") {
+    setInterval(function () {
+      var a = document.activeElement;
+      if (a && (a.tagName === "INPUT" || a.tagName === "SELECT")) return;
+      if (form && form.elements.tag.value) return;
+      if (document.querySelector("details[open]")) return;
+      location.reload();
+    }, 2000);
+  }
+})();
+"#;
+
+fn head(nonce: &str, title: &str, extra: Markup) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta name="referrer" content="same-origin";
+            title { (title) }
+            (extra)
+            style nonce=(nonce) { (PreEscaped(STYLE)) }
+        }
+    }
+}
+
+fn login_view(nonce: &str, error: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(nonce, "greenlight: log in", html! {}))
+            body {
+                main.login {
+                    h1 { "greenlight" }
+                    form method="post" action="/login" {
+                        @if let Some(e) = error {
+                            p.error role="alert" { (e) }
+                        }
+                        label {
+                            "Admin token"
+                            input type="password" name="token" autocomplete="current-password"
+                                required autofocus;
+                        }
+                        button.primary type="submit" { "Log in" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn status_view(nonce: &str, session: &Session, snap: &Snapshot, now: i64) -> Markup {
+    let busy = snap.deployments.iter().any(|d| !d.state.is_terminal());
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(nonce, "greenlight", html! {
+                meta name="greenlight-csrf" content=(session.csrf);
+            }))
+            body data-busy=(if busy { "1" } else { "0" }) {
+                header {
+                    h1 { "greenlight" }
+                    div {
+                        a href="/" { "Refresh" }
+                        " "
+                        form method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main {
+                    p #message role="status" hidden {}
+                    noscript { p #noscript { "The buttons need JavaScript." } }
+                    (services_view(&snap.services, now))
+                    (deploy_form(&snap.services))
+                    (deployments_view(&snap.deployments, now))
+                    (deliveries_view(&snap.deliveries, now))
+                }
+                script nonce=(nonce) { (PreEscaped(SCRIPT)) }
+            }
+        }
+    }
+}
+
+fn services_view(services: &[(String, Option<ServiceView>)], now: i64) -> Markup {
+    html! {
+        section #services {
+            h2 { "Services" }
+            div.scroll {
+                table {
+                    thead { tr {
+                        th { "Service" } th { "Live" } th { "Tag" } th { "Digest" }
+                        th { "Health" } th { "Live for" } th { "Deploying" } th { "" }
+                    } }
+                    tbody {
+                        @for (name, view) in services {
+                            tr data-service=(name) {
+                                td { strong { (name) } }
+                                @match view {
+                                    None => {
+                                        td.muted colspan="6" {
+                                            "could not read this service's state (see greenlight's log)"
+                                        }
+                                    }
+                                    Some(v) => { (service_cells(v, now)) }
+                                }
+                                td {
+                                    button type="button" data-action="rollback" data-service=(name) {
+                                        "Roll back"
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn service_cells(v: &ServiceView, now: i64) -> Markup {
+    html! {
+        @match &v.live {
+            None => {
+                td.colour.muted { "none" }
+                td.tag.muted { "-" }
+                td.digest.muted { "-" }
+                td.health { span.badge { "not deployed" } }
+                td.since.muted { "-" }
+            }
+            Some(live) => {
+                td.colour {
+                    span.dot.(live.colour.as_str()) {}
+                    (live.colour.as_str())
+                }
+                td.tag { code { (live.tag.as_deref().unwrap_or("-")) } }
+                td.digest { code title=(live.digest) { (short_digest(&live.digest)) } }
+                td.health {
+                    @match &v.container {
+                        Some(c) if c.running => span.badge.ok title=(c.status) { "running" },
+                        Some(c) => span.badge.bad title=(c.status) { (c.status) },
+                        None => span.badge.bad { "container missing" },
+                    }
+                }
+                td.since {
+                    time datetime=(timestamp(live.since)) title=(timestamp(live.since)) {
+                        (duration(now - live.since))
+                    }
+                }
+            }
+        }
+        td.deploying {
+            @if let Some(d) = &v.deploying {
+                a href=(format!("#deployment-{}", d.id)) { "#" (d.id) }
+                " " span.badge.busy { (d.state.as_str()) }
+            } @else if let Some(d) = &v.last {
+                span.muted { "last: " }
+                a href=(format!("#deployment-{}", d.id)) { "#" (d.id) }
+                " " span.badge.(state_class(d.state)) { (d.state.as_str()) }
+            } @else {
+                span.muted { "-" }
+            }
+        }
+    }
+}
+
+fn deploy_form(services: &[(String, Option<ServiceView>)]) -> Markup {
+    html! {
+        section {
+            h2 { "Deploy a tag" }
+            form #deploy.deploy {
+                label {
+                    "Service"
+                    select name="service" {
+                        @for (name, _) in services { option value=(name) { (name) } }
+                    }
+                }
+                label {
+                    "Tag"
+                    input name="tag" required placeholder="v1.4.2" autocomplete="off"
+                        spellcheck="false";
+                }
+                button.primary type="submit" { "Deploy" }
+            }
+        }
+    }
+}
+
+fn deployments_view(list: &[Deployment], now: i64) -> Markup {
+    html! {
+        section #deployments {
+            h2 { "Recent deployments" }
+            @if list.is_empty() { p.muted { "None yet." } }
+            @for d in list { (deployment_view(d, now)) }
+        }
+    }
+}
+
+fn deployment_view(d: &Deployment, now: i64) -> Markup {
+    let class = state_class(d.state);
+    let tag = d.tag.as_deref().or(d.requested_tag.as_deref());
+    let took = d.finished_at.unwrap_or(now) - d.created_at;
+    html! {
+        article.dep.(class) id=(format!("deployment-{}", d.id))
+            data-deployment=(d.id) data-service=(d.service) data-state=(d.state.as_str()) {
+            h3 {
+                span { "#" (d.id) }
+                span { (d.service) }
+                @if let Some(t) = tag { code { (t) } }
+                @if let Some(dg) = &d.digest { code.muted title=(dg) { (short_digest(dg)) } }
+                span.badge.(class) { (d.state.as_str()) }
+            }
+            div.meta {
+                (d.trigger) " · " (ago(d.created_at, now)) " · "
+                @if d.finished_at.is_some() { "took " } @else { "running for " }
+                (duration(took))
+                @if let (Some(prev), Some(_)) = (&d.previous_tag, &d.colour) {
+                    " · replaces " code { (prev) }
+                }
+            }
+            ol.timeline {
+                @for step in &d.steps {
+                    @let terminal = step.step.parse::<State>().map(|s| s.is_terminal()).unwrap_or(false);
+                    @if terminal {
+                        li.end.(class) { (step.step) }
+                    } @else {
+                        @let (cls, took) = match (step.outcome.as_deref(), step.finished_at) {
+                            (Some("error"), Some(f)) => ("error", f - step.started_at),
+                            (_, Some(f)) => ("done", f - step.started_at),
+                            (_, None) => ("running", now - step.started_at),
+                        };
+                        li class=(cls) title=(step.detail.as_deref().unwrap_or("")) {
+                            (step.step) " " span.took { (duration(took)) }
+                        }
+                    }
+                }
+            }
+            @if let Some(e) = &d.error {
+                p.error {
+                    @if let Some(s) = &d.failed_step { "failed at " strong { (s) } ": " }
+                    (e)
+                    @if let Some(code) = d.exit_code { " (exit code " (code) ")" }
+                }
+            }
+            @if let Some(tail) = d.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
+                details {
+                    summary { "container log (last lines)" }
+                    pre.log { (tail) }
+                }
+            }
+        }
+    }
+}
+
+fn deliveries_view(list: &[Delivery], now: i64) -> Markup {
+    html! {
+        section #deliveries {
+            h2 { "Recent deliveries" }
+            @if list.is_empty() {
+                p.muted { "None yet." }
+            } @else {
+                div.scroll {
+                    table {
+                        thead { tr {
+                            th { "Received" } th { "Source" } th { "Delivery" } th { "Verdict" }
+                            th { "Detail" } th { "Deployments" } th { "" }
+                        } }
+                        tbody {
+                            @for d in list {
+                                tr data-delivery=(d.delivery_id) data-row=(d.row) {
+                                    td { (ago(d.received_at, now)) }
+                                    td { (d.source) }
+                                    td {
+                                        code { (d.delivery_id) }
+                                        @if d.attempt > 1 { " " span.muted { "attempt " (d.attempt) } }
+                                    }
+                                    td { span.badge.(verdict_class(&d.verdict)) { (d.verdict) } }
+                                    td.wrap {
+                                        @match d.detail.as_deref().filter(|t| !t.is_empty()) {
+                                            Some(detail) => { (detail) }
+                                            None => { (d.services.join(", ")) }
+                                        }
+                                    }
+                                    td {
+                                        @for (i, id) in d.deployments.iter().enumerate() {
+                                            @if i > 0 { ", " }
+                                            a href=(format!("#deployment-{id}")) { "#" (id) }
+                                        }
+                                    }
+                                    td {
+                                        button type="button" data-action="redeliver"
+                                            data-delivery=(d.delivery_id) { "Redeliver" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::state::Colour;
+    use crate::store::{Live, Step};
+
+    #[test]
+    fn digests_shorten_to_twelve_hex_digits() {
+        let d = format!("sha256:{}", "0123456789abcdef".repeat(4));
+        assert_eq!(short_digest(&d), "0123456789ab");
+        assert_eq!(short_digest("abc"), "abc");
+    }
+
+    #[test]
+    fn durations_read_like_a_person_says_them() {
+        assert_eq!(duration(850), "850 ms");
+        assert_eq!(duration(4_210), "4.2 s");
+        assert_eq!(duration(192_000), "3m 12s");
+        assert_eq!(duration(7_500_000), "2h 5m");
+        assert_eq!(duration(3 * 86_400_000 + 4 * 3_600_000), "3d 4h");
+        assert_eq!(duration(-5), "0 ms");
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+    }
+
+    fn deployment(state: State) -> Deployment {
+        Deployment {
+            id: 7,
+            service: "web".into(),
+            state,
+            trigger: "github".into(),
+            trigger_detail: None,
+            requested_tag: Some("v2".into()),
+            requested_digest: None,
+            tag: Some("v2".into()),
+            digest: Some(format!("sha256:{}", "ab".repeat(32))),
+            image: None,
+            image_id: None,
+            colour: Some(Colour::Green),
+            container_id: None,
+            address: None,
+            previous_colour: None,
+            previous_tag: None,
+            previous_digest: None,
+            previous_address: None,
+            failed_step: Some("pulling".into()),
+            error: Some("pull failed: <manifest unknown>".into()),
+            exit_code: None,
+            log_tail: Some("line <1>\nline 2".into()),
+            pushed_at: None,
+            delivery: None,
+            created_at: 1_000,
+            updated_at: 3_000,
+            finished_at: Some(3_000),
+            steps: vec![
+                Step {
+                    step: "resolving".into(),
+                    started_at: 1_000,
+                    finished_at: Some(1_200),
+                    outcome: Some("ok".into()),
+                    detail: None,
+                },
+                Step {
+                    step: "pulling".into(),
+                    started_at: 1_200,
+                    finished_at: Some(3_000),
+                    outcome: Some("error".into()),
+                    detail: Some("pull failed".into()),
+                },
+                Step {
+                    step: "failed".into(),
+                    started_at: 3_000,
+                    finished_at: Some(3_000),
+                    outcome: Some("failed".into()),
+                    detail: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_failed_deployment_shows_its_failing_step_in_red_its_error_and_log_escaped() {
+        let html = deployment_view(&deployment(State::Failed), 10_000).into_string();
+        assert!(
+            html.contains(
+                r#"<li class="done" title="">resolving <span class="took">200 ms</span></li>"#
+            ),
+            "{html}"
+        );
+        assert!(html.contains(r#"<li class="error" title="pull failed">pulling <span class="took">1.8 s</span></li>"#), "{html}");
+        assert!(
+            html.contains(r#"<li class="end bad">failed</li>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "failed at <strong>pulling</strong>: pull failed: &lt;manifest unknown&gt;"
+            ),
+            "{html}"
+        );
+        assert!(html.contains("line &lt;1&gt;\nline 2"), "{html}");
+        assert!(!html.contains("<manifest"), "{html}");
+        assert!(html.contains(r#"data-state="failed""#));
+        assert!(html.contains("abababababab"));
+    }
+
+    #[test]
+    fn a_live_service_shows_colour_tag_short_digest_health_and_age() {
+        let v = ServiceView {
+            name: "web".into(),
+            image: "registry/web".into(),
+            live: Some(Live {
+                service: "web".into(),
+                colour: Colour::Blue,
+                tag: Some("v1<b>".into()),
+                digest: format!("sha256:{}", "cd".repeat(32)),
+                image: "registry/web".into(),
+                image_id: None,
+                container_id: Some("c1".into()),
+                address: "10.0.0.2:8080".into(),
+                deployment_id: Some(3),
+                since: 0,
+                previous_tag: None,
+                previous_digest: None,
+                previous_image_id: None,
+                pushed_at: None,
+            }),
+            container: Some(api::ContainerView {
+                id: "c1".into(),
+                running: true,
+                status: "Up 3 minutes".into(),
+            }),
+            deploying: None,
+            last: Some(deployment(State::Succeeded)),
+        };
+        let html = service_cells(&v, 192_000).into_string();
+        assert!(
+            html.contains(r#"<span class="dot blue"></span>blue"#),
+            "{html}"
+        );
+        assert!(html.contains("<code>v1&lt;b&gt;</code>"), "{html}");
+        assert!(html.contains(">cdcdcdcdcdcd</code>"), "{html}");
+        assert!(
+            html.contains(r#"<span class="badge ok" title="Up 3 minutes">running</span>"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"<time datetime="1970-01-01T00:00:00Z" title="1970-01-01T00:00:00Z">3m 12s</time>"#), "{html}");
+        assert!(html.contains("#7"), "{html}");
+    }
+}
