@@ -113,9 +113,12 @@ pub async fn service(
     let progress = Progress::new(term, json);
     let waiting = format!("waiting for the next deployment of {service}");
     progress.line(&format!("{waiting} (Ctrl-C to stop)"));
-    progress.working("waiting", now_ms(), waiting);
+    progress.working("waiting", now_ms(), String::new());
     let started = Instant::now();
-    let mut patience = Patience::default();
+    let mut patience = Patience {
+        answered: true,
+        silent_since: None,
+    };
     loop {
         tokio::time::sleep(WAIT_POLL).await;
         if let Some(list) = patience.get(client, &path, &progress).await? {

@@ -102,7 +102,7 @@ pub enum Command {
     /// Notification channels (works from the config; no server needed).
     #[command(subcommand)]
     Notify(NotifyCommand),
-    /// Print a shell completion script, e.g. `greenlight completions bash > /etc/bash_completion.d/greenlight`.
+    /// Print a shell completion script to stdout (see the README for where it goes).
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -147,6 +147,7 @@ pub struct FollowArgs {
 
 #[derive(Args, Debug)]
 pub struct DeployArgs {
+    /// The service, as named in the config.
     pub service: String,
     /// Tag to resolve at the registry.
     #[arg(long, conflicts_with = "digest", required_unless_present = "digest")]
@@ -160,6 +161,7 @@ pub struct DeployArgs {
 
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
+    /// The service, as named in the config.
     pub service: String,
     #[command(flatten)]
     pub wait: FollowArgs,
