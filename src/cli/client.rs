@@ -1,0 +1,143 @@
+//! The admin API client the non-serve commands use: bearer token, JSON in and
+//! out, and errors that say whose fault they were.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::Cli;
+use crate::config::Config;
+
+/// Longest one API call may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Nothing answered: the server is down, restarting, or elsewhere.
+    #[error(
+        "cannot reach greenlight at {base}: {reason} (is `greenlight serve` running? set --url)"
+    )]
+    Unreachable { base: String, reason: String },
+    /// The server answered with an error status; `message` is its `error` text as-is.
+    #[error("{message}{hint} (HTTP {status})")]
+    Refused {
+        status: u16,
+        message: String,
+        hint: String,
+        /// The server's JSON answer, printed unchanged under `--json`.
+        body: Value,
+    },
+}
+
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(cli: &Cli) -> Result<Client, String> {
+        // The config is only a source of defaults for a client.
+        let config = Config::load(&cli.config).ok();
+        let base = cli
+            .url
+            .clone()
+            .or_else(|| {
+                config
+                    .as_ref()
+                    .map(|c| format!("http://{}", c.server.listen))
+            })
+            .unwrap_or_else(|| "http://127.0.0.1:8787".into());
+        let token = cli
+            .token
+            .clone()
+            .or_else(|| config.as_ref().map(|c| c.server.admin_token.clone()))
+            .ok_or_else(|| {
+                format!(
+                    "no admin token: pass --token or GREENLIGHT_TOKEN (or a readable --config; {} could not be loaded)",
+                    cli.config.display()
+                )
+            })?;
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, ApiError> {
+        self.call(Method::POST, path, body).await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ApiError> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{}", self.base, path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| ApiError::Unreachable {
+            base: self.base.clone(),
+            reason: reason(&e),
+        })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("no details")
+            .to_string();
+        // The server's catch-all answer: this server predates the request.
+        let hint = if status == reqwest::StatusCode::NOT_FOUND && message == "no such route" {
+            format!(
+                ": {} does not offer {method} {}; is it older than this client?",
+                self.base,
+                path.split('?').next().unwrap_or(path)
+            )
+        } else {
+            String::new()
+        };
+        Err(ApiError::Refused {
+            status: status.as_u16(),
+            message,
+            hint,
+            body,
+        })
+    }
+}
+
+/// reqwest's causes ("tcp connect error: Connection refused"), without the
+/// request URL it would repeat.
+fn reason(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    if e.is_timeout() {
+        parts.push(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()));
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,608 @@
+//! The `greenlight` command line. `serve`, `check` and `notify test` work from
+//! the config file; `completions` needs nothing; every other command is a
+//! client of a running server's admin API.
+//!
+//! - `client.rs`: the admin API client and its errors
+//! - `table.rs`: the tables of `status`, `history`, `deliveries` and `check`
+//! - `follow.rs`: following a deployment live (`deploy`, `rollback`, `watch`)
+//! - `output.rs`: terminal detection, colour, and the shared formatters
+
+mod client;
+mod follow;
+mod output;
+mod table;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::config::Config;
+use client::{ApiError, Client};
+use output::{now_ms, text, Term};
+
+/// The deployment succeeded (or its digest was already live); the command did what it said.
+pub const EXIT_OK: i32 = 0;
+/// The deployment failed or was rolled back (the previous version keeps serving);
+/// `check` or `notify test` found a problem.
+pub const EXIT_FAILED: i32 = 1;
+/// Bad usage or a bad config.
+pub const EXIT_USAGE: i32 = 2;
+/// greenlight refused the request (unknown service, nothing to roll back, ...:
+/// its error text is printed as-is) or could not be reached.
+pub const EXIT_REFUSED: i32 = 3;
+/// The deployment did not run to its end: interrupted, stale or superseded; or
+/// `watch --timeout` saw no deployment start.
+pub const EXIT_NOT_RUN: i32 = 4;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "greenlight",
+    version,
+    about = "Zero-downtime blue/green deploys behind nginx, driven by registry pushes",
+    after_help = "Exit codes: 0 success (or already live), 1 the deployment failed or was rolled back, \
+                  2 bad usage or config, 3 greenlight refused the request or could not be reached, \
+                  4 the deployment was interrupted, stale or superseded."
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(
+        long,
+        global = true,
+        env = "GREENLIGHT_CONFIG",
+        default_value = "greenlight.toml"
+    )]
+    pub config: PathBuf,
+    /// Admin API of a running greenlight (default: from server.listen in the config).
+    #[arg(long, global = true, env = "GREENLIGHT_URL")]
+    pub url: Option<String>,
+    /// Admin token (default: server.admin_token from the config).
+    #[arg(long, global = true, env = "GREENLIGHT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Machine-readable output: the admin API's JSON, unchanged.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log format of `serve`.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP server and the deploy workers.
+    Serve,
+    /// Validate the config and reach Docker and nginx; say what is wrong and how to fix it.
+    Check,
+    /// What is live for each service.
+    Status,
+    /// Deploy a tag or digest of a service and follow it to the end.
+    Deploy(DeployArgs),
+    /// Go back to the service's previous image, and follow it to the end.
+    Rollback(RollbackArgs),
+    /// Follow a deployment live: a given one, or a service's current or next one.
+    Watch(WatchArgs),
+    /// Past deployments, newest first.
+    History(HistoryArgs),
+    /// The webhook delivery ledger, newest first.
+    Deliveries(DeliveriesArgs),
+    /// Run a stored webhook delivery through the same path again.
+    Redeliver {
+        /// The delivery id (GitHub's GUID, the registry's event id) or ledger row.
+        delivery: String,
+    },
+    /// Notification channels (works from the config; no server needed).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+    /// Print a shell completion script to stdout (see the README for where it goes).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DeliveriesArgs {
+    /// Only deliveries about this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NotifyCommand {
+    /// Send a test message through each configured channel and say what happened.
+    Test {
+        /// Only this channel.
+        #[arg(long, value_enum)]
+        channel: Option<NotifyChannel>,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NotifyChannel {
+    Email,
+    Slack,
+}
+
+/// Whether a command that queues a deployment waits for its end.
+#[derive(Args, Debug)]
+pub struct FollowArgs {
+    /// Follow the deployment step by step until it ends (the default).
+    #[arg(long, conflicts_with = "no_wait")]
+    pub follow: bool,
+    /// Return once the deployment is queued.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The service, as named in the config.
+    pub service: String,
+    /// Tag to resolve at the registry.
+    #[arg(long, conflicts_with = "digest", required_unless_present = "digest")]
+    pub tag: Option<String>,
+    /// Exact digest (sha256:...).
+    #[arg(long)]
+    pub digest: Option<String>,
+    #[command(flatten)]
+    pub wait: FollowArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// The service, as named in the config.
+    pub service: String,
+    #[command(flatten)]
+    pub wait: FollowArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// The deployment to follow.
+    #[arg(required_unless_present = "service", conflicts_with = "service")]
+    pub deployment: Option<i64>,
+    /// Follow this service's deployment in progress, or wait for its next one.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// With --service: give up when no deployment starts within this long (e.g. 5m).
+    #[arg(long, conflicts_with = "deployment", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    pub service: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Show every step of each deployment.
+    #[arg(long)]
+    pub steps: bool,
+}
+
+pub fn main(cli: Cli) -> i32 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    runtime.block_on(run(cli))
+}
+
+fn load_config(cli: &Cli) -> Result<Config, i32> {
+    Config::load(&cli.config).map_err(|e| {
+        eprintln!("greenlight: {e}");
+        EXIT_USAGE
+    })
+}
+
+async fn run(cli: Cli) -> i32 {
+    let term = Term::detect();
+    match &cli.command {
+        Command::Serve => {
+            let config = match load_config(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(cli.log_format);
+            match crate::app::serve(config).await {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("greenlight: {e:#}");
+                    EXIT_FAILED
+                }
+            }
+        }
+        Command::Check => {
+            let config = match load_config(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let findings = crate::check::run(&config).await;
+            if cli.json {
+                println!("{}", pretty(&findings));
+            } else {
+                print!("{}", table::check(&findings, term));
+            }
+            if findings.iter().all(|f| f.ok) {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            }
+        }
+        Command::Notify(NotifyCommand::Test { channel }) => {
+            let config = match load_config(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            notify_test(&config, *channel, cli.json, term).await
+        }
+        Command::Completions { shell } => {
+            // --json has nothing to say about a shell script: it is ignored.
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "greenlight",
+                &mut std::io::stdout(),
+            );
+            EXIT_OK
+        }
+        _ => match Client::new(&cli) {
+            Ok(client) => client_command(&client, &cli, term).await,
+            Err(e) => {
+                eprintln!("greenlight: {e}");
+                EXIT_USAGE
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A command that talks to the admin API. An error the server answered with is
+/// printed as-is on stderr (and its JSON on stdout under `--json`).
+async fn client_command(client: &Client, cli: &Cli, term: Term) -> i32 {
+    let json = cli.json;
+    let result = match &cli.command {
+        Command::Status => status(client, json, term).await,
+        Command::Deploy(args) => deploy(client, args, json, term).await,
+        Command::Rollback(args) => rollback(client, args, json, term).await,
+        Command::Watch(args) => watch(client, args, json, term).await,
+        Command::History(args) => history(client, args, json, term).await,
+        Command::Deliveries(args) => deliveries(client, args, json, term).await,
+        Command::Redeliver { delivery } => redeliver(client, delivery, json).await,
+        Command::Serve | Command::Check | Command::Notify(_) | Command::Completions { .. } => {
+            unreachable!("handled without a client")
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let (true, ApiError::Refused { body, .. }) = (json, &e) {
+                if !body.is_null() {
+                    println!("{}", pretty(body));
+                }
+            }
+            eprintln!("greenlight: {e}");
+            EXIT_REFUSED
+        }
+    }
+}
+
+async fn status(client: &Client, json: bool, term: Term) -> Result<i32, ApiError> {
+    let services = client.get("/api/services").await?;
+    if json {
+        println!("{}", pretty(&services));
+    } else {
+        print!("{}", table::status(&services, now_ms(), term));
+    }
+    Ok(EXIT_OK)
+}
+
+/// Queues a deployment (`deploy`, `rollback`) and follows it unless `--no-wait`.
+async fn queued(
+    client: &Client,
+    accepted: Value,
+    wait: &FollowArgs,
+    json: bool,
+    term: Term,
+) -> Result<i32, ApiError> {
+    let Some(id) = accepted["deployment"].as_i64() else {
+        eprintln!("greenlight: the server's answer carried no deployment id: {accepted}");
+        return Ok(EXIT_REFUSED);
+    };
+    if wait.no_wait {
+        if json {
+            println!("{}", pretty(&accepted));
+        } else {
+            println!("deployment {id} queued; follow it with `greenlight watch {id}`");
+        }
+        return Ok(EXIT_OK);
+    }
+    follow::deployment(client, id, term, json).await
+}
+
+async fn deploy(
+    client: &Client,
+    args: &DeployArgs,
+    json: bool,
+    term: Term,
+) -> Result<i32, ApiError> {
+    let body = serde_json::json!({"tag": args.tag, "digest": args.digest});
+    let accepted = client
+        .post(
+            &format!("/api/services/{}/deploy", args.service),
+            Some(body),
+        )
+        .await?;
+    queued(client, accepted, &args.wait, json, term).await
+}
+
+async fn rollback(
+    client: &Client,
+    args: &RollbackArgs,
+    json: bool,
+    term: Term,
+) -> Result<i32, ApiError> {
+    // 202 {deployment, url} like deploy; 409 when there is nothing to roll back.
+    let accepted = client
+        .post(
+            &format!("/api/services/{}/rollback", args.service),
+            Some(serde_json::json!({})),
+        )
+        .await?;
+    queued(client, accepted, &args.wait, json, term).await
+}
+
+async fn watch(client: &Client, args: &WatchArgs, json: bool, term: Term) -> Result<i32, ApiError> {
+    match (&args.deployment, &args.service) {
+        (Some(id), _) => follow::deployment(client, *id, term, json).await,
+        (None, Some(service)) => follow::service(client, service, args.timeout, term, json).await,
+        (None, None) => unreachable!("clap requires a deployment or --service"),
+    }
+}
+
+async fn deliveries(
+    client: &Client,
+    args: &DeliveriesArgs,
+    json: bool,
+    term: Term,
+) -> Result<i32, ApiError> {
+    let mut path = format!("/api/deliveries?limit={}", args.limit);
+    if let Some(s) = &args.service {
+        path.push_str(&format!("&service={s}"));
+    }
+    let list = client.get(&path).await?;
+    if json {
+        println!("{}", pretty(&list));
+    } else {
+        print!("{}", table::deliveries(&list, now_ms(), term));
+    }
+    Ok(EXIT_OK)
+}
+
+async fn redeliver(client: &Client, delivery: &str, json: bool) -> Result<i32, ApiError> {
+    let v = client
+        .post(&format!("/api/deliveries/{delivery}/redeliver"), None)
+        .await?;
+    if json {
+        println!("{}", pretty(&v));
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "delivery {} attempt {}: {}{}",
+        text(&v["delivery"]),
+        text(&v["attempt"]),
+        text(&v["outcome"]),
+        v["detail"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default()
+    );
+    for id in v["deployments"].as_array().into_iter().flatten() {
+        println!("  deployment {id}: follow it with `greenlight watch {id}`");
+    }
+    Ok(EXIT_OK)
+}
+
+async fn history(
+    client: &Client,
+    args: &HistoryArgs,
+    json: bool,
+    term: Term,
+) -> Result<i32, ApiError> {
+    let mut path = format!("/api/deployments?limit={}", args.limit);
+    if let Some(s) = &args.service {
+        path.push_str(&format!("&service={s}"));
+    }
+    let list = client.get(&path).await?;
+    let mut items = list.as_array().cloned().unwrap_or_default();
+    // The list leaves steps out; --steps and --json show each deployment whole.
+    if args.steps || json {
+        for item in items.iter_mut() {
+            if let Some(id) = item["id"].as_i64() {
+                *item = client.get(&format!("/api/deployments/{id}")).await?;
+            }
+        }
+    }
+    if json {
+        println!("{}", pretty(&Value::Array(items)));
+        return Ok(EXIT_OK);
+    }
+    print!("{}", table::history(&items, now_ms(), term));
+    if args.steps {
+        for d in &items {
+            print_timeline(d);
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// `history --steps`: one deployment's steps and notification attempts, in full.
+fn print_timeline(d: &Value) {
+    println!(
+        "\n#{} {} {} (started {})",
+        d["id"],
+        text(&d["service"]),
+        text(&d["state"]),
+        d["created_at"]
+            .as_i64()
+            .map(output::timestamp)
+            .unwrap_or_default()
+    );
+    for s in d["steps"].as_array().into_iter().flatten() {
+        let took = match (s["started_at"].as_i64(), s["finished_at"].as_i64()) {
+            (Some(a), Some(b)) => output::duration(b - a),
+            _ => "...".into(),
+        };
+        println!(
+            "  {:<13} {:>7}  {}",
+            text(&s["step"]),
+            took,
+            s["detail"].as_str().unwrap_or("")
+        );
+    }
+    for n in d["notifications"].as_array().into_iter().flatten() {
+        println!(
+            "  notify {:<6} {:<11} #{} {:<8} {}  {}",
+            text(&n["channel"]),
+            text(&n["event"]),
+            text(&n["attempt"]),
+            text(&n["outcome"]),
+            n["at"].as_i64().map(output::timestamp).unwrap_or_default(),
+            n["detail"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// `greenlight notify test`: one attempt through each configured channel.
+async fn notify_test(
+    config: &Config,
+    channel: Option<NotifyChannel>,
+    json: bool,
+    term: Term,
+) -> i32 {
+    use crate::notify::ChannelKind;
+    let only = channel.map(|c| match c {
+        NotifyChannel::Email => ChannelKind::Email,
+        NotifyChannel::Slack => ChannelKind::Slack,
+    });
+    let results = crate::notify::send_test(config, only).await;
+    if json {
+        let list: Vec<Value> = results
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "channel": r.channel.as_str(),
+                    "scope": r.scope,
+                    "destination": r.destination,
+                    "ok": r.result.is_ok(),
+                    "error": r.result.as_ref().err(),
+                })
+            })
+            .collect();
+        println!("{}", pretty(&list));
+    } else if results.is_empty() {
+        println!(
+            "no {}notification channel configured (see [notify] in greenlight.example.toml)",
+            only.map(|k| format!("{k} ")).unwrap_or_default()
+        );
+    } else {
+        for r in &results {
+            match &r.result {
+                Ok(()) => println!(
+                    "{}   {:<6} {} ({})",
+                    term.paint("ok", output::Tone::Good),
+                    r.channel,
+                    r.destination,
+                    r.scope
+                ),
+                Err(e) => println!(
+                    "{} {:<6} {} ({}): {e}",
+                    term.paint("FAIL", output::Tone::Bad),
+                    r.channel,
+                    r.destination,
+                    r.scope
+                ),
+            }
+        }
+    }
+    if results.is_empty() {
+        EXIT_USAGE
+    } else if results.iter().all(|r| r.result.is_ok()) {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
+}
+
+fn pretty(v: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deploy_and_rollback_follow_unless_told_not_to_wait() {
+        let cli = Cli::parse_from(["greenlight", "deploy", "web", "--tag", "v2"]);
+        let Command::Deploy(args) = cli.command else {
+            panic!("deploy")
+        };
+        assert!(!args.wait.no_wait);
+        let cli = Cli::parse_from(["greenlight", "rollback", "web", "--no-wait", "--json"]);
+        let Command::Rollback(args) = cli.command else {
+            panic!("rollback")
+        };
+        assert!(args.wait.no_wait && cli.json);
+        assert!(
+            Cli::try_parse_from(["greenlight", "rollback", "web", "--follow", "--no-wait"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn watch_takes_a_deployment_or_a_service_but_not_both() {
+        assert!(Cli::try_parse_from(["greenlight", "watch", "12"]).is_ok());
+        assert!(Cli::try_parse_from([
+            "greenlight",
+            "watch",
+            "--service",
+            "web",
+            "--timeout",
+            "5m"
+        ])
+        .is_ok());
+        assert!(Cli::try_parse_from(["greenlight", "watch"]).is_err());
+        assert!(Cli::try_parse_from(["greenlight", "watch", "12", "--service", "web"]).is_err());
+        assert!(Cli::try_parse_from(["greenlight", "watch", "12", "--timeout", "5m"]).is_err());
+    }
+}
