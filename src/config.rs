@@ -53,7 +53,7 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address the HTTP server binds (hooks, admin API, health).
@@ -149,7 +149,7 @@ pub struct NginxConfig {
 }
 
 /// Secrets of the webhook endpoints; an endpoint whose secret is unset refuses all.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhooksConfig {
     /// HMAC secrets of `POST /hooks/github`; several during a rotation.
@@ -179,6 +179,68 @@ impl Default for WebhooksConfig {
     }
 }
 
+/// A service's environment. Values often hold credentials, so Debug shows only
+/// the names.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct EnvVars(pub BTreeMap<String, String>);
+
+impl std::ops::Deref for EnvVars {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for EnvVars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, REDACTED)))
+            .finish()
+    }
+}
+
+// Debug never shows a secret: configs may end up in logs and error reports.
+const REDACTED: &str = "<redacted>";
+
+fn redacted<T>(secret: &Option<T>) -> Option<&'static str> {
+    secret.as_ref().map(|_| REDACTED)
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("admin_token", &REDACTED)
+            .field("state", &self.state)
+            .field("body_limit", &self.body_limit)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WebhooksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhooksConfig")
+            .field("github_secrets", &vec![REDACTED; self.github_secrets.len()])
+            .field("dockerhub_token", &redacted(&self.dockerhub_token))
+            .field("registry_token", &redacted(&self.registry_token))
+            .field("github_registry_host", &self.github_registry_host)
+            .field("dockerhub_registry_host", &self.dockerhub_registry_host)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field("password", &redacted(&self.password))
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
 fn default_github_registry() -> String {
     "ghcr.io".into()
 }
@@ -186,7 +248,7 @@ fn default_dockerhub_registry() -> String {
     "docker.io".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Registry host as it appears in image references (`ghcr.io`, `docker.io`, `127.0.0.1:5000`).
@@ -216,7 +278,7 @@ pub struct ServiceConfig {
     #[serde(default = "default_network")]
     pub network: String,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: EnvVars,
     pub env_file: Option<PathBuf>,
     /// Bind mounts / volumes in Docker's `source:target[:mode]` form.
     #[serde(default)]
@@ -732,5 +794,24 @@ interval = "250ms"
         })
         .unwrap();
         assert_eq!(c.services[0].name, "web");
+        assert_eq!(c.services[0].rollout.soak, Duration::from_secs(30));
+        assert_eq!(c.pull.attempts, 5);
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let text = include_str!("../greenlight.example.toml");
+        let secret = "s3cr3t-value-0123456789";
+        let c = Config::parse(Path::new("greenlight.example.toml"), text, |_| {
+            Some(secret.into())
+        })
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(
+            shown.contains("ghcr.io"),
+            "non-secrets still shown: {shown}"
+        );
     }
 }

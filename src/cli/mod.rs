@@ -64,7 +64,13 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// Log format of `serve`.
-    #[arg(long, global = true, value_enum, default_value = "human")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "GREENLIGHT_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -207,6 +213,15 @@ fn load_config(cli: &Cli) -> Result<Config, i32> {
 }
 
 async fn run(cli: Cli) -> i32 {
+    if !matches!(cli.command, Command::Serve) {
+        // A client command piped into `head` ends quietly when the pipe closes,
+        // as other Unix tools do, instead of panicking on the failed write.
+        // SAFETY: restores the default disposition of one signal, before any
+        // thread of ours could rely on it being ignored.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let term = Term::detect();
     match &cli.command {
         Command::Serve => {

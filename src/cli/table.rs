@@ -87,7 +87,14 @@ pub fn status(services: &Value, now: i64, term: Term) -> String {
                 Value::Null if live.is_null() => plain("-"),
                 // Live per the store, but Docker has no such container.
                 Value::Null => ("missing".into(), Tone::Bad),
-                c if c["running"] == true => (text(&c["status"]), Tone::Good),
+                // Docker's HEALTHCHECK verdict, when the image has one.
+                c if c["health"] == "unhealthy" => {
+                    (format!("{} (unhealthy)", text(&c["status"])), Tone::Bad)
+                }
+                c if c["running"] == true => match c["health"].as_str() {
+                    Some(h) => (format!("{} ({h})", text(&c["status"])), Tone::Good),
+                    None => (text(&c["status"]), Tone::Good),
+                },
                 c => (text(&c["status"]), Tone::Bad),
             };
             // What is happening now wins over what happened last.

@@ -42,6 +42,8 @@ pub struct ContainerView {
     pub id: String,
     pub running: bool,
     pub status: String,
+    /// Docker HEALTHCHECK status, when the image has one.
+    pub health: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -75,6 +77,7 @@ pub(crate) async fn service_view(
                 id: s.id,
                 running: s.running,
                 status: s.status,
+                health: s.health,
             }),
             Ok(None) => None,
             Err(e) => return Err(internal(e)),

@@ -508,7 +508,12 @@ fn service_cells(v: &ServiceView, now: i64) -> Markup {
                 td.digest { code title=(live.digest) { (short_digest(&live.digest)) } }
                 td.health {
                     @match &v.container {
-                        Some(c) if c.running => span.badge.ok title=(c.status) { "running" },
+                        Some(c) if c.health.as_deref() == Some("unhealthy") => {
+                            span.badge.bad title=(c.status) { "unhealthy" }
+                        },
+                        Some(c) if c.running => span.badge.ok title=(c.status) {
+                            "running" @if let Some(h) = &c.health { " (" (h) ")" }
+                        },
                         Some(c) => span.badge.bad title=(c.status) { (c.status) },
                         None => span.badge.bad { "container missing" },
                     }
@@ -802,6 +807,7 @@ mod tests {
                 id: "c1".into(),
                 running: true,
                 status: "Up 3 minutes".into(),
+                health: None,
             }),
             deploying: None,
             last: Some(deployment(State::Succeeded)),

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use lettre::message::Mailbox;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 pub use config::{Event, NotifyConfig, ServiceNotify};
 pub use record::{Attempt, Outcome};
@@ -352,7 +352,8 @@ impl Inner {
         if !self.sending().insert(key) {
             return debug!(deployment = id, channel = %to.kind(), %event, "already being notified");
         }
-        self.attempts(id, event, to, message).await;
+        let span = tracing::info_span!("notify", service = %message.service, deployment = id);
+        self.attempts(id, event, to, message).instrument(span).await;
         self.sending().remove(&key);
     }
 

@@ -66,6 +66,8 @@ pub struct FailureLines {
 /// A rendered message, ready for any channel.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// The service it is about (empty for the test message), for the log.
+    pub service: String,
     pub subject: String,
     pub text: String,
     pub html: String,
@@ -498,6 +500,7 @@ pub fn slack(r: &Report) -> Value {
 pub fn message(d: &Deployment, event: Event) -> Message {
     let r = report(d, event);
     Message {
+        service: d.service.clone(),
         subject: format!("[greenlight] {}", subject(&r)),
         text: plain(&r),
         html: html(&r),
@@ -515,6 +518,7 @@ pub fn test_message(services: &[String], host: &str) -> Message {
     let line =
         format!("greenlight on {host}: test message. Deployments of {what} are reported here.");
     Message {
+        service: String::new(),
         subject: "[greenlight] test message".into(),
         text: format!("{line}\n\n-- greenlight\n"),
         html: format!(
