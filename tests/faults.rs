@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::load::{assert_flips_once, assert_zero_failures, probe, versions};
+use common::slack::SlackReceiver;
 use common::{NginxKind, Target, World};
 use greenlight_testkit::fault::{FaultProxy, Mode};
 use serde_json::Value;
@@ -17,6 +18,31 @@ const NO_ENV: &[(&str, &str)] = &[];
 /// Adds `lines` to the service's `[service.rollout]` table.
 fn rollout(config: &str, lines: &str) -> String {
     config.replace("keep_images = 2\n", &format!("keep_images = 2\n{lines}\n"))
+}
+
+/// The config lines that send every outcome to `slack`.
+fn slack_section(slack: &SlackReceiver) -> String {
+    format!("\n[notify.slack]\nwebhook_url = \"{}\"\n", slack.url())
+}
+
+/// Waits until a Slack message whose text contains `needle` arrived; returns it.
+async fn slack_says(slack: &SlackReceiver, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let texts: Vec<String> = slack
+            .received()
+            .iter()
+            .filter_map(|r| r.body["text"].as_str().map(str::to_string))
+            .collect();
+        if let Some(t) = texts.iter().find(|t| t.contains(needle)) {
+            return t.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Slack message saying {needle:?}: {texts:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_state(w: &World, id: i64, state: &str) -> Value {
@@ -89,7 +115,8 @@ async fn a_colour_that_turns_unhealthy_during_the_soak_is_switched_back_without_
             ("v2", &[("DEMO_UNHEALTHY_AFTER_MS", "2500")]),
         ],
     );
-    w.gl.edit_config(|c| rollout(c, "soak = \"6s\""));
+    let slack = SlackReceiver::start(Vec::new()).await;
+    w.gl.edit_config(|c| rollout(c, "soak = \"6s\"") + &slack_section(&slack));
     w.gl.restart();
     w.deploy_ok("v1").await;
     let probe = probe(&w, false);
@@ -111,6 +138,8 @@ async fn a_colour_that_turns_unhealthy_during_the_soak_is_switched_back_without_
     let s = w.gl.get(&format!("/api/services/{}", w.service)).await;
     assert_eq!(s["live"]["tag"], "v1", "{s:#}");
     assert!(w.upstream_file().unwrap().contains("blue"));
+    let told = slack_says(&slack, "rolled back at soaking").await;
+    assert!(told.contains("v1 serves again"), "{told}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +188,8 @@ async fn a_colour_that_exits_during_the_soak_is_switched_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_rollback_during_the_soak_is_one_reload_back() {
     let mut w = World::new("rbsoak", NginxKind::Host, &[("v1", NO_ENV), ("v2", NO_ENV)]);
-    w.gl.edit_config(|c| rollout(c, "soak = \"60s\""));
+    let slack = SlackReceiver::start(Vec::new()).await;
+    w.gl.edit_config(|c| rollout(c, "soak = \"60s\"") + &slack_section(&slack));
     w.gl.restart();
     w.deploy_ok("v1").await;
     let probe = probe(&w, true);
@@ -193,6 +223,7 @@ async fn an_operator_rollback_during_the_soak_is_one_reload_back() {
     assert_zero_failures(&report, 2);
     assert_went_and_came_back(&report);
     assert_only_live_container(&w, "blue");
+    slack_says(&slack, "rolled back at soaking").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,6 +442,8 @@ async fn killed_at(at: &str) {
     let probe = probe(&w, false);
     assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
 
+    let slack = SlackReceiver::start(Vec::new()).await;
+    w.gl.edit_config(|c| format!("{c}{}", slack_section(&slack)));
     w.gl.env = vec![("GREENLIGHT_TEST_PAUSE_AT".into(), at.into())];
     w.gl.restart();
     let id = w.gl.deploy(&w.service, Target::Tag("v2")).await;
@@ -453,6 +486,11 @@ async fn killed_at(at: &str) {
     let report = probe.stop().await;
     assert_zero_failures(&report, 2);
     assert_flips_once(&report, &["v1", "v2"]);
+    // The operator hears of the interruption, and of how the re-run ended.
+    slack_says(&slack, &format!("was interrupted at {at}")).await;
+    if !went_live {
+        slack_says(&slack, "v2 is live").await;
+    }
     eprintln!("killed at {at}: containers {:?}", container_names(&w));
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod slack;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
