@@ -31,7 +31,7 @@ pub enum DockerError {
         at: String,
         source: bollard::errors::Error,
     },
-    #[error("{0}")]
+    #[error("{}", describe_api(.0))]
     Api(#[from] bollard::errors::Error),
     #[error("pulling {image}: {message}")]
     Pull { image: String, message: String },
@@ -40,6 +40,15 @@ pub enum DockerError {
 }
 
 pub type Result<T> = std::result::Result<T, DockerError>;
+
+fn describe_api(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::RequestTimeoutError => {
+            "the Docker engine did not answer within [docker] timeout".into()
+        }
+        other => other.to_string(),
+    }
+}
 
 #[derive(Clone)]
 pub struct Engine {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::load::{assert_flips_once, assert_zero_failures, probe, versions};
 use common::slack::SlackReceiver;
 use common::{NginxKind, Target, World};
-use greenlight_testkit::fault::{FaultProxy, Mode};
+use greenlight_testkit::fault::{FaultProxy, Mode, SocketProxy};
 use serde_json::Value;
 
 const NO_ENV: &[(&str, &str)] = &[];
@@ -432,6 +432,43 @@ async fn a_stalled_pull_is_cut_off_and_the_deadline_bounds_the_whole_deployment(
     assert_only_live_container(&w, "green");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_engine_that_stops_answering_fails_the_deployment_and_frees_the_worker() {
+    let mut w = World::new("dock", NginxKind::Host, &[("v1", NO_ENV), ("v2", NO_ENV)]);
+    let engine = SocketProxy::start("/var/run/docker.sock").unwrap();
+    w.gl.edit_config(|c| {
+        c.replace(
+            "[nginx]",
+            &format!(
+                "[docker]\nsocket = \"{}\"\ntimeout = \"3s\"\n\n[nginx]",
+                engine.url()
+            ),
+        )
+    });
+    w.gl.restart();
+    w.deploy_ok("v1").await;
+    let probe = probe(&w, false);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+
+    engine.freeze(true);
+    let started = Instant::now();
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
+    let took = started.elapsed();
+    engine.freeze(false);
+    assert_eq!(d["state"], "failed", "{d:#}");
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains("did not answer within [docker] timeout"),
+        "{error}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    // The worker is free: the next deployment of the service runs at once.
+    w.deploy_ok("v2").await;
+    let report = probe.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_flips_once(&report, &["v1", "v2"]);
+}
+
 /// greenlight is SIGKILLed while a deployment of v2 is at `at`; after the
 /// restart exactly one colour serves v2, nothing is left behind, the probe saw
 /// no failed request, and the record says what happened.
@@ -456,17 +493,7 @@ async fn killed_at(at: &str) {
     assert_eq!(d["state"], "interrupted", "{d:#}");
     assert_eq!(d["failed_step"], at, "{d:#}");
     // The interrupted deployment is run again (nobody would resend the request).
-    let list =
-        w.gl.get(&format!("/api/deployments?service={}", w.service))
-            .await;
-    let rerun = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["trigger_detail"]["resumes"] == id)
-        .unwrap_or_else(|| panic!("no re-run of {id}: {list:#}"))["id"]
-        .as_i64()
-        .unwrap();
+    let rerun = w.gl.rerun_of(&w.service, id).await;
     let r = w.gl.wait_done(rerun).await;
     let went_live = matches!(at, "verifying" | "draining" | "stopping_old");
     let expected = if went_live {

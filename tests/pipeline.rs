@@ -348,17 +348,7 @@ async fn a_deployment_cut_short_by_a_crash_is_cleaned_up_and_recorded_as_interru
     assert_eq!(d["failed_step"], "health_gate");
     // It is run again (nobody resends it), and fails the gate again here: the
     // image takes 60 s to become healthy and the gate allows 10 s.
-    let list =
-        w.gl.get(&format!("/api/deployments?service={}", w.service))
-            .await;
-    let rerun = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["trigger_detail"]["resumes"] == id)
-        .unwrap_or_else(|| panic!("no re-run of {id}: {list:#}"))["id"]
-        .as_i64()
-        .unwrap();
+    let rerun = w.gl.rerun_of(&w.service, id).await;
     let r = w.gl.wait_done(rerun).await;
     assert_eq!(r["state"], "failed", "{r:#}");
     assert_eq!(r["failed_step"], "health_gate");

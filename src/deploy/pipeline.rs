@@ -551,15 +551,19 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn health_gate(&mut self) -> Result<(), Stop> {
-        let gate = HealthGate {
+    /// The health checks of the new container (the gate, then the soak).
+    fn gate(&self) -> HealthGate<'_> {
+        HealthGate {
             engine: &self.inner.engine,
             config: &self.service.health,
             container_id: self.container_id.as_deref().unwrap_or_default(),
             address: self.address.as_deref().unwrap_or_default(),
             docker_healthcheck: self.docker_healthcheck,
-        };
-        match gate.wait().await {
+        }
+    }
+
+    async fn health_gate(&mut self) -> Result<(), Stop> {
+        match self.gate().wait().await {
             Ok(probes) => {
                 let id = self.container_id.as_deref().unwrap_or_default();
                 self.inner

@@ -157,6 +157,94 @@ fn answer_503(mut client: TcpStream) {
     let _ = client.shutdown(Shutdown::Both);
 }
 
+/// A Unix-socket proxy in front of the Docker engine's socket that can freeze:
+/// while frozen, bytes on every connection (new and already open) are held, so
+/// every Docker API call hangs, as with an engine that stopped answering.
+pub struct SocketProxy {
+    path: std::path::PathBuf,
+    frozen: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+impl SocketProxy {
+    pub fn start(target: &str) -> Result<SocketProxy> {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("docker.sock");
+        let listener = UnixListener::bind(&path).context("binding the socket proxy")?;
+        listener.set_nonblocking(true)?;
+        let frozen = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, st, target) = (frozen.clone(), stop.clone(), target.to_string());
+        thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = UnixStream::connect(&target) else {
+                    continue;
+                };
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                let (f1, f2) = (f.clone(), f.clone());
+                thread::spawn(move || copy_unless_frozen(client, server, f1));
+                thread::spawn(move || copy_unless_frozen(s2, c2, f2));
+            }
+        });
+        Ok(SocketProxy {
+            path,
+            frozen,
+            stop,
+            _dir: dir,
+        })
+    }
+
+    /// `unix://<path>`, for `[docker] socket`.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SocketProxy {
+    fn drop(&mut self) {
+        self.frozen.store(false, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn copy_unless_frozen(
+    mut from: std::os::unix::net::UnixStream,
+    mut to: std::os::unix::net::UnixStream,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -208,6 +208,21 @@ impl Greenlight {
         }
     }
 
+    /// The deployment that re-runs `id` after an interrupted start (waits for it
+    /// to be recorded: reconcile does that before the server answers).
+    pub async fn rerun_of(&self, service: &str, id: i64) -> i64 {
+        let list = self
+            .get(&format!("/api/deployments?service={service}"))
+            .await;
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["trigger_detail"]["resumes"] == id)
+            .unwrap_or_else(|| panic!("no re-run of {id}: {list:#}"))["id"]
+            .as_i64()
+            .unwrap()
+    }
+
     pub async fn deploy_and_wait(&self, service: &str, what: Target<'_>) -> Value {
         let id = self.deploy(service, what).await;
         self.wait_done(id).await
