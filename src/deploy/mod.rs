@@ -66,8 +66,9 @@ struct Soak {
 }
 
 impl Soaks {
-    /// The soak of `deployment` begins; the returned handle wakes it early.
-    pub fn open(&self, service: &str, deployment: i64) -> Arc<Notify> {
+    /// The soak of `deployment` begins. The guard wakes it early on a rollback
+    /// request and ends it when dropped, even if the soak is cut off.
+    pub fn open(&self, service: &str, deployment: i64) -> SoakGuard<'_> {
         let stop = Arc::new(Notify::new());
         self.0.lock().unwrap().insert(
             service.to_string(),
@@ -77,7 +78,11 @@ impl Soaks {
                 rollback: false,
             },
         );
-        stop
+        SoakGuard {
+            soaks: self,
+            service: service.to_string(),
+            stop,
+        }
     }
 
     /// Asks the soaking deployment of `service`, if any, to roll back.
@@ -88,14 +93,30 @@ impl Soaks {
         soak.stop.notify_one();
         Some(soak.deployment)
     }
+}
 
+pub(crate) struct SoakGuard<'a> {
+    soaks: &'a Soaks,
+    service: String,
+    pub stop: Arc<Notify>,
+}
+
+impl SoakGuard<'_> {
     /// The soak ended; returns whether a rollback was asked for meanwhile.
-    pub fn close(&self, service: &str) -> bool {
-        self.0
+    pub fn close(self) -> bool {
+        self.soaks
+            .0
             .lock()
             .unwrap()
-            .remove(service)
+            .get(&self.service)
             .is_some_and(|s| s.rollback)
+        // (the entry goes with the guard)
+    }
+}
+
+impl Drop for SoakGuard<'_> {
+    fn drop(&mut self) {
+        self.soaks.0.lock().unwrap().remove(&self.service);
     }
 }
 
@@ -301,5 +322,21 @@ mod tests {
         assert!(!super::valid_tag("a:b"));
         assert!(!super::valid_tag(""));
         assert!(!super::valid_tag(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn a_rollback_reaches_only_the_deployment_still_soaking() {
+        let soaks = super::Soaks::default();
+        assert_eq!(soaks.rollback("web"), None, "nothing soaks yet");
+        let guard = soaks.open("web", 7);
+        assert_eq!(soaks.rollback("api"), None, "another service");
+        assert_eq!(soaks.rollback("web"), Some(7));
+        assert!(guard.close(), "the soak learns of the request");
+        assert_eq!(soaks.rollback("web"), None, "closed");
+        // A soak cut off (its future dropped) leaves nothing behind either.
+        drop(soaks.open("web", 8));
+        assert_eq!(soaks.rollback("web"), None);
+        let quiet = soaks.open("web", 9);
+        assert!(!quiet.close(), "no request, no rollback");
     }
 }

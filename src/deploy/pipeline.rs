@@ -657,19 +657,12 @@ impl Run<'_> {
 
     async fn soak(&mut self) -> Result<(), Stop> {
         let soak = self.service.rollout.soak;
-        let gate = HealthGate {
-            engine: &self.inner.engine,
-            config: &self.service.health,
-            container_id: self.container_id.as_deref().unwrap_or_default(),
-            address: self.address.as_deref().unwrap_or_default(),
-            docker_healthcheck: self.docker_healthcheck,
-        };
-        let stop = self
+        let guard = self
             .inner
             .soaks
             .open(&self.service.name, self.deployment.id);
-        let watched = gate.soak(soak, &stop).await;
-        if self.inner.soaks.close(&self.service.name) {
+        let watched = self.gate().soak(soak, &guard.stop).await;
+        if guard.close() {
             return Err(fail("an operator asked for a rollback during the soak"));
         }
         match watched {
