@@ -125,6 +125,17 @@ CREATE TABLE IF NOT EXISTS notifications (
     detail        TEXT
 );
 CREATE INDEX IF NOT EXISTS notifications_deployment ON notifications(deployment_id);
+
+-- Outcome messages owed: written when a deployment ends, before any attempt, and
+-- marked done once sent or given up, so a restart finishes what a crash cut.
+CREATE TABLE IF NOT EXISTS notify_outbox (
+    deployment_id INTEGER NOT NULL REFERENCES deployments(id),
+    channel       TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    done_at       INTEGER,
+    PRIMARY KEY (deployment_id, channel, event)
+);
 "#;
 
 pub fn now_ms() -> i64 {

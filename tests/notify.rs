@@ -1104,3 +1104,49 @@ async fn notify_test_names_a_failing_channel_without_its_secret_and_exits_1() {
     assert_eq!(report[0]["ok"], true);
     assert_eq!(report.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_owed_when_greenlight_is_killed_is_sent_after_the_restart() {
+    // Slack fails once; the retry is due in 30 to 60 s, long after the crash.
+    let slack = SlackReceiver::start(vec![reply(500, "oops")]).await;
+    let notify = format!(
+        "[notify]\nretry_base = \"60s\"\nmax_attempts = 5\ntimeout = \"5s\"\n{}",
+        slack_section(&slack.url(), "")
+    );
+    let mut w = World::with_config("owed", NginxKind::Host, &[("v1", NO_ENV)], &notify);
+    let id = w.deploy_ok("v1").await["id"].as_i64().unwrap();
+    api_attempts(&w, id, |a| a.iter().any(|a| a["outcome"] == "failed")).await;
+
+    w.gl.kill();
+    let restarted = Instant::now();
+    w.gl.start();
+    let attempts = api_attempts(&w, id, all_ended(1)).await;
+    let took = restarted.elapsed();
+    let seen: Vec<_> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a["event"].as_str().unwrap(),
+                a["attempt"].as_i64().unwrap(),
+                a["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("succeeded", 1, "failed"), ("succeeded", 2, "sent")],
+        "the series goes on where the crash cut it"
+    );
+    assert!(
+        took < Duration::from_secs(25),
+        "sent on start, not when the lost retry was due: {took:?}"
+    );
+    let delivered = slack.delivered();
+    assert_eq!(delivered.len(), 1, "{delivered:#?}");
+    // Another restart owes nothing (the outbox is read before the server
+    // answers): no second message.
+    w.gl.restart();
+    let again = w.gl.deploy_and_wait(&w.service, Target::Tag("v1")).await;
+    assert_eq!(again["state"], "already_live");
+    assert_eq!(slack.delivered().len(), 1);
+}

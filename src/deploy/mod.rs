@@ -162,6 +162,8 @@ impl Deployer {
             notifier,
             soaks: Soaks::default(),
         });
+        // Outcome messages a crash or stop left owed go out first.
+        inner.notifier.resume();
         let requeue = reconcile::run(&inner).await;
         let mut queues = HashMap::new();
         for service in &config.services {

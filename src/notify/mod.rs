@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
 pub use config::{Event, NotifyConfig, ServiceNotify};
-pub use record::{Attempt, Outcome};
+pub use record::{Attempt, Outcome, Progress};
 
 use config::{EmailConfig, WebhookUrl};
 use render::Message;
@@ -225,15 +225,12 @@ impl Notifier {
         if !self.has_channels() {
             return;
         }
-        let first = self
-            .inner
-            .finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(deployment_id);
-        if !first {
+        if !self.inner.finished().insert(deployment_id) {
             return;
         }
+        // What is owed is on record before anything is tried: a crash from here
+        // on is finished by the next start (`resume`).
+        self.inner.owe(deployment_id);
         let started = self.inner.pending().remove(&deployment_id);
         let inner = self.inner.clone();
         spawn(async move {
@@ -243,6 +240,44 @@ impl Notifier {
             };
             inner.finish(deployment_id, started).await;
         });
+    }
+}
+
+impl Notifier {
+    /// Sends the outcome messages an earlier run owed but did not finish (it
+    /// crashed or stopped between retries), continuing their attempt count.
+    pub fn resume(&self) {
+        let pending = match self.inner.store.outbox_pending() {
+            Ok(p) => p,
+            Err(e) => return warn!(error = %e, "cannot read the notification outbox"),
+        };
+        for (id, channel, event) in pending {
+            let Some(d) = self.inner.load(id) else {
+                let _ = self.inner.store.outbox_done(id, &channel, &event);
+                continue;
+            };
+            let Some(ev) = Event::outcome_of(d.state).filter(|e| e.as_str() == event) else {
+                let _ = self.inner.store.outbox_done(id, &channel, &event);
+                continue;
+            };
+            let route = self
+                .inner
+                .routes_for(&d.service, ev)
+                .into_iter()
+                .find(|(_, r)| r.destination.kind().as_str() == channel);
+            let Some((_, route)) = route else {
+                info!(service = %d.service, deployment = id, channel, %event, "owed message dropped: the channel no longer wants it");
+                let _ = self.inner.store.outbox_done(id, &channel, &event);
+                continue;
+            };
+            self.inner.finished().insert(id);
+            let inner = self.inner.clone();
+            info!(service = %d.service, deployment = id, channel, %event, "resuming an owed notification");
+            spawn(async move {
+                let message = render::message(&d, ev);
+                inner.deliver(id, ev, &route.destination, &message).await;
+            });
+        }
     }
 }
 
@@ -264,6 +299,24 @@ where
 impl Inner {
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<i64, JoinHandle<StartedSends>>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finished(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.finished.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the outcome messages a finished deployment is owed.
+    fn owe(&self, id: i64) {
+        let Some(d) = self.load(id) else { return };
+        let Some(event) = Event::outcome_of(d.state) else {
+            return;
+        };
+        for (_, route) in self.routes_for(&d.service, event) {
+            let channel = route.destination.kind().as_str();
+            if let Err(e) = self.store.outbox_add(id, channel, event.as_str()) {
+                warn!(deployment = id, error = %e, "cannot record the owed notification");
+            }
+        }
     }
 
     fn load(&self, id: i64) -> Option<crate::store::Deployment> {
@@ -359,14 +412,23 @@ impl Inner {
 
     async fn attempts(&self, id: i64, event: Event, to: &Destination, message: &Message) {
         let channel = to.kind().as_str();
-        match self.store.notification_tried(id, channel, event.as_str()) {
-            Ok(true) => return debug!(deployment = id, channel, %event, "already notified"),
-            Ok(false) => {}
-            Err(e) => warn!(deployment = id, error = %e, "cannot read notification history"),
-        }
+        let mut attempt = match self
+            .store
+            .notification_progress(id, channel, event.as_str())
+        {
+            Ok(Progress::Done) => {
+                let _ = self.store.outbox_done(id, channel, event.as_str());
+                return debug!(deployment = id, channel, %event, "already notified");
+            }
+            Ok(Progress::Retrying { last }) => last + 1,
+            Ok(Progress::NotTried) => 1,
+            Err(e) => {
+                warn!(deployment = id, error = %e, "cannot read notification history");
+                1
+            }
+        };
         let dest = to.describe();
-        info!(deployment = id, channel, %event, to = %dest, "Notifying");
-        let mut attempt = 1;
+        info!(deployment = id, channel, %event, to = %dest, attempt, "Notifying");
         loop {
             let result = send_once(&self.http, to, message, self.timeout).await;
             let (outcome, detail, wait) = match result {
@@ -403,6 +465,12 @@ impl Inner {
                 detail.as_deref(),
             ) {
                 warn!(deployment = id, error = %e, "cannot record the notification attempt");
+            }
+            if wait.is_none() {
+                // Sent, or given up on: nothing more is owed.
+                if let Err(e) = self.store.outbox_done(id, channel, event.as_str()) {
+                    warn!(deployment = id, error = %e, "cannot clear the owed notification");
+                }
             }
             match (outcome, wait) {
                 (Outcome::Sent, _) => {

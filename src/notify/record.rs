@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use crate::store::{now_ms, Result, Store};
@@ -26,6 +26,18 @@ impl Outcome {
             Outcome::GaveUp => "gave_up",
         }
     }
+}
+
+/// Where one channel's delivery of one event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    NotTried,
+    /// The last attempt failed and another was due.
+    Retrying {
+        last: u32,
+    },
+    /// Sent, or given up on.
+    Done,
 }
 
 /// One recorded attempt. `detail` never holds a secret.
@@ -79,20 +91,65 @@ impl Store {
         Ok(())
     }
 
-    /// Whether `channel` was already tried for this event of the deployment: a
-    /// deployment is reported once per channel, however often it is looked at.
-    pub fn notification_tried(
+    /// Where the delivery of this event of the deployment through `channel`
+    /// stands: a deployment is reported once per channel, however often it is
+    /// looked at, and a series of retries cut by a restart goes on where it was.
+    pub fn notification_progress(
         &self,
         deployment_id: i64,
         channel: &str,
         event: &str,
-    ) -> Result<bool> {
-        Ok(self.conn().query_row(
-            "SELECT EXISTS (SELECT 1 FROM notifications \
-             WHERE deployment_id = ?1 AND channel = ?2 AND event = ?3)",
-            params![deployment_id, channel, event],
-            |r| r.get(0),
-        )?)
+    ) -> Result<Progress> {
+        let last: Option<(u32, String)> = self
+            .conn()
+            .query_row(
+                "SELECT attempt, outcome FROM notifications \
+                 WHERE deployment_id = ?1 AND channel = ?2 AND event = ?3 \
+                 ORDER BY attempt DESC LIMIT 1",
+                params![deployment_id, channel, event],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(match last {
+            None => Progress::NotTried,
+            Some((attempt, outcome)) if outcome == Outcome::Failed.as_str() => {
+                Progress::Retrying { last: attempt }
+            }
+            Some(_) => Progress::Done,
+        })
+    }
+
+    /// Records that an outcome message is owed (idempotent).
+    pub fn outbox_add(&self, deployment_id: i64, channel: &str, event: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO notify_outbox (deployment_id, channel, event, created_at) \
+             VALUES (?1, ?2, ?3, ?4)",
+            params![deployment_id, channel, event, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The message was sent, or given up on: nothing more is owed.
+    pub fn outbox_done(&self, deployment_id: i64, channel: &str, event: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE notify_outbox SET done_at = ?4 \
+             WHERE deployment_id = ?1 AND channel = ?2 AND event = ?3 AND done_at IS NULL",
+            params![deployment_id, channel, event, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Messages still owed: (deployment, channel, event), oldest first.
+    pub fn outbox_pending(&self) -> Result<Vec<(i64, String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT deployment_id, channel, event FROM notify_outbox \
+             WHERE done_at IS NULL ORDER BY created_at, deployment_id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     /// A deployment's attempts, oldest first.
@@ -143,7 +200,12 @@ mod tests {
         };
         let a = store.create_deployment(&new).unwrap();
         let b = store.create_deployment(&new).unwrap();
-        assert!(!store.notification_tried(a, "slack", "succeeded").unwrap());
+        assert_eq!(
+            store
+                .notification_progress(a, "slack", "succeeded")
+                .unwrap(),
+            Progress::NotTried
+        );
         store
             .record_notification(
                 a,
@@ -154,6 +216,12 @@ mod tests {
                 Some("HTTP 500"),
             )
             .unwrap();
+        assert_eq!(
+            store
+                .notification_progress(a, "slack", "succeeded")
+                .unwrap(),
+            Progress::Retrying { last: 1 }
+        );
         store
             .record_notification(a, "slack", "succeeded", 2, Outcome::Sent, None)
             .unwrap();
@@ -167,10 +235,45 @@ mod tests {
             .map(|a| (a.attempt, a.outcome))
             .collect();
         assert_eq!(got, vec![(1, "failed".into()), (2, "sent".into())]);
-        assert!(store.notification_tried(a, "slack", "succeeded").unwrap());
-        assert!(!store.notification_tried(a, "email", "succeeded").unwrap());
+        assert_eq!(
+            store
+                .notification_progress(a, "slack", "succeeded")
+                .unwrap(),
+            Progress::Done
+        );
+        assert_eq!(
+            store
+                .notification_progress(a, "email", "succeeded")
+                .unwrap(),
+            Progress::NotTried
+        );
         let all = store.notifications_of(&[a, b, 99]).unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[&b][0].detail.as_deref(), Some("550"));
+    }
+
+    #[test]
+    fn the_outbox_keeps_what_is_owed_until_done() {
+        let store = Store::in_memory().unwrap();
+        let id = store
+            .create_deployment(&NewDeployment {
+                service: "web".into(),
+                trigger: "operator".into(),
+                trigger_detail: None,
+                tag: Some("v1".into()),
+                digest: None,
+                pushed_at: None,
+                delivery: None,
+            })
+            .unwrap();
+        store.outbox_add(id, "slack", "failed").unwrap();
+        store.outbox_add(id, "slack", "failed").unwrap();
+        store.outbox_add(id, "email", "failed").unwrap();
+        assert_eq!(store.outbox_pending().unwrap().len(), 2);
+        store.outbox_done(id, "slack", "failed").unwrap();
+        assert_eq!(
+            store.outbox_pending().unwrap(),
+            vec![(id, "email".to_string(), "failed".to_string())]
+        );
     }
 }
