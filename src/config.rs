@@ -341,7 +341,8 @@ pub struct RolloutConfig {
     /// still runs; a failure switches back in one reload.
     #[serde(default, deserialize_with = "duration")]
     pub soak: Duration,
-    /// Longest a whole deployment may take; a step still running then is cut off.
+    /// Longest a deployment may take to reach the switch; a step still running
+    /// then is cut off (the steps from the switch on are each bounded).
     #[serde(default = "default_rollout_deadline", deserialize_with = "duration")]
     pub deadline: Duration,
 }

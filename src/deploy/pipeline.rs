@@ -155,9 +155,11 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
             return true;
         }
         pause_if_asked(state).await;
-        // Up to the soak, the deadline cuts a step off and the deployment unwinds;
-        // the clean-up after it is bounded step by step and never undoes the switch.
-        let outcome = if state.is_cleanup() {
+        // Before the switch the deadline cuts a step off and the deployment
+        // unwinds. From the switch on, every step is bounded on its own (nginx
+        // calls, verify_timeout, the soak, drain_timeout, stop_grace): cutting
+        // one in the middle could leave nginx half switched.
+        let outcome = if !state.cut_by_deadline() {
             run.step(state).await
         } else {
             match tokio::time::timeout_at(deadline, run.step(state)).await {

@@ -110,10 +110,12 @@ impl State {
         }
     }
 
-    /// The steps after the soak: the new colour is proven and stays; these only
-    /// clean up, so their failures are noted and never undo the switch.
-    pub fn is_cleanup(self) -> bool {
-        matches!(self, State::Draining | State::StoppingOld | State::Pruning)
+    /// The steps `rollout.deadline` may cut off: those before nginx is touched.
+    pub fn cut_by_deadline(self) -> bool {
+        matches!(
+            self,
+            State::Resolving | State::Pulling | State::Starting | State::HealthGate
+        )
     }
 
     /// Whether nginx may already route to the new colour in this state: from here on
