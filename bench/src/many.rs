@@ -323,6 +323,11 @@ async fn one_run(
             network: network.clone(),
         })
         .collect();
+    // Created beforehand, as an operator would for apps sharing a network: greenlight
+    // creates a missing network itself, but K first deploys doing that at once on Docker
+    // 20.10 made K networks of the same name (check_duplicate is not atomic), and every
+    // container start then failed with "network ... is ambiguous".
+    docker(&["network", "create", &network])?;
     let config = config_for(&nginx, &specs, "ghcr.io");
     let glp = Greenlight::spawn(binary, gl_port, &config, None)?;
     let world = World {
