@@ -31,6 +31,8 @@ struct Phase {
     label: String,
     /// (service index, serving s, done s)
     per_service: Vec<(usize, f64, f64)>,
+    /// Per step, in pipeline order: (step, mean ms, max ms) over the phase's deployments.
+    steps: Vec<(String, f64, f64)>,
 }
 
 impl Phase {
@@ -131,21 +133,28 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
         };
         let _ = writeln!(
             out,
-            "\n#### Keep-alive {ka}\n\n| phase | services deployed | serving s (last) | done s (last) |\n|---|---:|---:|---:|"
+            "\n#### Keep-alive {ka}\n\n| phase | services deployed | serving s (last) | done s (last) | greenlight's steps, ms (mean / max over the phase's deployments) |\n|---|---:|---:|---:|---|"
         );
         for phase in [&r.solo_before, &r.all, &r.solo_after] {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.2} | {:.2} |",
+                "| {} | {} | {:.2} | {:.2} | {} |",
                 phase.label,
                 phase.per_service.len(),
                 phase.serving(),
-                phase.done()
+                phase.done(),
+                phase
+                    .steps
+                    .iter()
+                    .filter(|(n, _, _)| n != "succeeded")
+                    .map(|(n, mean, max)| format!("{n} {mean:.0} / {max:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         let _ = writeln!(
             out,
-            "| **ratio** all {k} / one (mean of the two lone deploys) | | **{:.2}x** (target < {TARGET_RATIO:.0}x: {}) | {:.2}x ({}) |",
+            "| **ratio** all {k} / one (mean of the two lone deploys) | | **{:.2}x** (target < {TARGET_RATIO:.0}x: {}) | {:.2}x ({}) | |",
             ratio_serving,
             verdict(ratio_serving),
             ratio_done,
@@ -466,6 +475,7 @@ impl World<'_> {
         let trigger_wall = unix_ms(SystemTime::now());
         let pushes = self.start_pushes(targets);
         let mut done: Vec<Option<f64>> = vec![None; targets.len()];
+        let mut ids = Vec::new();
         while done.iter().any(Option::is_none) {
             if trigger.elapsed() > PHASE_DEADLINE {
                 bail!(
@@ -490,6 +500,7 @@ impl World<'_> {
                 if d["state"] != "succeeded" {
                     bail!("{label}: the deployment of {v} to service {i} ended {d}");
                 }
+                ids.extend(d["id"].as_i64());
                 let finished = d["finished_at"].as_i64().unwrap_or_default() as f64;
                 *slot = Some((finished - trigger_wall) / 1000.0);
             }
@@ -507,7 +518,35 @@ impl World<'_> {
             let serving = seen - trigger.duration_since(*started).as_secs_f64();
             per_service.push((i, serving, done.unwrap_or(f64::NAN)));
         }
-        Ok(Phase { label, per_service })
+        let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
+        for id in ids {
+            let d = self.api(&format!("/api/deployments/{id}")).await?;
+            for x in d["steps"].as_array().context("no steps")? {
+                let (Some(name), Some(a), Some(b)) = (
+                    x["step"].as_str(),
+                    x["started_at"].as_i64(),
+                    x["finished_at"].as_i64(),
+                ) else {
+                    continue;
+                };
+                match steps.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, v)) => v.push((b - a) as f64),
+                    None => steps.push((name.to_string(), vec![(b - a) as f64])),
+                }
+            }
+        }
+        let steps = steps
+            .into_iter()
+            .map(|(n, v)| {
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                (n, mean, v.iter().cloned().fold(f64::NAN, f64::max))
+            })
+            .collect();
+        Ok(Phase {
+            label,
+            per_service,
+            steps,
+        })
     }
 
     /// Every `switching` step (its nginx reload) of every deployment, (start, end) in Unix ms.
