@@ -1,15 +1,17 @@
-//! A real `greenlight serve` child process (the release binary), its config, and
-//! memory sampling from /proc.
+//! The release binary of greenlight, the config the benchmarks run it with, and memory
+//! sampling from /proc. The process handle itself is testkit's
+//! [`greenlight_testkit::greenlight::Greenlight`].
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use greenlight_testkit::env::{workspace_root, Nginx};
+pub use greenlight_testkit::greenlight::{http_ok, stop_child, Greenlight};
 
 pub const TOKEN: &str = "bench-admin-token-0123456789";
 pub const GITHUB_SECRET: &str = "bench-github-secret";
@@ -128,123 +130,6 @@ keep_images = 2
         ));
     }
     text
-}
-
-/// A running `greenlight serve`, killed on drop.
-pub struct Greenlight {
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-    child: Child,
-    /// Spawn to the first `200` from `/healthz`.
-    pub ready_after: Duration,
-}
-
-impl Greenlight {
-    /// Writes `config` (`{listen}`, `{state}` filled in) and starts serving on `port`;
-    /// waits for `/healthz`. `rust_log`: `None` keeps greenlight's default (`info`).
-    pub fn spawn(binary: &Path, port: u16, config: &str, rust_log: Option<&str>) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("greenlight-bench-")
-            .tempdir()?;
-        let config = config
-            .replace("{listen}", &format!("127.0.0.1:{port}"))
-            .replace(
-                "{state}",
-                &dir.path().join("state.db").display().to_string(),
-            );
-        let config_path = dir.path().join("greenlight.toml");
-        std::fs::write(&config_path, config)?;
-        let log = std::fs::File::create(dir.path().join("greenlight.log"))?;
-        let mut command = Command::new(binary);
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log));
-        if let Some(filter) = rust_log {
-            command.env("RUST_LOG", filter);
-        } else {
-            command.env_remove("RUST_LOG");
-        }
-        let started = Instant::now();
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let mut gl = Greenlight {
-            dir,
-            port,
-            child,
-            ready_after: Duration::ZERO,
-        };
-        loop {
-            if http_ok(port, "/healthz") {
-                gl.ready_after = started.elapsed();
-                return Ok(gl);
-            }
-            if let Some(status) = gl.child.try_wait()? {
-                bail!("greenlight exited with {status} at start:\n{}", gl.log());
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("greenlight did not become ready:\n{}", gl.log());
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("greenlight.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Greenlight {
-    fn drop(&mut self) {
-        stop_child(&mut self.child);
-    }
-}
-
-/// SIGTERM, up to 10 s to exit, then SIGKILL.
-pub fn stop_child(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-}
-
-/// A readiness check from synchronous code: `GET path` answers 200.
-pub fn http_ok(port: u16, path: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).is_ok() && buf.ends_with(b"200")
 }
 
 /// `(VmRSS, VmHWM)` of a process in KiB, from /proc/<pid>/status.

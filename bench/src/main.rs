@@ -1,14 +1,11 @@
 //! greenlight benchmarks: prints Markdown tables.
 //!
 //! ```sh
-//! cargo run --release -p greenlight-bench -- [ingest] [footprint] [deploy] [options]
+//! cargo run --release -p greenlight-bench -- [ingest] [footprint] [deploy] [many] [options]
 //! ```
 //!
-//! With no suite named, runs `ingest footprint deploy` in that order. Options:
-//! `--duration S` (ingestion seconds per server, default 10), `--concurrency C`
-//! (default 50), `--deploys N` (deploys per procedure, default 3), `--rate R` (probe
-//! req/s, default 200), `--keepalive on|off|both` (default on), `--classic-sleep S`
-//! (the classic script's fixed sleep, default 2).
+//! With no suite named, runs `ingest footprint deploy many` in that order. `deploy` also
+//! prints the switch overhead. See [`USAGE`] for the options and their defaults.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -19,6 +16,29 @@ use greenlight_testkit::env::{free_port, unique_prefix, DockerCleanup, Nginx};
 mod deploy;
 mod gl;
 mod ingest;
+mod many;
+
+const USAGE: &str = "\
+greenlight-bench [SUITE ...] [OPTIONS]
+
+Prints Markdown tables. Suites (default: all four, in this order):
+  ingest      webhook ingestion: greenlight vs adnanh/webhook, Rust client and wrk
+  footprint   binary size, start-up time, idle RSS
+  deploy      deploys under load (greenlight, classic script, recreate) and the switch overhead
+  many        K services deployed at once by one greenlight vs one alone
+
+Options:
+  --duration S         ingestion seconds per server and load tool (default 10)
+  --concurrency C      ingestion connections (default 50)
+  --deploys N          deploys per procedure in `deploy` (default 10)
+  --rate R             probe req/s in `deploy` (default 200)
+  --keepalive MODE     on, off or both: the probes' client keep-alive in `deploy` and `many`
+                       (default on)
+  --classic-sleep S    the classic script's fixed sleep, s (default 2)
+  --services K         services in `many` (default 10)
+  --service-rate R     probe req/s per service in `many` (default 20)
+  -h, --help           this text
+";
 
 pub struct Opts {
     pub suites: Vec<String>,
@@ -28,6 +48,8 @@ pub struct Opts {
     pub rate: u32,
     pub keepalive: Vec<bool>,
     pub classic_sleep: u64,
+    pub services: usize,
+    pub service_rate: u32,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -35,10 +57,12 @@ fn parse_args() -> Result<Opts> {
         suites: Vec::new(),
         duration: 10,
         concurrency: 50,
-        deploys: 3,
+        deploys: 10,
         rate: 200,
         keepalive: vec![true],
         classic_sleep: 2,
+        services: 10,
+        service_rate: 20,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -49,6 +73,8 @@ fn parse_args() -> Result<Opts> {
             "--deploys" => opts.deploys = value("--deploys")?.parse()?,
             "--rate" => opts.rate = value("--rate")?.parse()?,
             "--classic-sleep" => opts.classic_sleep = value("--classic-sleep")?.parse()?,
+            "--services" => opts.services = value("--services")?.parse()?,
+            "--service-rate" => opts.service_rate = value("--service-rate")?.parse()?,
             "--keepalive" => {
                 opts.keepalive = match value("--keepalive")?.as_str() {
                     "on" => vec![true],
@@ -57,19 +83,18 @@ fn parse_args() -> Result<Opts> {
                     other => bail!("--keepalive on|off|both, not {other:?}"),
                 }
             }
-            "ingest" | "footprint" | "deploy" => opts.suites.push(arg),
+            "ingest" | "footprint" | "deploy" | "many" => opts.suites.push(arg),
             "-h" | "--help" => {
-                println!(
-                    "greenlight-bench [ingest] [footprint] [deploy] [--duration S] [--concurrency C] \
-                     [--deploys N] [--rate R] [--keepalive on|off|both] [--classic-sleep S]"
-                );
+                print!("{USAGE}");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
         }
     }
     if opts.suites.is_empty() {
-        opts.suites = vec!["ingest".into(), "footprint".into(), "deploy".into()];
+        opts.suites = ["ingest", "footprint", "deploy", "many"]
+            .map(String::from)
+            .to_vec();
     }
     Ok(opts)
 }
@@ -93,6 +118,7 @@ async fn main() -> Result<()> {
             "ingest" => ingest::run(&opts, &binary, &mut section).await,
             "footprint" => footprint(&binary, &mut section).await,
             "deploy" => deploy::run(&opts, &binary, &mut section).await,
+            "many" => many::run(&opts, &binary, &mut section).await,
             _ => unreachable!(),
         };
         if let Err(err) = result {
