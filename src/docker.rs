@@ -13,7 +13,7 @@ use bollard::container::{
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::image::{CreateImageOptions, ListImagesOptions, RemoveImageOptions};
 use bollard::models::{HostConfig, RestartPolicy, RestartPolicyNameEnum};
-use bollard::network::{CreateNetworkOptions, InspectNetworkOptions};
+use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 
@@ -53,6 +53,9 @@ fn describe_api(e: &bollard::errors::Error) -> String {
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+    /// Serialises network creation: Docker does not, and concurrent creates of
+    /// one name make duplicates that no container can then join by name.
+    networks: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What a new container is made of.
@@ -160,7 +163,10 @@ impl Engine {
         .map_err(err)?;
         let docker = docker.negotiate_version().await.map_err(err)?;
         docker.ping().await.map_err(err)?;
-        Ok(Engine { docker })
+        Ok(Engine {
+            docker,
+            networks: Default::default(),
+        })
     }
 
     pub async fn version(&self) -> Result<String> {
@@ -228,31 +234,54 @@ impl Engine {
         }
     }
 
+    /// Makes sure exactly one network is called `name`: creates it if missing,
+    /// and removes unused duplicates (made by concurrent creates, ours or
+    /// another tool's), which would make every container create fail.
     pub async fn ensure_network(&self, name: &str) -> Result<()> {
-        match self
+        let _one_at_a_time = self.networks.lock().await;
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let mut same: Vec<_> = self
             .docker
-            .inspect_network(name, None::<InspectNetworkOptions<String>>)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => {
-                let opts = CreateNetworkOptions {
-                    name: name.to_string(),
-                    driver: "bridge".into(),
-                    check_duplicate: true,
-                    ..Default::default()
-                };
-                match self.docker.create_network(opts).await {
-                    Ok(_) => Ok(()),
-                    // Another deploy created it meanwhile.
-                    Err(bollard::errors::Error::DockerResponseServerError {
-                        status_code: 409,
-                        ..
-                    }) => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
+            .list_networks(Some(ListNetworksOptions { filters }))
+            .await?
+            .into_iter()
+            // The filter matches substrings.
+            .filter(|n| n.name.as_deref() == Some(name))
+            .collect();
+        if same.is_empty() {
+            let opts = CreateNetworkOptions {
+                name: name.to_string(),
+                driver: "bridge".into(),
+                check_duplicate: true,
+                ..Default::default()
+            };
+            return match self.docker.create_network(opts).await {
+                Ok(_) => Ok(()),
+                // Another tool created it meanwhile.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        // Keep the oldest; remove the others (Docker refuses while one is in use).
+        same.sort_by_key(|n| n.created.clone().unwrap_or_default());
+        let mut stuck = Vec::new();
+        for extra in same.iter().skip(1) {
+            let id = extra.id.clone().unwrap_or_default();
+            tracing::warn!(network = name, id = %id, "removing a duplicate network");
+            if let Err(e) = self.docker.remove_network(&id).await {
+                stuck.push(format!("{id} ({e})"));
             }
-            Err(e) => Err(e.into()),
+        }
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            Err(DockerError::Other(format!(
+                "several networks are called {name} and these cannot be removed: {}; \
+                 remove the unused ones by hand (docker network ls --filter name={name})",
+                stuck.join(", ")
+            )))
         }
     }
 

@@ -608,3 +608,38 @@ async fn a_live_container_removed_by_hand_is_reported_and_the_next_deploy_recove
     assert_eq!(w.served().await, (200, "v1".into()));
     assert_only_live_container(&w, "green");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_networks_of_one_name_are_repaired_before_the_container_joins() {
+    let w = World::new("dupnet", NginxKind::Host, &[("v1", NO_ENV)]);
+    let network = format!("{}-net", w.prefix);
+    // Two networks of one name, as concurrent creates leave them (the CLI
+    // refuses a duplicate; the API does not when asked not to check).
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    for _ in 0..2 {
+        docker
+            .create_network(bollard::network::CreateNetworkOptions {
+                name: network.clone(),
+                check_duplicate: false,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let count = || {
+        greenlight_testkit::env::docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=^{network}$"),
+        ])
+        .unwrap()
+        .lines()
+        .count()
+    };
+    assert_eq!(count(), 2, "the engine kept both");
+    w.deploy_ok("v1").await;
+    assert_eq!(count(), 1);
+    assert_eq!(w.served().await, (200, "v1".into()));
+}
