@@ -244,7 +244,7 @@ pub fn parse_delivery(
             let doc = if event == Some("ping") {
                 serde_json::Value::Null
             } else {
-                github::json_body(get("content-type"), body)?
+                github::document(get("content-type"), body)?
             };
             let parsed =
                 github::parse(event, delivery, &doc, &config.webhooks.github_registry_host)?;
