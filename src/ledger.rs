@@ -2,7 +2,7 @@
 //! its non-secret headers and what became of it, so any delivery can be looked
 //! at and redelivered.
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use crate::store::{now_ms, Result, Store};
@@ -83,29 +83,192 @@ fn from_row(row: &Row, with_body: bool) -> rusqlite::Result<Delivery> {
     })
 }
 
+/// What became of a delivery, written together with it.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    pub verdict: String,
+    pub detail: String,
+    /// The outcomes of its events, as JSON text.
+    pub events: String,
+    pub services: Vec<String>,
+    pub deployments: Vec<i64>,
+}
+
+/// The non-secret headers as a JSON object with lowercased names.
+fn headers_json(headers: &[(String, String)]) -> String {
+    let map: std::collections::BTreeMap<String, &str> = headers
+        .iter()
+        .filter(|(k, _)| storable_header(k))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+        .collect();
+    serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
+}
+
+/// Inserts one delivery with its verdict (`received` when `verdict` is `None`) and
+/// its links to deployments, in one statement per row, on `conn` (the caller
+/// owns the transaction). The attempt number counts earlier deliveries with the
+/// same id (GitHub redelivers with the same GUID). Returns (row, attempt).
+fn insert(
+    conn: &Connection,
+    d: &NewDelivery,
+    received_at: i64,
+    verdict: Option<&Verdict>,
+) -> rusqlite::Result<(i64, i64)> {
+    let (row, attempt) = conn
+        .prepare_cached(
+            "INSERT INTO deliveries (source, delivery_id, attempt, redelivery_of, received_at, \
+             headers, body, verdict, detail, events, services) \
+             SELECT ?1, ?2, COUNT(*) + 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 \
+             FROM deliveries WHERE delivery_id = ?2 \
+             RETURNING id, attempt",
+        )?
+        .query_row(
+            params![
+                d.source,
+                d.delivery_id,
+                d.redelivery_of,
+                received_at,
+                headers_json(&d.headers),
+                d.body,
+                verdict.map_or("received", |v| v.verdict.as_str()),
+                verdict.map(|v| v.detail.as_str()),
+                verdict.map(|v| v.events.as_str()),
+                verdict.map(|v| v.services.join(",")),
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+    for deployment in verdict.map(|v| v.deployments.as_slice()).unwrap_or(&[]) {
+        link(conn, row, *deployment)?;
+    }
+    Ok((row, attempt))
+}
+
+fn link(conn: &Connection, delivery: i64, deployment: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO delivery_deployments (delivery, deployment_id) VALUES (?1, ?2)",
+    )?
+    .execute(params![delivery, deployment])?;
+    Ok(())
+}
+
+/// A decided delivery waiting for its group commit.
+#[derive(Debug)]
+pub struct Entry {
+    pub delivery: NewDelivery,
+    pub received_at: i64,
+    pub verdict: Verdict,
+}
+
+/// Most deliveries written in one transaction.
+const MAX_BATCH: usize = 128;
+
+struct Job {
+    entry: Entry,
+    done: tokio::sync::oneshot::Sender<Result<(i64, i64)>>,
+}
+
+/// Group commit of the ledger: one writer thread takes every delivery waiting
+/// while it wrote the previous batch and writes them in one transaction, then
+/// answers each. Concurrent requests share a commit instead of queueing for
+/// one each; each still gets its answer only after its row is committed.
+pub struct GroupCommit {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// The writer thread is gone (it only stops when the ledger is dropped).
+#[derive(Debug, thiserror::Error)]
+#[error("the ledger writer has stopped")]
+pub struct WriterGone;
+
+impl GroupCommit {
+    /// Starts the writer thread; it ends when the `GroupCommit` is dropped.
+    pub fn start(store: Store) -> std::io::Result<GroupCommit> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let (entries, answers): (Vec<Entry>, Vec<_>) =
+                        batch.into_iter().map(|j| (j.entry, j.done)).unzip();
+                    let results = store.record_deliveries(&entries);
+                    for (done, result) in answers.into_iter().zip(results) {
+                        // The request may have gone away; its row stays recorded.
+                        let _ = done.send(result);
+                    }
+                }
+            })?;
+        Ok(GroupCommit { jobs })
+    }
+
+    /// Records `entry` and waits until its transaction has committed.
+    pub async fn record(
+        &self,
+        entry: Entry,
+    ) -> std::result::Result<Result<(i64, i64)>, WriterGone> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job { entry, done })
+            .map_err(|_| WriterGone)?;
+        committed.await.map_err(|_| WriterGone)
+    }
+}
+
 impl Store {
-    /// Records a delivery as `received`; its attempt number counts earlier
-    /// deliveries with the same id (GitHub redelivers with the same GUID).
+    /// Records a delivery as `received`, before anything is decided about it;
+    /// [`Store::set_delivery_verdict`] completes it. Returns (row, attempt).
     pub fn insert_delivery(&self, d: &NewDelivery) -> Result<(i64, i64)> {
-        let conn = self.conn();
-        let attempt: i64 = conn.query_row(
-            "SELECT COUNT(*) + 1 FROM deliveries WHERE delivery_id = ?1",
-            [&d.delivery_id],
-            |r| r.get(0),
-        )?;
-        let headers = serde_json::Value::Object(
-            d.headers
+        Ok(insert(&self.conn(), d, now_ms(), None)?)
+    }
+
+    /// Records a delivery that is already decided, with its verdict and links,
+    /// in one transaction. Returns (row, attempt).
+    pub fn record_delivery(
+        &self,
+        d: &NewDelivery,
+        received_at: i64,
+        verdict: &Verdict,
+    ) -> Result<(i64, i64)> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let recorded = insert(&tx, d, received_at, Some(verdict))?;
+        tx.commit()?;
+        Ok(recorded)
+    }
+
+    /// Group commit: records decided deliveries in one transaction, in order.
+    /// When that fails, each is tried again in its own transaction, so one bad
+    /// entry cannot fail the others. A result is only `Ok` once committed.
+    pub fn record_deliveries(&self, batch: &[Entry]) -> Vec<Result<(i64, i64)>> {
+        let mut conn = self.conn();
+        let together = (|| -> rusqlite::Result<Vec<(i64, i64)>> {
+            let tx = conn.transaction()?;
+            let rows = batch
                 .iter()
-                .filter(|(k, _)| storable_header(k))
-                .map(|(k, v)| (k.to_ascii_lowercase(), serde_json::Value::String(v.clone())))
+                .map(|e| insert(&tx, &e.delivery, e.received_at, Some(&e.verdict)))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            tx.commit()?;
+            Ok(rows)
+        })();
+        match together {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(_) if batch.len() > 1 => batch
+                .iter()
+                .map(|e| {
+                    let tx = conn.transaction()?;
+                    let row = insert(&tx, &e.delivery, e.received_at, Some(&e.verdict))?;
+                    tx.commit()?;
+                    Ok(row)
+                })
                 .collect(),
-        );
-        conn.execute(
-            "INSERT INTO deliveries (source, delivery_id, attempt, redelivery_of, received_at, headers, body, verdict) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'received')",
-            params![d.source, d.delivery_id, attempt, d.redelivery_of, now_ms(), headers.to_string(), d.body],
-        )?;
-        Ok((conn.last_insert_rowid(), attempt))
+            Err(e) => vec![Err(e.into())],
+        }
     }
 
     pub fn set_delivery_verdict(
@@ -117,17 +280,28 @@ impl Store {
         services: &[String],
         deployments: &[i64],
     ) -> Result<()> {
+        self.complete_delivery(
+            row,
+            &Verdict {
+                verdict: verdict.into(),
+                detail: detail.into(),
+                events: events.to_string(),
+                services: services.to_vec(),
+                deployments: deployments.to_vec(),
+            },
+        )
+    }
+
+    /// Writes the verdict of a delivery recorded as `received`, with its links.
+    pub fn complete_delivery(&self, row: i64, v: &Verdict) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE deliveries SET verdict = ?2, detail = ?3, events = ?4, services = ?5 WHERE id = ?1",
-            params![row, verdict, detail, events.to_string(), services.join(",")],
-        )?;
-        for d in deployments {
-            tx.execute(
-                "INSERT OR IGNORE INTO delivery_deployments (delivery, deployment_id) VALUES (?1, ?2)",
-                params![row, d],
-            )?;
+        )?
+        .execute(params![row, v.verdict, v.detail, v.events, v.services.join(",")])?;
+        for d in &v.deployments {
+            link(&tx, row, *d)?;
         }
         tx.commit()?;
         Ok(())
@@ -195,11 +369,7 @@ impl Store {
 
     /// Records that `deployment` was caused by ledger row `delivery`.
     pub fn link_delivery(&self, delivery: i64, deployment: i64) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR IGNORE INTO delivery_deployments (delivery, deployment_id) VALUES (?1, ?2)",
-            params![delivery, deployment],
-        )?;
-        Ok(())
+        Ok(link(&self.conn(), delivery, deployment)?)
     }
 }
 
@@ -243,6 +413,114 @@ mod tests {
         assert!(headers.get("x-hub-signature-256").is_none());
         assert!(headers.get("authorization").is_none());
         assert_eq!(store.delivery(&row.to_string()).unwrap().unwrap().row, row);
+    }
+
+    fn decided(verdict: &str, services: &[&str], deployments: &[i64]) -> Verdict {
+        Verdict {
+            verdict: verdict.into(),
+            detail: format!("{verdict} because"),
+            events: r#"[{"verdict":"ignored"}]"#.into(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+            deployments: deployments.to_vec(),
+        }
+    }
+
+    fn deployment(store: &Store) -> i64 {
+        store
+            .create_deployment(&crate::store::NewDeployment {
+                service: "web".into(),
+                trigger: "github".into(),
+                trigger_detail: None,
+                tag: Some("v1".into()),
+                digest: None,
+                pushed_at: None,
+                delivery: None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_decided_delivery_is_one_row_with_its_verdict_and_links() {
+        let store = Store::in_memory().unwrap();
+        let dep = deployment(&store);
+        let (row, attempt) = store
+            .record_delivery(&new("guid"), 1234, &decided("duplicate", &["web"], &[dep]))
+            .unwrap();
+        assert_eq!(attempt, 1);
+        let d = store.delivery("guid").unwrap().unwrap();
+        assert_eq!(d.row, row);
+        assert_eq!(d.received_at, 1234);
+        assert_eq!(d.verdict, "duplicate");
+        assert_eq!(d.detail.as_deref(), Some("duplicate because"));
+        assert_eq!(d.services, vec!["web".to_string()]);
+        assert_eq!(d.deployments, vec![dep]);
+        assert_eq!(d.events.unwrap()[0]["verdict"], "ignored");
+        assert_eq!(d.body.as_deref(), Some("{\"a\":1}"));
+        let headers = d.headers.unwrap();
+        assert_eq!(headers["x-github-delivery"], "guid");
+        assert!(headers.get("x-hub-signature-256").is_none());
+        assert!(headers.get("authorization").is_none());
+        let (_, again) = store
+            .record_delivery(&new("guid"), 1235, &decided("ignored", &[], &[]))
+            .unwrap();
+        assert_eq!(again, 2, "a redelivery with the same GUID is attempt 2");
+    }
+
+    #[test]
+    fn a_group_commit_writes_its_batch_in_order_and_counts_attempts_within_it() {
+        let store = Store::in_memory().unwrap();
+        let entry = |id: &str| Entry {
+            delivery: new(id),
+            received_at: 1,
+            verdict: decided("ignored", &[], &[]),
+        };
+        let results = store.record_deliveries(&[entry("a"), entry("b"), entry("a")]);
+        let rows: Vec<(i64, i64)> = results.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(rows[0].1, 1);
+        assert_eq!(rows[1].1, 1);
+        assert_eq!(rows[2], (rows[1].0 + 1, 2));
+        assert_eq!(store.deliveries(None, 10).unwrap().len(), 3);
+        // A link to a deployment that does not exist fails its entry alone.
+        let mut bad = entry("c");
+        bad.verdict.deployments = vec![999_999];
+        let results = store.record_deliveries(&[entry("d"), bad, entry("e")]);
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert!(results[1].is_err());
+        assert!(
+            store.delivery("c").unwrap().is_none(),
+            "nothing half-written"
+        );
+        assert_eq!(store.deliveries(None, 10).unwrap().len(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_deliveries_through_the_writer_are_each_answered_after_their_commit() {
+        let store = Store::in_memory().unwrap();
+        let writer = std::sync::Arc::new(GroupCommit::start(store.clone()).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let writer = writer.clone();
+            let store = store.clone();
+            tasks.spawn(async move {
+                let id = format!("d{i}");
+                let (row, attempt) = writer
+                    .record(Entry {
+                        delivery: new(&id),
+                        received_at: i,
+                        verdict: decided("ignored", &[], &[]),
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                // Answered only once it is there to be read.
+                let d = store.delivery(&id).unwrap().unwrap();
+                assert_eq!((d.row, attempt, d.received_at), (row, 1, i));
+            });
+        }
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+        assert_eq!(store.deliveries(None, 500).unwrap().len(), 200);
     }
 
     #[test]

@@ -98,8 +98,15 @@ fn same_push(event: &PushEvent, d: &Deployment) -> bool {
 }
 
 impl Deployer {
-    /// Decides what `event` (from ledger row `delivery`) means and acts on it.
-    pub fn offer(&self, event: &PushEvent, delivery: i64) -> Result<Outcome, StoreError> {
+    /// Decides what `event` means and acts on it. `delivery` gives the ledger row
+    /// of the delivery that carried it; it is asked for only when a deployment is
+    /// created (which refers to it), so a delivery that queues nothing can be
+    /// recorded once, with its verdict, after the decision.
+    pub fn offer(
+        &self,
+        event: &PushEvent,
+        delivery: &mut dyn FnMut() -> Result<i64, StoreError>,
+    ) -> Result<Outcome, StoreError> {
         let _one_at_a_time = self.intake.lock().unwrap_or_else(|e| e.into_inner());
         let config = self.config();
         let store = self.store();
@@ -169,6 +176,7 @@ impl Deployer {
                 }
             }
         }
+        let delivery = delivery()?;
         let id = store.create_deployment(&NewDeployment {
             service: svc.name.clone(),
             trigger: event.source.as_str().to_string(),

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, Scope};
@@ -12,16 +13,19 @@ use serde_json::json;
 
 use super::AppState;
 use crate::config::Config;
-use crate::deploy::intake::{overall, Outcome, Verdict};
-use crate::ledger::NewDelivery;
+use crate::deploy::intake::{overall, Outcome, Verdict as IntakeVerdict};
+use crate::ledger::{Entry, GroupCommit, NewDelivery, Verdict};
+use crate::store::{now_ms, StoreError};
 use crate::webhook::{self, distribution, dockerhub, github, Item, Parsed, Source, Unreadable};
 
-/// Rejected deliveries by source, for `/metrics`.
+/// Rejected deliveries by source, for `/metrics`; and the ledger's group commit,
+/// which the webhook endpoints share.
 #[derive(Default)]
 pub struct HookCounters {
     pub github_unauthorized: AtomicU64,
     pub dockerhub_unauthorized: AtomicU64,
     pub registry_unauthorized: AtomicU64,
+    ledger: OnceLock<Option<GroupCommit>>,
 }
 
 impl HookCounters {
@@ -117,7 +121,7 @@ async fn github_hook(
     if let Err(e) = github::verify(secrets, &body, header(&req, "x-hub-signature-256")) {
         return unauthorized(&state, Source::Github, e.0);
     }
-    accept(&req, &state, Source::Github, body)
+    accept(&req, &state, Source::Github, body).await
 }
 
 async fn dockerhub_hook(
@@ -131,7 +135,7 @@ async fn dockerhub_hook(
         return unauthorized(&state, Source::Dockerhub, "wrong or unset Docker Hub token");
     }
     match read_body(&req, payload, state.deployer.config().server.body_limit).await {
-        Ok(body) => accept(&req, &state, Source::Dockerhub, body),
+        Ok(body) => accept(&req, &state, Source::Dockerhub, body).await,
         Err(resp) => resp,
     }
 }
@@ -153,18 +157,68 @@ async fn registry_hook(
         );
     }
     match read_body(&req, payload, state.deployer.config().server.body_limit).await {
-        Ok(body) => accept(&req, &state, Source::Registry, body),
+        Ok(body) => accept(&req, &state, Source::Registry, body).await,
         Err(resp) => resp,
     }
 }
 
-/// An authenticated delivery: parse it, then record and decide.
-fn accept(req: &HttpRequest, state: &AppState, source: Source, body: Vec<u8>) -> HttpResponse {
+/// An authenticated delivery: parse it, decide, record it, answer.
+async fn accept(
+    req: &HttpRequest,
+    state: &AppState,
+    source: Source,
+    body: Vec<u8>,
+) -> HttpResponse {
     let headers = headers_of(req);
-    match parse_delivery(state.deployer.config(), source, &lowercase(&headers), &body) {
-        Ok((id, parsed)) => ingest(state, source, id, headers, body, parsed, None),
-        Err(e) => unreadable(source, &e),
+    let (delivery_id, parsed) =
+        match parse_delivery(state.deployer.config(), source, &lowercase(&headers), &body) {
+            Ok(p) => p,
+            Err(e) => return unreadable(source, &e),
+        };
+    let delivery = NewDelivery {
+        source: source.as_str().into(),
+        delivery_id,
+        redelivery_of: None,
+        headers,
+        body,
+    };
+    let received_at = now_ms();
+    let decision = match decide(state, &delivery, parsed) {
+        Ok(d) => d,
+        Err(e) => return super::api::internal(e),
+    };
+    let Some(writer) = writer(state).filter(|_| decision.row.is_none()) else {
+        return record(state, source, &delivery, received_at, &decision);
+    };
+    // Nothing was queued, so nothing is recorded yet: one row with its verdict,
+    // committed together with the concurrent requests' rows.
+    let delivery_id = delivery.delivery_id.clone();
+    let entry = Entry {
+        delivery,
+        received_at,
+        verdict: decision.ledger.clone(),
+    };
+    match writer.record(entry).await {
+        Ok(Ok((_, attempt))) => answer_delivery(source, &delivery_id, attempt, &decision),
+        Ok(Err(e)) => super::api::internal(e),
+        Err(gone) => super::api::internal(gone),
     }
+}
+
+/// The ledger's group commit, started with the first delivery; `None` when its
+/// thread could not be started (deliveries are then written one at a time).
+fn writer(state: &AppState) -> Option<&GroupCommit> {
+    state
+        .hooks
+        .ledger
+        .get_or_init(|| match GroupCommit::start(state.deployer.store().clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the ledger writer; writing deliveries one by one");
+                None
+            }
+        })
+        .as_ref()
 }
 
 fn lowercase(headers: &[(String, String)]) -> HashMap<String, String> {
@@ -190,7 +244,7 @@ pub fn parse_delivery(
             let doc = if event == Some("ping") {
                 serde_json::Value::Null
             } else {
-                github::json_body(get("content-type"), body)?
+                github::document(get("content-type"), body)?
             };
             let parsed =
                 github::parse(event, delivery, &doc, &config.webhooks.github_registry_host)?;
@@ -233,42 +287,43 @@ pub fn parse_delivery(
     }
 }
 
-/// Records the delivery and decides what each of its events means.
-pub fn ingest(
+/// What was decided about a delivery, before or after it is recorded.
+struct Decision {
+    /// The ledger row, when a deployment it caused needed one (as `received`).
+    row: Option<(i64, i64)>,
+    ledger: Verdict,
+    ping: bool,
+}
+
+/// Decides what each event of a delivery means. The delivery is recorded first
+/// (as `received`) only when one of its events queues a deployment, which
+/// refers to its row; otherwise it is recorded afterwards with its verdict.
+fn decide(
     state: &AppState,
-    source: Source,
-    delivery_id: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    delivery: &NewDelivery,
     parsed: Parsed,
-    redelivery_of: Option<i64>,
-) -> HttpResponse {
+) -> Result<Decision, StoreError> {
     let store = state.deployer.store();
     let (items, ping) = match parsed {
         Parsed::Ping => (vec![Item::Ignored("ping".into())], true),
         Parsed::Items(items) => (items, false),
     };
-    let recorded = store.insert_delivery(&NewDelivery {
-        source: source.as_str().into(),
-        delivery_id: delivery_id.clone(),
-        redelivery_of,
-        headers,
-        body,
-    });
-    let (row, attempt) = match recorded {
-        Ok(r) => r,
-        Err(e) => return super::api::internal(e),
-    };
+    let mut row: Option<(i64, i64)> = None;
     let mut outcomes = Vec::with_capacity(items.len());
     for item in items {
         let outcome = match item {
             Item::Push(mut event) => {
                 // A redelivery keeps the id it was first recorded under.
-                event.delivery_id = delivery_id.clone();
-                match state.deployer.offer(&event, row) {
-                    Ok(o) => o,
-                    Err(e) => return super::api::internal(e),
-                }
+                event.delivery_id = delivery.delivery_id.clone();
+                let mut ledger_row = || match row {
+                    Some((r, _)) => Ok(r),
+                    None => {
+                        let recorded = store.insert_delivery(delivery)?;
+                        row = Some(recorded);
+                        Ok(recorded.0)
+                    }
+                };
+                state.deployer.offer(&event, &mut ledger_row)?
             }
             Item::Ignored(why) => Outcome::ignored(why),
         };
@@ -283,33 +338,87 @@ pub fn ingest(
     let detail = detail.join("; ");
     let mut deployments: Vec<i64> = outcomes
         .iter()
-        .filter(|o| matches!(o.verdict, Verdict::Queued | Verdict::Duplicate))
+        .filter(|o| matches!(o.verdict, IntakeVerdict::Queued | IntakeVerdict::Duplicate))
         .filter_map(|o| o.deployment)
         .collect();
     deployments.dedup();
     let mut services: Vec<String> = outcomes.iter().filter_map(|o| o.service.clone()).collect();
     services.sort();
     services.dedup();
-    let events = serde_json::to_value(&outcomes).unwrap_or_default();
-    if let Err(e) = store.set_delivery_verdict(
+    Ok(Decision {
         row,
-        verdict.as_str(),
-        &detail,
-        &events,
-        &services,
-        &deployments,
-    ) {
-        return super::api::internal(e);
+        ledger: Verdict {
+            verdict: verdict.as_str().into(),
+            detail,
+            events: serde_json::to_string(&outcomes).unwrap_or_else(|_| "null".into()),
+            services,
+            deployments,
+        },
+        ping,
+    })
+}
+
+/// Writes a decided delivery on this thread: its verdict onto the row recorded
+/// for its deployment, or a new row. The attempt number, or the error answer.
+fn record(
+    state: &AppState,
+    source: Source,
+    delivery: &NewDelivery,
+    received_at: i64,
+    decision: &Decision,
+) -> HttpResponse {
+    let store = state.deployer.store();
+    let recorded = match decision.row {
+        Some((row, attempt)) => store
+            .complete_delivery(row, &decision.ledger)
+            .map(|()| attempt),
+        None => store
+            .record_delivery(delivery, received_at, &decision.ledger)
+            .map(|(_, attempt)| attempt),
+    };
+    match recorded {
+        Ok(attempt) => answer_delivery(source, &delivery.delivery_id, attempt, decision),
+        Err(e) => super::api::internal(e),
     }
+}
+
+/// Records the delivery and decides what each of its events means (a
+/// redelivery by hand; webhooks go through [`accept`]).
+pub fn ingest(
+    state: &AppState,
+    source: Source,
+    delivery_id: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    parsed: Parsed,
+    redelivery_of: Option<i64>,
+) -> HttpResponse {
+    let delivery = NewDelivery {
+        source: source.as_str().into(),
+        delivery_id,
+        redelivery_of,
+        headers,
+        body,
+    };
+    let received_at = now_ms();
+    match decide(state, &delivery, parsed) {
+        Ok(decision) => record(state, source, &delivery, received_at, &decision),
+        Err(e) => super::api::internal(e),
+    }
+}
+
+/// The log line and the answer for a recorded delivery.
+fn answer_delivery(source: Source, delivery_id: &str, attempt: i64, d: &Decision) -> HttpResponse {
+    let verdict = d.ledger.verdict.as_str();
     tracing::info!(
         source = source.as_str(),
         delivery = %delivery_id,
         attempt,
-        verdict = verdict.as_str(),
-        detail = %detail,
+        verdict,
+        detail = %d.ledger.detail,
         "delivery"
     );
-    let status = if ping {
+    let status = if d.ping {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
@@ -319,9 +428,9 @@ pub fn ingest(
         json!({
             "delivery": delivery_id,
             "attempt": attempt,
-            "outcome": verdict.as_str(),
-            "detail": if ping { "pong".to_string() } else { detail },
-            "deployments": deployments,
+            "outcome": verdict,
+            "detail": if d.ping { "pong" } else { d.ledger.detail.as_str() },
+            "deployments": d.ledger.deployments,
         }),
     )
 }
