@@ -24,6 +24,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let engine = Engine::connect(&config.docker).await?;
     let config = Arc::new(config);
     let deployer = Deployer::start(config.clone(), store, engine).await;
+    spawn_ledger_pruning(deployer.store().clone(), config.server.ledger_retention);
     let server = crate::http::server(listener, deployer, 2)?;
     let handle = server.handle();
     info!(listen = %config.server.listen, services = config.services.len(), "greenlight serving");
@@ -34,6 +35,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     server.await?;
     Ok(())
+}
+
+/// Drops delivery bodies older than `retention`, at start and then hourly.
+fn spawn_ledger_pruning(store: Store, retention: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            let before = crate::store::now_ms() - retention.as_millis() as i64;
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.prune_bodies(before)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => info!(
+                    deliveries = n,
+                    "dropped delivery bodies older than server.ledger_retention"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning the delivery ledger"),
+                Err(e) => tracing::warn!(error = %e, "pruning the delivery ledger"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -67,6 +67,10 @@ pub struct ServerConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
+    /// How long a delivery's raw body and headers are kept (for redelivery);
+    /// older ones keep their row, verdict and deployments, not their body.
+    #[serde(default = "default_ledger_retention", deserialize_with = "duration")]
+    pub ledger_retention: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +218,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("admin_token", &REDACTED)
             .field("state", &self.state)
             .field("body_limit", &self.body_limit)
+            .field("ledger_retention", &self.ledger_retention)
             .finish()
     }
 }
@@ -366,6 +371,9 @@ fn default_listen() -> String {
 }
 fn default_state() -> PathBuf {
     "greenlight.db".into()
+}
+fn default_ledger_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 fn default_body_limit() -> usize {
     1024 * 1024

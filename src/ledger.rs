@@ -337,6 +337,16 @@ impl Store {
         Ok(list)
     }
 
+    /// Drops the raw body and headers of deliveries received before `before`
+    /// (epoch ms); their rows, verdicts and links stay. Returns how many.
+    pub fn prune_bodies(&self, before: i64) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE deliveries SET body = X'', headers = '{}' \
+             WHERE received_at < ?1 AND length(body) > 0",
+            params![before],
+        )?)
+    }
+
     /// The newest attempt of a delivery id (or a ledger row number), with its body.
     pub fn delivery(&self, id: &str) -> Result<Option<Delivery>> {
         let found = {
@@ -552,5 +562,28 @@ mod tests {
         assert_eq!(web, vec![b, a]);
         assert_eq!(store.deliveries(None, 10).unwrap().len(), 3);
         assert_eq!(store.deliveries(Some("we"), 10).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn pruning_drops_old_bodies_and_keeps_the_record() {
+        let store = Store::in_memory().unwrap();
+        let (old, _) = store.insert_delivery(&new("old")).unwrap();
+        let (fresh, _) = store.insert_delivery(&new("fresh")).unwrap();
+        store
+            .conn()
+            .execute(
+                "UPDATE deliveries SET received_at = received_at - 3600000 WHERE id = ?1",
+                params![old],
+            )
+            .unwrap();
+        let cutoff = crate::store::now_ms() - 60_000;
+        assert_eq!(store.prune_bodies(cutoff).unwrap(), 1);
+        assert_eq!(store.prune_bodies(cutoff).unwrap(), 0, "idempotent");
+        let d = store.delivery("old").unwrap().unwrap();
+        assert!(d.raw_body.is_empty());
+        assert_eq!(d.row, old);
+        let f = store.delivery("fresh").unwrap().unwrap();
+        assert_eq!(f.row, fresh);
+        assert_eq!(f.body.as_deref(), Some("{\"a\":1}"));
     }
 }

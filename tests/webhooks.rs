@@ -603,3 +603,54 @@ async fn a_newer_push_supersedes_a_queued_one_so_the_latest_wins() {
     );
     assert_eq!(w.served().await, (200, "v3".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_past_the_ledger_retention_keeps_its_record_but_not_its_body() {
+    let mut w = World::with_hooks("ret", &[("v1", NO_ENV)], false);
+    w.gl.edit_config(|c| c.replace("[server]\n", "[server]\nledger_retention = \"1s\"\n"));
+    w.gl.restart();
+    // A platform manifest without a tag: accepted, stored, ignored.
+    let body = w.github_payload(
+        "",
+        &format!("sha256:{}", "c".repeat(64)),
+        "2026-01-01T00:00:00Z",
+    );
+    let (status, answer) = w.github("guid-old", &body).await;
+    assert_eq!((status, answer["outcome"].as_str()), (202, Some("ignored")));
+    let stored = w.gl.get("/api/deliveries/guid-old").await;
+    assert!(
+        !stored["body"].as_str().unwrap_or("").is_empty(),
+        "{stored}"
+    );
+    // Once it is older than the retention, the next start drops its body.
+    let received = stored["received_at"].as_i64().unwrap();
+    while greenlight::store::now_ms() <= received + 1_000 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    w.gl.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pruned = loop {
+        let d = w.gl.get("/api/deliveries/guid-old").await;
+        if d["body"].as_str().is_some_and(str::is_empty) {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "never pruned: {d}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(pruned["verdict"], stored["verdict"], "the record stays");
+    let (status, answer) =
+        w.gl.api(
+            reqwest::Method::POST,
+            "/api/deliveries/guid-old/redeliver",
+            None,
+        )
+        .await;
+    assert_eq!(status, 410, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("ledger_retention"),
+        "{answer}"
+    );
+}

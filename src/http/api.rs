@@ -273,6 +273,15 @@ async fn redeliver(_: Admin, state: web::Data<AppState>, id: web::Path<String>) 
             &format!("delivery {id:?} has unknown source {:?}", d.source),
         );
     };
+    if d.raw_body.is_empty() {
+        return error(
+            StatusCode::GONE,
+            &format!(
+                "delivery {id:?} is older than server.ledger_retention: its body is no longer kept; \
+                 deploy its tag or digest instead"
+            ),
+        );
+    }
     let headers: Vec<(String, String)> = d
         .headers
         .as_ref()
