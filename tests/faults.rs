@@ -480,7 +480,15 @@ async fn killed_at(at: &str) {
     assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
 
     let slack = SlackReceiver::start(Vec::new()).await;
-    w.gl.edit_config(|c| format!("{c}{}", slack_section(&slack)));
+    w.gl.edit_config(|c| {
+        // The soak runs only when configured.
+        let c = if at == "soaking" {
+            rollout(c, "soak = \"30s\"")
+        } else {
+            c.to_string()
+        };
+        format!("{c}{}", slack_section(&slack))
+    });
     w.gl.env = vec![("GREENLIGHT_TEST_PAUSE_AT".into(), at.into())];
     w.gl.restart();
     let id = w.gl.deploy(&w.service, Target::Tag("v2")).await;
@@ -495,7 +503,7 @@ async fn killed_at(at: &str) {
     // The interrupted deployment is run again (nobody would resend the request).
     let rerun = w.gl.rerun_of(&w.service, id).await;
     let r = w.gl.wait_done(rerun).await;
-    let went_live = matches!(at, "verifying" | "draining" | "stopping_old");
+    let went_live = matches!(at, "verifying" | "soaking" | "draining" | "stopping_old");
     let expected = if went_live {
         "already_live"
     } else {
@@ -544,6 +552,12 @@ async fn sigkill_at_switching_ends_with_one_colour_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_verifying_ends_with_one_colour_serving() {
     killed_at("verifying").await;
+}
+
+/// Killed mid-soak, the verified new colour stays (the soak is not resumed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_soaking_ends_with_one_colour_serving() {
+    killed_at("soaking").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
