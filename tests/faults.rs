@@ -473,8 +473,16 @@ async fn a_docker_engine_that_stops_answering_fails_the_deployment_and_frees_the
 /// restart exactly one colour serves v2, nothing is left behind, the probe saw
 /// no failed request, and the record says what happened.
 async fn killed_at(at: &str) {
-    let tag = format!("kill{}", &at[..3]);
-    let mut w = World::new(&tag, NginxKind::Host, &[("v1", NO_ENV), ("v2", NO_ENV)]);
+    killed_at_in(at, NginxKind::Host).await
+}
+
+async fn killed_at_in(at: &str, kind: NginxKind) {
+    let mode = match kind {
+        NginxKind::Host => "h",
+        NginxKind::Container => "c",
+    };
+    let tag = format!("kill{mode}{}", &at[..3]);
+    let mut w = World::new(&tag, kind, &[("v1", NO_ENV), ("v2", NO_ENV)]);
     w.deploy_ok("v1").await;
     let probe = probe(&w, false);
     assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
@@ -552,6 +560,12 @@ async fn sigkill_at_switching_ends_with_one_colour_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_verifying_ends_with_one_colour_serving() {
     killed_at("verifying").await;
+}
+
+/// Container mode: nginx's workers are found through Docker, not /proc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_verifying_with_nginx_in_a_container_ends_with_one_colour_serving() {
+    killed_at_in("verifying", NginxKind::Container).await;
 }
 
 /// Killed mid-soak, the verified new colour stays (the soak is not resumed).
