@@ -514,6 +514,7 @@ async fn greenlight(
             name: service.to_string(),
             image: format!("{}/{repo_path}", registry.host()),
             network: format!("{service}-net"),
+            extra: String::new(),
         }],
         "ghcr.io",
     );

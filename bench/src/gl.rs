@@ -71,64 +71,19 @@ fn is_fresh(binary: &Path, root: &Path) -> bool {
         .all(|t| t <= built)
 }
 
-/// A service in the generated config.
-pub struct ServiceSpec {
-    pub name: String,
-    pub image: String,
-    pub network: String,
-}
+pub use greenlight_testkit::greenlight::ServiceSpec;
 
-/// A greenlight config for a host nginx and `services`, with webhooks configured.
+/// A greenlight config for `nginx` and `services`, with webhooks configured.
 pub fn config_for(nginx: &Nginx, services: &[ServiceSpec], github_registry_host: &str) -> String {
-    let mut text = format!(
-        r#"[server]
-listen = "{{listen}}"
-admin_token = "{TOKEN}"
-state = "{{state}}"
-
-[nginx]
-mode = "host"
-binary = "/usr/sbin/nginx"
-config = "{conf}"
-prefix = "{prefix}"
-upstreams_dir = "{upstreams}"
-verify_url = "{verify}"
-verify_timeout = "10s"
-drain_timeout = "20s"
-
+    let mut text = greenlight_testkit::greenlight::config_for(nginx, TOKEN, services);
+    text.push_str(&format!(
+        r#"
 [webhooks]
 github_secrets = ["{GITHUB_SECRET}"]
 registry_token = "{REGISTRY_TOKEN}"
 github_registry_host = "{github_registry_host}"
-"#,
-        conf = nginx.conf_path().display(),
-        prefix = nginx.dir().display(),
-        upstreams = nginx.upstreams_dir().display(),
-        verify = nginx.verify_url(),
-    );
-    for s in services {
-        text.push_str(&format!(
-            r#"
-[[service]]
-name = "{}"
-image = "{}"
-port = 8080
-network = "{}"
-
-[service.health]
-path = "/healthz"
-interval = "100ms"
-timeout = "1s"
-healthy_after = 3
-deadline = "10s"
-
-[service.rollout]
-stop_grace = "5s"
-keep_images = 2
-"#,
-            s.name, s.image, s.network
-        ));
-    }
+"#
+    ));
     text
 }
 

@@ -544,6 +544,7 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
             name: service.clone(),
             image: "127.0.0.1:9/bench/none".into(),
             network: format!("{prefix}-net"),
+            extra: String::new(),
         }],
         "ghcr.io",
     );

@@ -190,6 +190,7 @@ async fn footprint(binary: &std::path::Path, out: &mut String) -> Result<()> {
             name: service,
             image: "127.0.0.1:9/bench/none".into(),
             network: format!("{prefix}-net"),
+            extra: String::new(),
         }],
         "ghcr.io",
     );

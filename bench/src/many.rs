@@ -330,6 +330,7 @@ async fn one_run(
             name: s.clone(),
             image: format!("{}/{s}/demo", registry.host()),
             network: network.clone(),
+            extra: String::new(),
         })
         .collect();
     // Created beforehand, as an operator would for apps sharing a network: greenlight

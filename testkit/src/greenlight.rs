@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::env::Nginx;
+
 /// How long a started greenlight may take to answer `/healthz` with 200.
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -146,6 +148,70 @@ pub fn http_ok(port: u16, path: &str) -> bool {
     }
     let mut buf = [0u8; 12];
     s.read_exact(&mut buf).is_ok() && buf.ends_with(b"200")
+}
+
+/// A service in a generated config; `extra` is added to its `[[service]]` table.
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    pub network: String,
+    pub extra: String,
+}
+
+/// A greenlight config for `nginx` (host or container mode) and `services`, with
+/// quick health checks and short grace periods for tests and benchmarks;
+/// `{listen}` and `{state}` are left for [`Greenlight::spawn`] to fill.
+pub fn config_for(nginx: &Nginx, admin_token: &str, services: &[ServiceSpec]) -> String {
+    let nginx_section = match nginx.container_name() {
+        Some(name) => format!(
+            "mode = \"container\"\ncontainer = \"{name}\"\nconfig = \"{}\"\n",
+            nginx.config_path_in_runtime().display()
+        ),
+        None => format!(
+            "mode = \"host\"\nbinary = \"/usr/sbin/nginx\"\nconfig = \"{}\"\nprefix = \"{}\"\n",
+            nginx.conf_path().display(),
+            nginx.dir().display()
+        ),
+    };
+    let mut text = format!(
+        r#"[server]
+listen = "{{listen}}"
+admin_token = "{admin_token}"
+state = "{{state}}"
+
+[nginx]
+{nginx_section}upstreams_dir = "{}"
+verify_url = "{}"
+verify_timeout = "10s"
+drain_timeout = "20s"
+"#,
+        nginx.upstreams_dir().display(),
+        nginx.verify_url()
+    );
+    for s in services {
+        text.push_str(&format!(
+            r#"
+[[service]]
+name = "{}"
+image = "{}"
+port = 8080
+network = "{}"
+{}
+[service.health]
+path = "/healthz"
+interval = "100ms"
+timeout = "1s"
+healthy_after = 3
+deadline = "10s"
+
+[service.rollout]
+stop_grace = "5s"
+keep_images = 2
+"#,
+            s.name, s.image, s.network, s.extra
+        ));
+    }
+    text
 }
 
 #[cfg(test)]

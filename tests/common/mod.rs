@@ -14,6 +14,7 @@ use greenlight_testkit::env::{
     build_demo_image, free_port, DemoImageOpts, DockerCleanup, Nginx, NotifyEndpoint, Registry,
     RegistryOpts,
 };
+pub use greenlight_testkit::greenlight::ServiceSpec;
 use serde_json::{json, Value};
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
@@ -279,66 +280,10 @@ fn http_ok(port: u16, path: &str) -> bool {
     s.read_exact(&mut buf).is_ok() && buf.ends_with(b"200")
 }
 
-/// What a service looks like in the generated config.
-pub struct ServiceSpec {
-    pub name: String,
-    pub image: String,
-    pub network: String,
-    pub extra: String,
-}
-
-/// A greenlight config for `nginx` (host or container mode) and `services`.
+/// A greenlight config for `nginx` (host or container mode) and `services`,
+/// with this harness's admin token.
 pub fn config_for(nginx: &Nginx, services: &[ServiceSpec]) -> String {
-    let nginx_section = match nginx.container_name() {
-        Some(name) => format!(
-            "mode = \"container\"\ncontainer = \"{name}\"\nconfig = \"{}\"\n",
-            nginx.config_path_in_runtime().display()
-        ),
-        None => format!(
-            "mode = \"host\"\nbinary = \"/usr/sbin/nginx\"\nconfig = \"{}\"\nprefix = \"{}\"\n",
-            nginx.conf_path().display(),
-            nginx.dir().display()
-        ),
-    };
-    let mut text = format!(
-        r#"[server]
-listen = "{{listen}}"
-admin_token = "{TOKEN}"
-state = "{{state}}"
-
-[nginx]
-{nginx_section}upstreams_dir = "{}"
-verify_url = "{}"
-verify_timeout = "10s"
-drain_timeout = "20s"
-"#,
-        nginx.upstreams_dir().display(),
-        nginx.verify_url()
-    );
-    for s in services {
-        text.push_str(&format!(
-            r#"
-[[service]]
-name = "{}"
-image = "{}"
-port = 8080
-network = "{}"
-{}
-[service.health]
-path = "/healthz"
-interval = "100ms"
-timeout = "1s"
-healthy_after = 3
-deadline = "10s"
-
-[service.rollout]
-stop_grace = "5s"
-keep_images = 2
-"#,
-            s.name, s.image, s.network, s.extra
-        ));
-    }
-    text
+    greenlight_testkit::greenlight::config_for(nginx, TOKEN, services)
 }
 
 /// One test's world: registry with the demo versions pushed, nginx, greenlight.
