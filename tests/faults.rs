@@ -45,6 +45,14 @@ async fn slack_says(slack: &SlackReceiver, needle: &str) -> String {
     }
 }
 
+/// Deploys v1 and starts the probe once v1 answers through nginx.
+async fn v1_under_load(w: &World, keepalive: bool) -> greenlight_testkit::probe::ProbeHandle {
+    w.deploy_ok("v1").await;
+    let probe = probe(w, keepalive);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    probe
+}
+
 async fn wait_state(w: &World, id: i64, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -118,9 +126,7 @@ async fn a_colour_that_turns_unhealthy_during_the_soak_is_switched_back_without_
     let slack = SlackReceiver::start(Vec::new()).await;
     w.gl.edit_config(|c| rollout(c, "soak = \"6s\"") + &slack_section(&slack));
     w.gl.restart();
-    w.deploy_ok("v1").await;
-    let probe = probe(&w, false);
-    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    let probe = v1_under_load(&w, false).await;
 
     let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
     assert_eq!(d["state"], "rolled_back", "{d:#}");
@@ -157,9 +163,7 @@ async fn a_colour_that_exits_during_the_soak_is_switched_back() {
     );
     w.gl.edit_config(|c| rollout(c, "soak = \"6s\""));
     w.gl.restart();
-    w.deploy_ok("v1").await;
-    let probe = probe(&w, false);
-    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    let probe = v1_under_load(&w, false).await;
 
     let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
     assert_eq!(d["state"], "rolled_back", "{d:#}");
@@ -191,9 +195,7 @@ async fn an_operator_rollback_during_the_soak_is_one_reload_back() {
     let slack = SlackReceiver::start(Vec::new()).await;
     w.gl.edit_config(|c| rollout(c, "soak = \"60s\"") + &slack_section(&slack));
     w.gl.restart();
-    w.deploy_ok("v1").await;
-    let probe = probe(&w, true);
-    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    let probe = v1_under_load(&w, true).await;
     let id = w.gl.deploy(&w.service, Target::Tag("v2")).await;
     wait_state(&w, id, "soaking").await;
     assert!(probe.wait_for_version("v2", Duration::from_secs(10)).await);
@@ -313,9 +315,7 @@ async fn a_registry_that_is_down_is_retried_until_it_answers() {
         "attempts = 8\nbackoff = \"300ms\"\ntimeout = \"30s\"",
     )
     .await;
-    w.deploy_ok("v1").await;
-    let probe = probe(&w, false);
-    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    let probe = v1_under_load(&w, false).await;
 
     proxy.set_mode(Mode::Unavailable);
     let before = proxy.accepted();
@@ -381,9 +381,7 @@ async fn a_stalled_pull_is_cut_off_and_the_deadline_bounds_the_whole_deployment(
         "attempts = 2\nbackoff = \"200ms\"\ntimeout = \"2s\"",
     )
     .await;
-    w.deploy_ok("v1").await;
-    let probe = probe(&w, false);
-    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    let probe = v1_under_load(&w, false).await;
 
     // pull.timeout cuts each stalled attempt.
     proxy.set_mode(Mode::Stall);
@@ -446,9 +444,7 @@ async fn a_docker_engine_that_stops_answering_fails_the_deployment_and_frees_the
         )
     });
     w.gl.restart();
-    w.deploy_ok("v1").await;
-    let probe = probe(&w, false);
-    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    let probe = v1_under_load(&w, false).await;
 
     engine.freeze(true);
     let started = Instant::now();
@@ -483,9 +479,7 @@ async fn killed_at_in(at: &str, kind: NginxKind) {
     };
     let tag = format!("kill{mode}{}", &at[..3]);
     let mut w = World::new(&tag, kind, &[("v1", NO_ENV), ("v2", NO_ENV)]);
-    w.deploy_ok("v1").await;
-    let probe = probe(&w, false);
-    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    let probe = v1_under_load(&w, false).await;
 
     let slack = SlackReceiver::start(Vec::new()).await;
     w.gl.edit_config(|c| {

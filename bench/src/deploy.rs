@@ -86,6 +86,21 @@ impl Failures {
 /// Whether a failed request is nginx 1.22's client keep-alive race: a keep-alive run, the
 /// connection closed before any response, sent while a reload's old workers were closing
 /// their idle connections.
+/// What a failed request got (its status or transport error), marked when it
+/// is the keep-alive race at a reload.
+pub fn failure_cause(sample: &Sample, keepalive: bool, reloads: &[(f64, f64)]) -> String {
+    let what = sample
+        .status
+        .map(|s| s.to_string())
+        .or(sample.error.map(str::to_string))
+        .unwrap_or_default();
+    if is_keepalive_race(keepalive, sample, reloads) {
+        format!("{what} (keep-alive race at reload)")
+    } else {
+        what
+    }
+}
+
 pub fn is_keepalive_race(keepalive: bool, sample: &Sample, reloads: &[(f64, f64)]) -> bool {
     keepalive
         && sample.error == Some(ERR_CLOSED)
@@ -425,18 +440,10 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
                     .map(|t| x.scheduled_s - t)
                     .fold(f64::NAN, f64::min);
                 format!(
-                    "{:?} sent {:.2}s after trigger: {}{}",
+                    "{:?} sent {:.2}s after trigger: {}",
                     x.kind,
                     since,
-                    x.status
-                        .map(|s| s.to_string())
-                        .or(x.error.map(str::to_string))
-                        .unwrap_or_default(),
-                    if is_keepalive_race(r.keepalive, x, &r.reloads) {
-                        " (keep-alive race at reload)"
-                    } else {
-                        ""
-                    }
+                    failure_cause(x, r.keepalive, &r.reloads)
                 )
             })
             .collect();

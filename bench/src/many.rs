@@ -241,18 +241,10 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
                 .take(6)
                 .map(|x| {
                     format!(
-                        "{:?} at {:.2}s: {}{}",
+                        "{:?} at {:.2}s: {}",
                         x.kind,
                         x.scheduled_s,
-                        x.status
-                            .map(|s| s.to_string())
-                            .or(x.error.map(str::to_string))
-                            .unwrap_or_default(),
-                        if crate::deploy::is_keepalive_race(r.keepalive, x, &r.reloads[i]) {
-                            " (keep-alive race at reload)"
-                        } else {
-                            ""
-                        }
+                        crate::deploy::failure_cause(x, r.keepalive, &r.reloads[i])
                     )
                 })
                 .collect();
