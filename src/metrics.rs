@@ -649,13 +649,13 @@ mod tests {
 
     fn delivery(store: &Store, source: &str, verdict: Option<&str>) -> i64 {
         let (row, _) = store
-            .insert_delivery(&NewDelivery {
-                source: source.into(),
-                delivery_id: format!("d-{}", crate::store::now_ms()),
-                redelivery_of: None,
-                headers: vec![],
-                body: b"{}".to_vec(),
-            })
+            .insert_delivery(&NewDelivery::new(
+                source,
+                format!("d-{}", crate::store::now_ms()),
+                None,
+                &[],
+                b"{}",
+            ))
             .unwrap();
         if let Some(v) = verdict {
             store

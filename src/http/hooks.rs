@@ -175,13 +175,7 @@ async fn accept(
             Ok(p) => p,
             Err(e) => return unreadable(source, &e),
         };
-    let delivery = NewDelivery {
-        source: source.as_str().into(),
-        delivery_id,
-        redelivery_of: None,
-        headers,
-        body,
-    };
+    let delivery = NewDelivery::new(source.as_str(), delivery_id, None, &headers, &body);
     let received_at = now_ms();
     let decision = match decide(state, &delivery, parsed) {
         Ok(d) => d,
@@ -393,13 +387,7 @@ pub fn ingest(
     parsed: Parsed,
     redelivery_of: Option<i64>,
 ) -> HttpResponse {
-    let delivery = NewDelivery {
-        source: source.as_str().into(),
-        delivery_id,
-        redelivery_of,
-        headers,
-        body,
-    };
+    let delivery = NewDelivery::new(source.as_str(), delivery_id, redelivery_of, &headers, &body);
     let received_at = now_ms();
     match decide(state, &delivery, parsed) {
         Ok(decision) => record(state, source, &delivery, received_at, &decision),
