@@ -65,16 +65,29 @@ impl LoadResult {
     }
 }
 
-/// A unique GitHub-style delivery GUID.
+/// A unique GitHub-style delivery GUID, random-looking like GitHub's (UUIDv4):
+/// consecutive deliveries land anywhere in greenlight's index of delivery ids,
+/// as real ones do, instead of appending to it. Its last 60 bits come from a
+/// bijection of `n`, so two ids of one run are all but certainly distinct.
 fn guid(nonce: u64, n: u64) -> String {
+    let hi = splitmix64(nonce ^ splitmix64(n));
+    let lo = splitmix64(n);
     format!(
         "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        (nonce >> 32) as u32,
-        (nonce >> 16) as u16,
-        (nonce & 0xfff) as u16,
-        (n >> 48) & 0xfff,
-        n & 0xffff_ffff_ffff
+        (hi >> 32) as u32,
+        (hi >> 16) as u16,
+        hi & 0xfff,
+        (lo >> 48) & 0xfff,
+        lo & 0xffff_ffff_ffff
     )
+}
+
+/// SplitMix64's output function: a bijection on u64 that scatters its input.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Closed loop: `concurrency` workers, each sending its next request as soon as the last
@@ -287,9 +300,15 @@ function setup(thread)
   n_threads = n_threads + 1
   thread:set("tid", n_threads)
 end
+function init(args)
+  math.randomseed(nonce + tid)
+end
 function request()
   counter = counter + 1
-  local id = string.format("%08x-%04x-4000-8000-%012x", nonce, tid, counter)
+  -- Random-looking like GitHub's GUIDs (see guid() in ingest.rs); unique by
+  -- thread and counter.
+  local id = string.format("%08x-%04x-4%03x-8%03x-%012x", math.random(0, 2147483647),
+    tid, math.random(0, 4095), nonce % 4096, counter)
   return wrk.format("POST", nil, {
     ["Content-Type"] = "application/json",
     ["X-GitHub-Event"] = "package",
@@ -676,13 +695,16 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
 /// The ledger really holds the deliveries: the latest read back through the admin
 /// API, and the size of the database.
 async fn ledger_check(glp: &Greenlight, delivered: u64) -> Result<String> {
-    let ledger = reqwest::Client::new()
-        .get(format!("{}/api/deliveries?limit=3", glp.url()))
-        .bearer_auth(gl::TOKEN)
-        .send()
-        .await?
-        .json::<serde_json::Value>()
-        .await?;
+    let api = |path: String| async move {
+        reqwest::Client::new()
+            .get(format!("{}/api/{path}", glp.url()))
+            .bearer_auth(gl::TOKEN)
+            .send()
+            .await?
+            .json::<serde_json::Value>()
+            .await
+    };
+    let ledger = api("deliveries?limit=3".into()).await?;
     let ignored = ledger
         .as_array()
         .map(|list| {
@@ -691,6 +713,15 @@ async fn ledger_check(glp: &Greenlight, delivered: u64) -> Result<String> {
                 .count()
         })
         .unwrap_or(0);
+    // The newest delivery's body, read back through the API, is the payload sent.
+    let newest = ledger
+        .as_array()
+        .and_then(|list| list.first())
+        .and_then(|d| d["delivery_id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let one = api(format!("deliveries/{newest}")).await?;
+    let body_intact = one["body"].as_str() == Some(PAYLOAD);
     let dir = glp.dir.path();
     let bytes: u64 = ["state.db", "state.db-wal"]
         .iter()
@@ -698,9 +729,15 @@ async fn ledger_check(glp: &Greenlight, delivered: u64) -> Result<String> {
         .map(|m| m.len())
         .sum();
     Ok(format!(
-        "Ledger check: the latest deliveries read back `ignored` ({ignored} of 3). greenlight's \
-         state.db (with its WAL) after the first Rust-client run: {:.0} MiB for {delivered} deliveries \
-         ({:.1} KiB each; the raw 11.3 KiB body is kept).",
+        "Ledger check: the latest deliveries read back `ignored` ({ignored} of 3); the newest \
+         one's body read back {}. greenlight's state.db (with its WAL) after the first \
+         Rust-client run: {:.0} MiB for {delivered} deliveries ({:.1} KiB each; each 11.3 KiB \
+         body is kept, LZ4-compressed).",
+        if body_intact {
+            "byte for byte"
+        } else {
+            "**different from the payload sent**"
+        },
         bytes as f64 / 1048576.0,
         bytes as f64 / 1024.0 / delivered.max(1) as f64,
     ))
