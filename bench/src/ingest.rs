@@ -90,10 +90,29 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// What each request of a load run is.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// A plain `GET url`: the load tool's ceiling against a trivial endpoint.
+    Get,
+    /// A delivery signed with the configured secret.
+    Signed,
+    /// The same delivery with a forged signature: the server reads and verifies it,
+    /// then refuses it (401) without parsing or storing anything.
+    Forged,
+}
+
+impl Load {
+    fn signature(self) -> String {
+        match self {
+            Load::Forged => format!("sha256={}", "0".repeat(64)),
+            Load::Get | Load::Signed => sign(GITHUB_SECRET, PAYLOAD.as_bytes()),
+        }
+    }
+}
+
 /// Closed loop: `concurrency` workers, each sending its next request as soon as the last
-/// one answered, for `duration`. A success is a response with status `expect`. With
-/// `get`, each request is a plain `GET url` instead of a signed delivery (the ceiling
-/// of the client itself against a trivial endpoint).
+/// one answered, for `duration`. A success is a response with status `expect`.
 async fn closed_loop(
     url: &str,
     concurrency: usize,
@@ -101,14 +120,14 @@ async fn closed_loop(
     expect: u16,
     counter: Arc<AtomicU64>,
     nonce: u64,
-    get: bool,
+    load: Load,
 ) -> LoadResult {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client");
-    let signature = sign(GITHUB_SECRET, PAYLOAD.as_bytes());
+    let signature = load.signature();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -122,7 +141,7 @@ async fn closed_loop(
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let sent = Instant::now();
-                let request = if get {
+                let request = if load == Load::Get {
                     client.get(&url)
                 } else {
                     client
@@ -340,13 +359,13 @@ fn children_cpu_s() -> f64 {
 }
 
 /// `wrk -t2 -c<c> -d<s>s --latency` with [`WRK_LUA`] (every delivery id unique), or a
-/// plain GET when `get`; under `taskset -c cpus` when given.
+/// plain GET for [`Load::Get`]; under `taskset -c cpus` when given.
 fn wrk(
     url: &str,
     concurrency: usize,
     secs: u64,
     nonce: u32,
-    get: bool,
+    load: Load,
     cpus: Option<&str>,
 ) -> Result<WrkResult> {
     let dir = tempfile::Builder::new().prefix("bench-wrk-").tempdir()?;
@@ -368,14 +387,14 @@ fn wrk(
         &format!("-d{secs}s"),
         "--latency",
     ]);
-    if !get {
+    if load != Load::Get {
         command.arg("-s").arg(&script);
     }
     let cpu0 = children_cpu_s();
     let output = command
         .arg(url)
         .env("BENCH_BODY", &body)
-        .env("BENCH_SIG", sign(GITHUB_SECRET, PAYLOAD.as_bytes()))
+        .env("BENCH_SIG", load.signature())
         .env("BENCH_NONCE", (nonce & 0x7fff_ffff).to_string())
         .stdin(Stdio::null())
         .output()
@@ -482,6 +501,7 @@ fn set_affinity(pid: u32, cpus: &str) -> Result<()> {
 const GREENLIGHT: &str = "greenlight";
 const WEBHOOK: &str = "webhook (adnanh)";
 const CEILING: &str = "greenlight `GET /healthz` (ceiling)";
+const REFUSED: &str = "greenlight, forged signature (401: read + verify only)";
 
 /// One measured row of the table.
 struct Row {
@@ -616,17 +636,20 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
             let wrk_nonce = (nonce as u32) ^ rows.len() as u32;
             if tool == "rust" {
                 eprintln!("ingest ({p}): Rust client, /healthz, greenlight, webhook ...");
-                let _ = closed_loop(&healthz, c, warm, 200, counter.clone(), nonce, true).await;
+                let _ =
+                    closed_loop(&healthz, c, warm, 200, counter.clone(), nonce, Load::Get).await;
                 let (cpu0, me0) = (cpu_s(glp.pid()), cpu_s(me));
-                let h = closed_loop(&healthz, c, dur, 200, counter.clone(), nonce, true).await;
+                let h = closed_loop(&healthz, c, dur, 200, counter.clone(), nonce, Load::Get).await;
                 let (h_cpu, h_me) = (cpu_s(glp.pid()) - cpu0, cpu_s(me) - me0);
                 rows.push(rust_row(placement, CEILING, &h, Some(h_cpu), h_me, None));
 
-                let _ = closed_loop(&gl_url, c, warm, 202, counter.clone(), nonce, false).await;
+                let _ =
+                    closed_loop(&gl_url, c, warm, 202, counter.clone(), nonce, Load::Signed).await;
                 let rss_before = gl::rss_kib(glp.pid()).map(|r| r.0).unwrap_or(0);
                 let (cpu0, me0) = (cpu_s(glp.pid()), cpu_s(me));
                 let sampler = RssSampler::start(glp.pid());
-                let g = closed_loop(&gl_url, c, dur, 202, counter.clone(), nonce, false).await;
+                let g =
+                    closed_loop(&gl_url, c, dur, 202, counter.clone(), nonce, Load::Signed).await;
                 let (rss_max, hwm) = sampler.stop();
                 let (g_cpu, g_me) = (cpu_s(glp.pid()) - cpu0, cpu_s(me) - me0);
                 rows.push(rust_row(
@@ -645,25 +668,40 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
                 if ledger_note.is_empty() {
                     ledger_note = ledger_check(&glp, g.ok).await?;
                 }
+                let (cpu0, me0) = (cpu_s(glp.pid()), cpu_s(me));
+                let f =
+                    closed_loop(&gl_url, c, dur, 401, counter.clone(), nonce, Load::Forged).await;
+                let (f_cpu, f_me) = (cpu_s(glp.pid()) - cpu0, cpu_s(me) - me0);
+                rows.push(rust_row(placement, REFUSED, &f, Some(f_cpu), f_me, None));
                 drop(glp);
 
-                let _ = closed_loop(&wh_url, c, warm, 200, counter.clone(), nonce, false).await;
+                let _ =
+                    closed_loop(&wh_url, c, warm, 200, counter.clone(), nonce, Load::Signed).await;
                 let (cpu0, me0) = (cpu_s(wh_pid), cpu_s(me));
-                let w = closed_loop(&wh_url, c, dur, 200, counter.clone(), nonce, false).await;
+                let w =
+                    closed_loop(&wh_url, c, dur, 200, counter.clone(), nonce, Load::Signed).await;
                 let (w_cpu, w_me) = (cpu_s(wh_pid) - cpu0, cpu_s(me) - me0);
                 rows.push(rust_row(placement, WEBHOOK, &w, Some(w_cpu), w_me, None));
             } else {
                 eprintln!("ingest ({p}): wrk, /healthz, greenlight, webhook ...");
                 let load = placement.load_cpus();
                 let cpu0 = cpu_s(glp.pid());
-                let h = wrk(&healthz, c, opts.duration, wrk_nonce, true, load)?;
+                let h = wrk(&healthz, c, opts.duration, wrk_nonce, Load::Get, load)?;
                 let h_cpu = cpu_s(glp.pid()) - cpu0;
                 rows.push(wrk_row(placement, CEILING, &h, Some(h_cpu), None));
 
-                let _ = closed_loop(&gl_url, c, warm, 202, counter.clone(), nonce, false).await;
+                let _ =
+                    closed_loop(&gl_url, c, warm, 202, counter.clone(), nonce, Load::Signed).await;
                 let cpu0 = cpu_s(glp.pid());
                 let sampler = RssSampler::start(glp.pid());
-                let g = wrk(&gl_url, c, opts.duration, wrk_nonce ^ 0x5a5a, false, load)?;
+                let g = wrk(
+                    &gl_url,
+                    c,
+                    opts.duration,
+                    wrk_nonce ^ 0x5a5a,
+                    Load::Signed,
+                    load,
+                )?;
                 let (rss_max, hwm) = sampler.stop();
                 let g_cpu = cpu_s(glp.pid()) - cpu0;
                 rows.push(wrk_row(
@@ -677,10 +715,21 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
                         gl::mib(hwm)
                     )),
                 ));
+                let cpu0 = cpu_s(glp.pid());
+                let f = wrk(&gl_url, c, opts.duration, wrk_nonce, Load::Forged, load)?;
+                let f_cpu = cpu_s(glp.pid()) - cpu0;
+                rows.push(wrk_row(placement, REFUSED, &f, Some(f_cpu), None));
                 drop(glp);
 
                 let cpu0 = cpu_s(wh_pid);
-                let w = wrk(&wh_url, c, opts.duration, wrk_nonce ^ 0xa5a5, false, load)?;
+                let w = wrk(
+                    &wh_url,
+                    c,
+                    opts.duration,
+                    wrk_nonce ^ 0xa5a5,
+                    Load::Signed,
+                    load,
+                )?;
                 let w_cpu = cpu_s(wh_pid) - cpu0;
                 rows.push(wrk_row(placement, WEBHOOK, &w, Some(w_cpu), None));
             }
@@ -759,7 +808,10 @@ fn report(out: &mut String, opts: &Opts, rows: &[Row], ledger_note: &str) {
          `payload-hmac-sha256` trigger rule on the same secret, runs `/bin/true`, answered 200 (a \
          rule mismatch would answer 401 and count as an error). The ceiling rows are the same load \
          tool sending `GET /healthz` to greenlight: no server does less per request, so no ratio \
-         can beat ceiling / webhook. Placement `shared`: the scheduler places everything on the \
+         can beat ceiling / webhook. The forged-signature rows send the same deliveries with a \
+         wrong signature: greenlight reads each body and verifies it, answers 401 and stores \
+         nothing, so they bound what any server that also parses and durably records a delivery \
+         can do on this machine. Placement `shared`: the scheduler places everything on the \
          machine's CPUs (the issue's setup); `pinned`: the server (all threads and children) on \
          CPU 1, the load tool on CPU 0 (`taskset`). CPU ms per request: utime+stime over the \
          measured window (the server's includes its children, e.g. webhook's `/bin/true`; the Rust \
@@ -801,10 +853,11 @@ fn report(out: &mut String, opts: &Opts, rows: &[Row], ledger_note: &str) {
         let mut best_ratio: f64 = 0.0;
         let mut worst_p99: f64 = 0.0;
         for tool in ["Rust closed loop", "wrk -t2"] {
-            let (Some(g), Some(w), Some(h)) = (
+            let (Some(g), Some(w), Some(h), Some(f)) = (
                 find(p, tool, GREENLIGHT),
                 find(p, tool, WEBHOOK),
                 find(p, tool, CEILING),
+                find(p, tool, REFUSED),
             ) else {
                 continue;
             };
@@ -817,11 +870,14 @@ fn report(out: &mut String, opts: &Opts, rows: &[Row], ledger_note: &str) {
             };
             parts.push(format!(
                 "{tool}: **{ratio:.2}x** webhook's requests/s (greenlight p99 {:.2} ms); the load \
-                 tool's ceiling is {:.0} req/s = {:.1}x webhook; webhook spends {cpu_ratio} the \
+                 tool's ceiling is {:.0} req/s = {:.1}x webhook; reading and verifying alone \
+                 (forged signature) {:.0} req/s = {:.1}x webhook; webhook spends {cpu_ratio} the \
                  server CPU per request greenlight does",
                 g.p99,
                 h.rps,
-                h.rps / w.rps
+                h.rps / w.rps,
+                f.rps,
+                f.rps / w.rps
             ));
         }
         if parts.is_empty() {
