@@ -73,10 +73,11 @@ impl std::fmt::Debug for PackedBody {
     }
 }
 
-/// The raw body of a stored row: unpacked when its codec says so. A packed body
-/// that does not unpack (a damaged file) reads as empty, as a pruned one does.
-fn unpack(stored: Vec<u8>, codec: Option<&str>) -> Vec<u8> {
+/// The raw body of a stored row: unpacked when its codec says so, or why it
+/// cannot be (a damaged database file, or a codec this version does not know).
+fn unpack(stored: Vec<u8>, codec: Option<&str>) -> std::result::Result<Vec<u8>, String> {
     match codec {
+        None => Ok(stored),
         Some(LZ4) => {
             // LZ4 expands at most ~255x: a larger stated length is damage, and
             // is not allocated.
@@ -84,11 +85,15 @@ fn unpack(stored: Vec<u8>, codec: Option<&str>) -> Vec<u8> {
                 .first_chunk::<4>()
                 .map_or(0, |n| u32::from_le_bytes(*n) as usize);
             if stated > stored.len().saturating_mul(255) {
-                return Vec::new();
+                return Err(format!(
+                    "its stored body is damaged (states {stated} bytes from {})",
+                    stored.len()
+                ));
             }
-            lz4_flex::decompress_size_prepended(&stored).unwrap_or_default()
+            lz4_flex::decompress_size_prepended(&stored)
+                .map_err(|e| format!("its stored body is damaged ({e})"))
         }
-        _ => stored,
+        Some(other) => Err(format!("its stored body uses an unknown codec {other:?}")),
     }
 }
 
@@ -113,6 +118,9 @@ pub struct Delivery {
     pub body: Option<String>,
     #[serde(skip)]
     pub raw_body: Vec<u8>,
+    /// Why a stored body could not be read back, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_error: Option<String>,
 }
 
 const COLUMNS: &str = "id, source, delivery_id, attempt, redelivery_of, received_at, verdict, detail, services, events, headers, body, body_codec";
@@ -121,11 +129,14 @@ fn from_row(row: &Row, with_body: bool) -> rusqlite::Result<Delivery> {
     let services: Option<String> = row.get(8)?;
     let events: Option<String> = row.get(9)?;
     let headers: String = row.get(10)?;
-    let body = if with_body {
+    let (body, body_error) = if with_body {
         let codec: Option<String> = row.get(12)?;
-        unpack(row.get(11)?, codec.as_deref())
+        match unpack(row.get(11)?, codec.as_deref()) {
+            Ok(body) => (body, None),
+            Err(why) => (Vec::new(), Some(why)),
+        }
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     Ok(Delivery {
         row: row.get(0)?,
@@ -149,6 +160,7 @@ fn from_row(row: &Row, with_body: bool) -> rusqlite::Result<Delivery> {
         headers: with_body.then(|| serde_json::from_str(&headers).unwrap_or_default()),
         body: with_body.then(|| String::from_utf8_lossy(&body).into_owned()),
         raw_body: body,
+        body_error,
     })
 }
 
@@ -500,14 +512,18 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_packed_body_reads_as_empty_instead_of_failing() {
+    fn a_damaged_packed_body_says_so_instead_of_reading_as_something_else() {
         // A stated length far past what LZ4 can expand to.
-        assert_eq!(unpack(vec![0xff, 0xff, 0xff, 0x7f, 1, 2], Some(LZ4)), b"");
+        let err = unpack(vec![0xff, 0xff, 0xff, 0x7f, 1, 2], Some(LZ4)).unwrap_err();
+        assert!(err.contains("damaged"), "{err}");
         // A plausible length, then garbage.
         let mut cut = PackedBody::pack(&[b'x'; 4000]).0;
         cut.truncate(cut.len() - 3);
-        assert_eq!(unpack(cut, Some(LZ4)), b"");
-        assert_eq!(unpack(b"{}".to_vec(), None), b"{}");
+        assert!(unpack(cut, Some(LZ4)).unwrap_err().contains("damaged"));
+        assert!(unpack(vec![1], Some("zstd"))
+            .unwrap_err()
+            .contains("unknown codec"));
+        assert_eq!(unpack(b"{}".to_vec(), None).unwrap(), b"{}");
     }
 
     #[test]

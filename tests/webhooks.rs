@@ -609,14 +609,7 @@ async fn a_delivery_past_the_ledger_retention_keeps_its_record_but_not_its_body(
     let mut w = World::with_hooks("ret", &[("v1", NO_ENV)], false);
     w.gl.edit_config(|c| c.replace("[server]\n", "[server]\nledger_retention = \"1s\"\n"));
     w.gl.restart();
-    // A platform manifest without a tag: accepted, stored, ignored.
-    let body = w.github_payload(
-        "",
-        &format!("sha256:{}", "c".repeat(64)),
-        "2026-01-01T00:00:00Z",
-    );
-    let (status, answer) = w.github("guid-old", &body).await;
-    assert_eq!((status, answer["outcome"].as_str()), (202, Some("ignored")));
+    store_ignored(&w, "guid-old", 'c').await;
     let stored = w.gl.get("/api/deliveries/guid-old").await;
     assert!(
         !stored["body"].as_str().unwrap_or("").is_empty(),
@@ -638,13 +631,7 @@ async fn a_delivery_past_the_ledger_retention_keeps_its_record_but_not_its_body(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     assert_eq!(pruned["verdict"], stored["verdict"], "the record stays");
-    let (status, answer) =
-        w.gl.api(
-            reqwest::Method::POST,
-            "/api/deliveries/guid-old/redeliver",
-            None,
-        )
-        .await;
+    let (status, answer) = redeliver(&w, "guid-old").await;
     assert_eq!(status, 410, "{answer}");
     assert!(
         answer["error"]
@@ -653,4 +640,63 @@ async fn a_delivery_past_the_ledger_retention_keeps_its_record_but_not_its_body(
             .contains("ledger_retention"),
         "{answer}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_body_that_no_longer_unpacks_is_reported_not_redelivered_as_something_else() {
+    let w = World::with_hooks("dmg", &[("v1", NO_ENV)], false);
+    let body = store_ignored(&w, "guid-dmg", 'd').await;
+    let stored = w.gl.get("/api/deliveries/guid-dmg").await;
+    assert_eq!(stored["body"].as_str(), Some(body.as_str()), "kept whole");
+    // Damage the packed body in the state file, as a bad disk would.
+    let db = rusqlite::Connection::open(w.gl.dir.path().join("state.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE deliveries SET body = substr(body, 1, length(body) - 7) \
+             WHERE delivery_id = 'guid-dmg' AND body_codec = 'lz4'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "the body is stored packed");
+    let read = w.gl.get("/api/deliveries/guid-dmg").await;
+    assert!(
+        read["body_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("damaged"),
+        "{read:#}"
+    );
+    let (status, answer) = redeliver(&w, "guid-dmg").await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("damaged"),
+        "{answer}"
+    );
+    // Nothing was recorded for it.
+    let again = w.gl.get("/api/deliveries/guid-dmg").await;
+    assert_eq!(again["attempt"], 1, "{again:#}");
+}
+
+/// `POST /api/deliveries/{id}/redeliver`: status and answer.
+async fn redeliver(w: &World, id: &str) -> (u16, serde_json::Value) {
+    w.gl.api(
+        reqwest::Method::POST,
+        &format!("/api/deliveries/{id}/redeliver"),
+        None,
+    )
+    .await
+}
+
+/// Delivers a platform manifest without a tag (digest `sha256:<c x 64>`): accepted,
+/// stored, ignored. Returns the body sent.
+async fn store_ignored(w: &World, id: &str, c: char) -> String {
+    let body = w.github_payload(
+        "",
+        &format!("sha256:{}", c.to_string().repeat(64)),
+        "2026-01-01T00:00:00Z",
+    );
+    let (status, answer) = w.github(id, &body).await;
+    assert_eq!((status, answer["outcome"].as_str()), (202, Some("ignored")));
+    body
 }

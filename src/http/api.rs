@@ -273,6 +273,13 @@ async fn redeliver(_: Admin, state: web::Data<AppState>, id: web::Path<String>) 
             &format!("delivery {id:?} has unknown source {:?}", d.source),
         );
     };
+    if let Some(why) = &d.body_error {
+        tracing::error!(delivery = %id, error = %why, "cannot redeliver");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("delivery {id:?} cannot be redelivered: {why}"),
+        );
+    }
     if d.raw_body.is_empty() {
         return error(
             StatusCode::GONE,
