@@ -115,13 +115,18 @@ pub async fn resolve_tag(
     let what = format!("{}:{}", repo.path, tag);
     let mut auth: Option<Auth> = None;
     for _ in 0..2 {
-        let mut req = http.head(&url).header("Accept", MANIFEST_ACCEPT);
-        match &auth {
-            Some(Auth::Basic(user, pass)) => req = req.basic_auth(user, pass.as_ref()),
-            Some(Auth::Bearer(token)) => req = req.bearer_auth(token),
-            None => {}
-        }
-        let resp = req.send().await.map_err(|e| unavailable(repo, e))?;
+        let request = |method: reqwest::Method| {
+            let req = http.request(method, &url).header("Accept", MANIFEST_ACCEPT);
+            match &auth {
+                Some(Auth::Basic(user, pass)) => req.basic_auth(user, pass.as_ref()),
+                Some(Auth::Bearer(token)) => req.bearer_auth(token),
+                None => req,
+            }
+        };
+        let resp = request(reqwest::Method::HEAD)
+            .send()
+            .await
+            .map_err(|e| unavailable(repo, e))?;
         let status = resp.status();
         if status.is_success() {
             return resp
@@ -154,10 +159,21 @@ pub async fn resolve_tag(
         }
         let message = match status.as_u16() {
             404 => format!("manifest unknown: no tag {tag:?} in {}", repo.path),
-            401 | 403 => format!(
-                "HTTP {status}: check the [[registry]] credentials for {}",
-                repo.host
-            ),
+            401 | 403 => {
+                // A HEAD answer has no body: ask again with GET for the registry's words.
+                let words = match request(reqwest::Method::GET).send().await {
+                    Ok(resp) => resp.json().await.ok().and_then(|b| error_words(&b)),
+                    Err(_) => None,
+                };
+                let answer = match words {
+                    Some(words) => format!("{words} (HTTP {status})"),
+                    None => format!("HTTP {status}"),
+                };
+                format!(
+                    "{answer}: check the [[registry]] credentials for {}",
+                    repo.host
+                )
+            }
             _ => format!("HTTP {status}"),
         };
         return Err(RegistryError::Refused {
@@ -171,6 +187,24 @@ pub async fn resolve_tag(
         what,
         message: "authentication failed".into(),
     })
+}
+
+/// The registry's own words from an error body (`{"errors": [{"code":
+/// "UNAUTHORIZED", "message": "authentication required"}]}`), the way Docker
+/// prints them: `unauthorized: authentication required`.
+fn error_words(body: &serde_json::Value) -> Option<String> {
+    let words: Vec<String> = body["errors"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| {
+            let code = e["code"].as_str()?.to_ascii_lowercase();
+            Some(match e["message"].as_str() {
+                Some(m) if !m.is_empty() => format!("{code}: {m}"),
+                _ => code,
+            })
+        })
+        .collect();
+    (!words.is_empty()).then(|| words.join("; "))
 }
 
 fn unavailable(repo: &Repository, e: reqwest::Error) -> RegistryError {
@@ -306,6 +340,20 @@ mod tests {
         assert!(!is_digest("sha256:abc"));
         assert!(!is_digest(&format!("sha512:{}", "a".repeat(64))));
         assert!(!is_digest(&format!("sha256:{}", "g".repeat(64))));
+    }
+
+    #[test]
+    fn the_registrys_error_words_are_read_like_docker_prints_them() {
+        let body = serde_json::json!({"errors": [
+            {"code": "UNAUTHORIZED", "message": "authentication required", "detail": null},
+            {"code": "DENIED"}
+        ]});
+        assert_eq!(
+            error_words(&body).as_deref(),
+            Some("unauthorized: authentication required; denied")
+        );
+        assert_eq!(error_words(&serde_json::json!({"errors": []})), None);
+        assert_eq!(error_words(&serde_json::json!("nope")), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::load::{assert_flips_once, assert_zero_failures, probe, versions};
 use common::slack::SlackReceiver;
 use common::{NginxKind, Target, World};
+use greenlight_testkit::env::BasicAuth;
 use greenlight_testkit::fault::{FaultProxy, Mode, SocketProxy};
 use serde_json::Value;
 
@@ -664,4 +665,116 @@ async fn duplicate_networks_of_one_name_are_repaired_before_the_container_joins(
     w.deploy_ok("v1").await;
     assert_eq!(count(), 1);
     assert_eq!(w.served().await, (200, "v1".into()));
+}
+
+const REGISTRY_USER: &str = "deploy-bot";
+const REGISTRY_PASSWORD: &str = "right-horse-battery";
+
+/// A world whose registry requires `deploy-bot` (htpasswd basic auth, plain HTTP
+/// on 127.0.0.1), with greenlight's `[[registry]]` entry giving `password`, and
+/// `[pull]` retrying 8 times, 2 s apart: a retry would show in the time taken.
+fn behind_auth(tag: &str, password: &str) -> World {
+    let user = BasicAuth {
+        username: REGISTRY_USER.into(),
+        password: REGISTRY_PASSWORD.into(),
+    };
+    World::with_registry_auth(
+        tag,
+        &[("v1", NO_ENV), ("v2", NO_ENV)],
+        user,
+        password,
+        "\n[pull]\nattempts = 8\nbackoff = \"2s\"\ntimeout = \"30s\"\n",
+    )
+}
+
+/// Deploys `what`, asserts it failed at `failed_step` without a retry and well
+/// under one backoff; returns the error.
+async fn refused_at_once(w: &World, what: Target<'_>, failed_step: &str) -> String {
+    let started = Instant::now();
+    let d = w.gl.deploy_and_wait(&w.service, what).await;
+    let took = started.elapsed();
+    assert_eq!(d["state"], "failed", "{d:#}");
+    assert_eq!(d["failed_step"], failed_step, "{d:#}");
+    let error = d["error"].as_str().unwrap().to_string();
+    assert!(!error.contains("tries"), "not retried: {error}");
+    let detail = step(&d, failed_step).unwrap()["detail"].to_string();
+    assert!(!detail.contains("try 1 of"), "not retried: {detail}");
+    // One backoff (2 s) would already show: a refusal is final at once.
+    assert!(took < Duration::from_secs(2), "took {took:?}: {d:#}");
+    eprintln!("failed at {failed_step} in {took:?}: {error}");
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_registry_credentials_fail_at_once_and_the_live_version_keeps_serving() {
+    let mut w = behind_auth("deny", REGISTRY_PASSWORD);
+    w.deploy_ok("v1").await;
+    w.gl.edit_config(|c| {
+        c.replace(
+            &format!("password = \"{REGISTRY_PASSWORD}\""),
+            "password = \"wrong-horse\"",
+        )
+    });
+    w.gl.restart();
+    let probe = probe(&w, false);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+
+    // A tag: greenlight's own resolve is refused by the registry.
+    let error = refused_at_once(&w, Target::Tag("v2"), "resolving").await;
+    assert!(error.contains("unauthorized"), "{error}");
+    assert!(error.contains("authentication required"), "{error}");
+    assert!(error.contains("[[registry]] credentials"), "{error}");
+    // A digest (as a webhook names it): Docker's pull is refused, in its words.
+    let error = refused_at_once(&w, Target::Digest(w.digest("v2")), "pulling").await;
+    assert!(
+        error.contains("unauthorized: authentication required"),
+        "{error}"
+    );
+    // Both refusals were the registry checking the wrong password.
+    let log = w.registry.log();
+    let refused =
+        format!("error authenticating user \\\"{REGISTRY_USER}\\\": authentication failure");
+    assert!(log.matches(&refused).count() >= 2, "registry log:\n{log}");
+
+    // v1 keeps serving after the refusals: 2 s more of load before the verdict.
+    let sent = probe.sent_so_far();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while probe.sent_so_far() < sent + 200 {
+        assert!(Instant::now() < deadline, "the probe stopped sending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = probe.stop().await;
+    assert_zero_failures(&report, 0);
+    assert_eq!(versions(&report), vec!["v1"], "{}", report.summary());
+    assert_eq!(w.served().await, (200, "v1".into()));
+    assert_eq!(container_names(&w).len(), 1, "{:?}", container_names(&w));
+    assert!(!w.image_present("v2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_right_registry_credentials_deploy_from_a_registry_that_requires_them() {
+    let w = behind_auth("allow", REGISTRY_PASSWORD);
+    let probe = v1_under_load(&w, false).await;
+    let before = w.registry.log().len();
+    let d = w.deploy_ok("v2").await;
+    assert_eq!(d["digest"], w.digest("v2"));
+    let report = probe.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_flips_once(&report, &["v1", "v2"]);
+    // During the deploy, greenlight's resolve (HEAD of the tag) and Docker's pull
+    // (GET of the digest) were both let in with the user's password.
+    let log = w.registry.log()[before..].to_string();
+    let authorized = |method: &str, manifest: &str| {
+        log.lines().any(|l| {
+            l.contains("msg=\"authorized request\"")
+                && l.contains(&format!("http.request.method={method} "))
+                && l.contains(&format!("/manifests/{manifest}"))
+        })
+    };
+    assert!(authorized("HEAD", "v2"), "registry log:\n{log}");
+    assert!(authorized("GET", w.digest("v2")), "registry log:\n{log}");
+    assert!(
+        !log.contains("authentication failure"),
+        "registry log:\n{log}"
+    );
 }

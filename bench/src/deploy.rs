@@ -512,6 +512,7 @@ async fn greenlight(
             url: format!("http://127.0.0.1:{gl_port}/hooks/registry"),
             token: gl::REGISTRY_TOKEN.into(),
         }),
+        ..Default::default()
     })?;
     let nginx = Nginx::host(&format!("{service}-"), &[service])?;
     let repo_path = format!("{service}/demo");

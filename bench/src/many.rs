@@ -311,6 +311,7 @@ async fn one_run(
             url: format!("http://127.0.0.1:{gl_port}/hooks/registry"),
             token: gl::REGISTRY_TOKEN.into(),
         }),
+        ..Default::default()
     })?;
     let names: Vec<&str> = services.iter().map(String::as_str).collect();
     let nginx = Nginx::host(&format!("{prefix}nginx-"), &names)?;

@@ -465,11 +465,22 @@ pub struct NotifyEndpoint {
     pub token: String,
 }
 
+/// A user the registry accepts with HTTP basic auth.
+#[derive(Debug, Clone)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
 /// How to start the [`Registry`].
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOpts {
     /// Adds a `notifications.endpoints` entry (timeout 1s, threshold 5, backoff 1s).
     pub notify: Option<NotifyEndpoint>,
+    /// Requires this user for every request (Distribution's `auth.htpasswd`, a
+    /// bcrypt htpasswd file). Works over plain HTTP: Distribution does not insist on
+    /// TLS, and Docker sends basic auth to 127.0.0.0/8 registries without it.
+    pub auth: Option<BasicAuth>,
 }
 
 /// A CNCF Distribution registry (Debian's `/usr/bin/docker-registry`) on
@@ -477,11 +488,12 @@ pub struct RegistryOpts {
 /// removes the local image tags pointing at it.
 ///
 /// Docker treats 127.0.0.0/8 registries as insecure, so plain HTTP works for push and
-/// pull without any daemon configuration.
+/// pull without any daemon configuration, with or without [`RegistryOpts::auth`].
 pub struct Registry {
     child: Child,
     port: u16,
     dir: TempDir,
+    auth: Option<BasicAuth>,
 }
 
 /// Path of the registry binary.
@@ -493,11 +505,23 @@ impl Registry {
         let dir = tempfile::Builder::new()
             .prefix("greenlight-registry-")
             .tempdir()?;
+        if let Some(auth) = &opts.auth {
+            fs::write(dir.path().join("htpasswd"), htpasswd_line(auth)?)?;
+        }
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
             match Registry::start_on(&dir, port, &opts) {
-                Ok(child) => return Ok(Registry { child, port, dir }),
+                Ok(child) => {
+                    let registry = Registry {
+                        child,
+                        port,
+                        dir,
+                        auth: opts.auth.clone(),
+                    };
+                    registry.login()?;
+                    return Ok(registry);
+                }
                 Err(err) => {
                     let in_use = format!("{err:#}").contains("address already in use");
                     last_error = Some(err);
@@ -529,6 +553,11 @@ impl Registry {
                 format!("cannot start {REGISTRY_BINARY} (apt-get install docker-registry)")
             })?;
         let host = format!("127.0.0.1:{port}");
+        let authorization = opts.auth.as_ref().map(basic_authorization);
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|value| ("Authorization", value.as_str()))
+            .collect();
         let ready = wait_for("the registry to answer GET /v2/", START_DEADLINE, || {
             if let Some(status) = child.try_wait()? {
                 bail!(
@@ -536,7 +565,7 @@ impl Registry {
                     read_lossy(&log_path)
                 );
             }
-            Ok(http_request(&host, "GET", "/v2/", &[])
+            Ok(http_request(&host, "GET", "/v2/", &headers)
                 .ok()
                 .filter(|reply| reply.status == 200))
         });
@@ -571,6 +600,49 @@ impl Registry {
         read_lossy(&self.dir.path().join("registry.log"))
     }
 
+    /// The user the registry requires, if it requires one.
+    pub fn auth(&self) -> Option<&BasicAuth> {
+        self.auth.as_ref()
+    }
+
+    /// The docker CLI's config dir for this registry (its own, so a login here never
+    /// touches `~/.docker/config.json` or another test's credentials).
+    fn docker_config(&self) -> PathBuf {
+        self.dir.path().join("docker-config")
+    }
+
+    /// `docker login` into [`Registry::docker_config`] when the registry requires a user.
+    fn login(&self) -> Result<()> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        let mut child = Command::new("docker")
+            .env("DOCKER_CONFIG", self.docker_config())
+            .args(["login", "--username", &auth.username, "--password-stdin"])
+            .arg(self.host())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run the docker CLI: is it installed?")?;
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(auth.password.as_bytes())?;
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "`docker login {}` failed ({}): {}\nregistry log:\n{}",
+                self.host(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim(),
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
     /// Tags `local_image` as `<host>/<repo>:<tag>`, pushes it, and returns the manifest
     /// digest (`sha256:...`) the registry now serves for `repo:tag`.
     ///
@@ -579,7 +651,13 @@ impl Registry {
     pub fn push(&self, local_image: &str, repo: &str, tag: &str) -> Result<String> {
         let remote = format!("{}/{repo}:{tag}", self.host());
         docker(&["tag", local_image, &remote])?;
-        let pushed = docker(&["push", &remote]);
+        let pushed = if self.auth.is_some() {
+            let config = self.docker_config();
+            let config = config.to_str().context("temp dir path is not UTF-8")?;
+            docker(&["--config", config, "push", &remote])
+        } else {
+            docker(&["push", &remote])
+        };
         let _ = docker(&["rmi", &remote]);
         pushed.with_context(|| format!("registry log:\n{}", self.log()))?;
         self.digest(repo, tag)?
@@ -596,11 +674,16 @@ impl Registry {
             "application/vnd.oci.image.manifest.v1+json",
         ]
         .join(", ");
+        let authorization = self.auth.as_ref().map(basic_authorization);
+        let mut headers = vec![("Accept", accept.as_str())];
+        if let Some(value) = &authorization {
+            headers.push(("Authorization", value.as_str()));
+        }
         let reply = http_request(
             &self.host(),
             "HEAD",
             &format!("/v2/{repo}/manifests/{tag}"),
-            &[("Accept", &accept)],
+            &headers,
         )
         .context("HEAD on the registry failed")?;
         match reply.status {
@@ -679,7 +762,40 @@ http:
             auth = yaml_string(&format!("Bearer {}", notify.token)),
         );
     }
+    if opts.auth.is_some() {
+        let _ = write!(
+            config,
+            r#"auth:
+  htpasswd:
+    realm: greenlight-test
+    path: {path}
+"#,
+            path = yaml_string(&dir.join("htpasswd").display().to_string()),
+        );
+    }
     config
+}
+
+/// `user:<bcrypt hash>`, the one htpasswd format Distribution reads. Cost 4 (the
+/// lowest): the registry checks it on every request.
+fn htpasswd_line(auth: &BasicAuth) -> Result<String> {
+    anyhow::ensure!(
+        !auth.username.is_empty() && !auth.username.contains([':', '\n']),
+        "bad registry username {:?}",
+        auth.username
+    );
+    let hash = bcrypt::hash(&auth.password, 4).context("bcrypt")?;
+    Ok(format!("{}:{hash}\n", auth.username))
+}
+
+/// `Basic base64(user:password)`.
+fn basic_authorization(auth: &BasicAuth) -> String {
+    use base64::Engine as _;
+    let pair = format!("{}:{}", auth.username, auth.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 /// A double-quoted YAML scalar (JSON string syntax is valid YAML).
@@ -1271,6 +1387,7 @@ mod tests {
                 url: "http://127.0.0.1:9/hooks/registry".into(),
                 token: "s3cret".into(),
             }),
+            ..Default::default()
         };
         let config = registry_config(Path::new("/tmp/x"), 5000, &opts);
         assert!(config.contains("addr: 127.0.0.1:5000"));
@@ -1280,6 +1397,31 @@ mod tests {
         assert!(
             !registry_config(Path::new("/tmp/x"), 5000, &RegistryOpts::default())
                 .contains("notifications")
+        );
+        assert!(!config.contains("auth:"));
+    }
+
+    #[test]
+    fn registry_auth_is_a_bcrypt_htpasswd_file() {
+        let auth = BasicAuth {
+            username: "deploy-bot".into(),
+            password: "right horse".into(),
+        };
+        let opts = RegistryOpts {
+            auth: Some(auth.clone()),
+            ..Default::default()
+        };
+        let config = registry_config(Path::new("/tmp/x"), 5000, &opts);
+        assert!(config.contains("auth:\n  htpasswd:\n    realm: greenlight-test\n"));
+        assert!(config.contains("path: \"/tmp/x/htpasswd\""));
+        let line = htpasswd_line(&auth).unwrap();
+        let hash = line.trim_end().strip_prefix("deploy-bot:").unwrap();
+        assert!(hash.starts_with("$2"), "{hash}");
+        assert!(bcrypt::verify("right horse", hash).unwrap());
+        assert!(!bcrypt::verify("wrong horse", hash).unwrap());
+        assert_eq!(
+            basic_authorization(&auth),
+            "Basic ZGVwbG95LWJvdDpyaWdodCBob3JzZQ=="
         );
     }
 

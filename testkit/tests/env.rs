@@ -32,6 +32,7 @@ async fn a_demo_image_is_pushed_to_a_fresh_registry() {
             url: format!("http://127.0.0.1:{}/hooks/registry", receiver.port),
             token: "t0ken".into(),
         }),
+        ..Default::default()
     })
     .unwrap();
     eprintln!("registry up in {:?}", started.elapsed());

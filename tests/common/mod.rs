@@ -11,8 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use greenlight_testkit::env::{
-    build_demo_image, free_port, DemoImageOpts, DockerCleanup, Nginx, NotifyEndpoint, Registry,
-    RegistryOpts,
+    build_demo_image, free_port, BasicAuth, DemoImageOpts, DockerCleanup, Nginx, NotifyEndpoint,
+    Registry, RegistryOpts,
 };
 pub use greenlight_testkit::greenlight::ServiceSpec;
 use serde_json::{json, Value};
@@ -258,6 +258,12 @@ impl Drop for Greenlight {
     }
 }
 
+/// greenlight's `[[registry]]` credentials for the world's registry.
+pub struct RegistryEntry {
+    pub username: String,
+    pub password: String,
+}
+
 #[derive(Clone, Copy)]
 pub enum Target<'a> {
     Tag(&'a str),
@@ -349,7 +355,46 @@ impl World {
         versions: Vec<(String, DemoImageOpts)>,
         extra: &str,
     ) -> World {
-        World::build(tag, kind, versions, extra, None)
+        World::build(tag, kind, versions, extra, None, None)
+    }
+
+    /// A world whose registry requires `user` (htpasswd basic auth; the images are
+    /// pushed with `user`'s credentials), and whose greenlight config names it in
+    /// a `[[registry]]` entry with `user.username` and `password` (the right one
+    /// or not). `extra` is appended to greenlight's config.
+    pub fn with_registry_auth(
+        tag: &str,
+        versions: &[(&str, &[(&str, &str)])],
+        user: BasicAuth,
+        password: &str,
+        extra: &str,
+    ) -> World {
+        let images = versions
+            .iter()
+            .map(|(v, env)| {
+                let env = env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                let opts = DemoImageOpts {
+                    healthcheck: false,
+                    env,
+                };
+                (v.to_string(), opts)
+            })
+            .collect();
+        let registry_entry = RegistryEntry {
+            username: user.username.clone(),
+            password: password.to_string(),
+        };
+        World::build(
+            tag,
+            NginxKind::Host,
+            images,
+            extra,
+            None,
+            Some((user, registry_entry)),
+        )
     }
 
     /// A world whose webhooks are configured (secrets below; GitHub- and Docker
@@ -377,7 +422,14 @@ impl World {
                 )
             })
             .collect();
-        World::build(tag, NginxKind::Host, images, "", Some(registry_notifies))
+        World::build(
+            tag,
+            NginxKind::Host,
+            images,
+            "",
+            Some(registry_notifies),
+            None,
+        )
     }
 
     fn build(
@@ -386,6 +438,7 @@ impl World {
         versions: Vec<(String, DemoImageOpts)>,
         extra: &str,
         hooks: Option<bool>,
+        auth: Option<(BasicAuth, RegistryEntry)>,
     ) -> World {
         let prefix = prefix(tag);
         let cleanup = DockerCleanup::new(&prefix);
@@ -396,7 +449,12 @@ impl World {
             url: format!("http://127.0.0.1:{gl_port}/hooks/registry"),
             token: REGISTRY_TOKEN.into(),
         });
-        let registry = Registry::start(RegistryOpts { notify }).unwrap();
+        let (registry_auth, registry_entry) = auth.unzip();
+        let registry = Registry::start(RegistryOpts {
+            notify,
+            auth: registry_auth,
+        })
+        .unwrap();
         let repo_path = format!("{prefix}/demo");
         let mut digests = HashMap::new();
         for (version, opts) in &versions {
@@ -436,6 +494,14 @@ impl World {
             }],
         );
         config.push_str(extra);
+        if let Some(entry) = registry_entry {
+            config.push_str(&format!(
+                "\n[[registry]]\nhost = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\n",
+                registry.host(),
+                entry.username,
+                entry.password
+            ));
+        }
         if hooks.is_some() {
             config.push_str(&format!(
                 "\n[webhooks]\ngithub_secrets = [\"retired-secret\", \"{GITHUB_SECRET}\"]\n\
