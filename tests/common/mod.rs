@@ -258,12 +258,6 @@ impl Drop for Greenlight {
     }
 }
 
-/// greenlight's `[[registry]]` credentials for the world's registry.
-pub struct RegistryEntry {
-    pub username: String,
-    pub password: String,
-}
-
 #[derive(Clone, Copy)]
 pub enum Target<'a> {
     Tag(&'a str),
@@ -383,7 +377,7 @@ impl World {
                 (v.to_string(), opts)
             })
             .collect();
-        let registry_entry = RegistryEntry {
+        let given = BasicAuth {
             username: user.username.clone(),
             password: password.to_string(),
         };
@@ -393,7 +387,7 @@ impl World {
             images,
             extra,
             None,
-            Some((user, registry_entry)),
+            Some((user, given)),
         )
     }
 
@@ -438,7 +432,8 @@ impl World {
         versions: Vec<(String, DemoImageOpts)>,
         extra: &str,
         hooks: Option<bool>,
-        auth: Option<(BasicAuth, RegistryEntry)>,
+        // The user the registry requires, and the credentials greenlight is given.
+        auth: Option<(BasicAuth, BasicAuth)>,
     ) -> World {
         let prefix = prefix(tag);
         let cleanup = DockerCleanup::new(&prefix);
