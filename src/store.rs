@@ -23,6 +23,11 @@ pub enum StoreError {
     },
     #[error("state database: deployment {0} not found")]
     NotFound(i64),
+    #[error(
+        "state database: written by a newer greenlight (schema {found}; this one knows up to \
+         {SCHEMA_VERSION}): run that version, or start from a copy of an older state file"
+    )]
+    NewerSchema { found: i64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -338,12 +343,19 @@ impl Store {
         // p99 12-13 ms at 1000 pages, 6-8 ms at 100-400, throughput no lower.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema { found: version });
+        }
         if version < SCHEMA_VERSION {
-            if version == 1 {
-                conn.execute_batch("ALTER TABLE deliveries ADD COLUMN body_codec TEXT")?;
-            }
-            conn.execute_batch(SCHEMA)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            // One transaction: a crash half way leaves the file as it was.
+            let upgrade = if version == 1 {
+                "ALTER TABLE deliveries ADD COLUMN body_codec TEXT;"
+            } else {
+                ""
+            };
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {upgrade} {SCHEMA}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))?;
         }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -728,6 +740,27 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(codecs, [None, Some("lz4".to_string())]);
+        drop(store);
+        // Opening it again changes nothing (no second ALTER).
+        Store::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_from_a_newer_greenlight_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(Store::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = Store::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("newer greenlight"), "{err}");
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION + 1);
     }
 
     fn new(service: &str) -> NewDeployment {
