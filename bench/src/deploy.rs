@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use greenlight_testkit::env::{
     build_demo_image, docker, free_port, unique_prefix, DemoImageOpts, DockerCleanup, Nginx,
-    NotifyEndpoint, Registry, RegistryOpts, NGINX_BINARY,
+    NGINX_BINARY,
 };
 use greenlight_testkit::probe::{Probe, ProbeHandle, ProbeOpts, ProbeReport, Sample, ERR_CLOSED};
 
@@ -507,13 +507,7 @@ async fn greenlight(
     keepalive: bool,
 ) -> Result<Run> {
     let gl_port = free_port();
-    let registry = Registry::start(RegistryOpts {
-        notify: Some(NotifyEndpoint {
-            url: format!("http://127.0.0.1:{gl_port}/hooks/registry"),
-            token: gl::REGISTRY_TOKEN.into(),
-        }),
-        ..Default::default()
-    })?;
+    let registry = gl::notifying_registry(gl_port)?;
     let nginx = Nginx::host(&format!("{service}-"), &[service])?;
     let repo_path = format!("{service}/demo");
     let config = config_for(

@@ -10,12 +10,23 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use greenlight_testkit::env::{workspace_root, Nginx};
+use greenlight_testkit::env::{workspace_root, Nginx, NotifyEndpoint, Registry, RegistryOpts};
 pub use greenlight_testkit::greenlight::{http_ok, stop_child, Greenlight};
 
 pub const TOKEN: &str = "bench-admin-token-0123456789";
 pub const GITHUB_SECRET: &str = "bench-github-secret";
 pub const REGISTRY_TOKEN: &str = "bench-registry-token";
+
+/// A registry that notifies the greenlight listening on `gl_port` of each push.
+pub fn notifying_registry(gl_port: u16) -> Result<Registry> {
+    Registry::start(RegistryOpts {
+        notify: Some(NotifyEndpoint {
+            url: format!("http://127.0.0.1:{gl_port}/hooks/registry"),
+            token: REGISTRY_TOKEN.into(),
+        }),
+        ..Default::default()
+    })
+}
 
 /// Builds `greenlight` in release (a no-op when up to date) and returns its path.
 /// `GREENLIGHT_BIN` overrides both.

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use greenlight_testkit::env::{
     build_demo_image, docker, free_port, unique_prefix, DemoImageOpts, DockerCleanup, Nginx,
-    NotifyEndpoint, Registry, RegistryOpts,
 };
 use greenlight_testkit::probe::{Probe, ProbeHandle, ProbeReport};
 
@@ -306,13 +305,7 @@ async fn one_run(
     }
 
     let gl_port = free_port();
-    let registry = Registry::start(RegistryOpts {
-        notify: Some(NotifyEndpoint {
-            url: format!("http://127.0.0.1:{gl_port}/hooks/registry"),
-            token: gl::REGISTRY_TOKEN.into(),
-        }),
-        ..Default::default()
-    })?;
+    let registry = gl::notifying_registry(gl_port)?;
     let names: Vec<&str> = services.iter().map(String::as_str).collect();
     let nginx = Nginx::host(&format!("{prefix}nginx-"), &names)?;
     let ports = listen_per_service(&nginx, services)?;

@@ -14,6 +14,7 @@ use greenlight_testkit::env::{
     build_demo_image, free_port, BasicAuth, DemoImageOpts, DockerCleanup, Nginx, NotifyEndpoint,
     Registry, RegistryOpts,
 };
+use greenlight_testkit::greenlight::http_ok;
 pub use greenlight_testkit::greenlight::ServiceSpec;
 use serde_json::{json, Value};
 
@@ -262,22 +263,6 @@ impl Drop for Greenlight {
 pub enum Target<'a> {
     Tag(&'a str),
     Digest(&'a str),
-}
-
-/// A readiness check from synchronous code: `GET path` answers 200.
-fn http_ok(port: u16, path: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).is_ok() && buf.ends_with(b"200")
 }
 
 /// A greenlight config for `nginx` (host or container mode) and `services`,
