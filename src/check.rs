@@ -124,7 +124,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             format!(
                 "{} does not answer: {}",
                 config.nginx.verify_url,
-                crate::proxy::error_chain(&e)
+                crate::display::error_chain(&e)
             ),
             "include nginx/greenlight-verify.conf in nginx's http block, and set [nginx] verify_url to its address",
         ),
@@ -138,7 +138,12 @@ async fn live_container(engine: &Engine, nginx: &Nginx, svc: &ServiceConfig) -> 
     let Some(u) = nginx.current(&svc.name) else {
         return ok(&what, "nothing deployed yet");
     };
-    let live = format!("live: {} at {} ({})", u.colour, u.address, short(&u.digest));
+    let live = format!(
+        "live: {} at {} ({})",
+        u.colour,
+        u.address,
+        crate::display::short_digest(&u.digest)
+    );
     let containers = match engine.service_containers(&svc.name).await {
         Ok(c) => c,
         Err(e) => {
@@ -170,12 +175,4 @@ async fn live_container(engine: &Engine, nginx: &Nginx, svc: &ServiceConfig) -> 
             redeploy,
         ),
     }
-}
-
-fn short(digest: &str) -> String {
-    digest
-        .trim_start_matches("sha256:")
-        .chars()
-        .take(12)
-        .collect()
 }

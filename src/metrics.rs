@@ -12,10 +12,8 @@
 //! (the first scrape after a start reads the whole store once).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
-use actix_web::{web, HttpResponse, Resource};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -24,9 +22,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use rusqlite::{OptionalExtension, Transaction};
 
-use crate::deploy::state::State;
-use crate::http::auth::Admin;
-use crate::http::AppState;
+use crate::domain::state::State;
 use crate::store::{Result, Store};
 
 /// Upper bounds of the step-duration buckets, in milliseconds: 10 ms to 10 min.
@@ -575,57 +571,9 @@ impl Collector for Snapshot {
     }
 }
 
-/// The `/metrics` route; `metrics` is shared by all of the server's workers.
-pub fn resource(metrics: web::Data<Metrics>) -> Resource {
-    web::resource("/metrics")
-        .app_data(metrics)
-        .route(web::get().to(scrape))
-}
-
-async fn scrape(_: Admin, state: web::Data<AppState>, metrics: web::Data<Metrics>) -> HttpResponse {
-    let store = state.deployer.store().clone();
-    let services: Vec<String> = state
-        .deployer
-        .config()
-        .services
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
-    let hooks = &state.hooks;
-    let auth_failures = [
-        ("github", &hooks.github_unauthorized),
-        ("dockerhub", &hooks.dockerhub_unauthorized),
-        ("registry", &hooks.registry_unauthorized),
-    ]
-    .into_iter()
-    .map(|(s, n)| (s.to_string(), n.load(Ordering::Relaxed)))
-    .collect();
-    let started = std::time::Instant::now();
-    let text = web::block(move || metrics.render(&store, &services, auth_failures)).await;
-    match text {
-        Ok(Ok(text)) => {
-            tracing::debug!(
-                took_ms = started.elapsed().as_millis() as u64,
-                "metrics scrape"
-            );
-            HttpResponse::Ok()
-                .content_type(prometheus_client::encoding::prometheus_text::CONTENT_TYPE)
-                .body(text)
-        }
-        Ok(Err(e)) => scrape_failed(e),
-        Err(e) => scrape_failed(e),
-    }
-}
-
-fn scrape_failed(e: impl std::fmt::Display) -> HttpResponse {
-    tracing::error!(error = %e, "metrics scrape failed");
-    HttpResponse::InternalServerError().json(serde_json::json!({
-        "error": "internal error (see greenlight's log)"
-    }))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
 
     use rusqlite::params;
@@ -715,7 +663,7 @@ mod tests {
 
     #[test]
     fn the_outcomes_are_the_terminal_states() {
-        let terminal: Vec<&str> = crate::deploy::state::ALL
+        let terminal: Vec<&str> = crate::domain::state::ALL
             .iter()
             .filter(|s| s.is_terminal())
             .map(|s| s.as_str())
@@ -800,7 +748,7 @@ mod tests {
         store
             .set_live(&crate::store::Live {
                 service: "web".into(),
-                colour: crate::deploy::state::Colour::Green,
+                colour: crate::domain::state::Colour::Green,
                 tag: Some("v1".into()),
                 digest: "sha256:1".into(),
                 image: "r/web@sha256:1".into(),

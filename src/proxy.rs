@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::{NginxConfig, NginxMode};
-use crate::deploy::state::Colour;
+use crate::display::error_chain;
 use crate::docker::Engine;
+use crate::domain::state::Colour;
 
 /// Poll interval while waiting for routing or workers to change.
 const POLL: Duration = Duration::from_millis(100);
@@ -334,20 +335,6 @@ impl Nginx {
             tokio::time::sleep(POLL).await;
         }
     }
-}
-
-/// An error with its causes, for messages ("error sending request" alone says little).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {

@@ -210,7 +210,7 @@ fn error_words(body: &serde_json::Value) -> Option<String> {
 fn unavailable(repo: &Repository, e: reqwest::Error) -> RegistryError {
     RegistryError::Unavailable {
         host: repo.host.clone(),
-        message: crate::proxy::error_chain(&e),
+        message: crate::display::error_chain(&e),
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-use crate::deploy::state::{Colour, State};
+use crate::domain::state::{Colour, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

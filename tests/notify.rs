@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::slack::{reply, Reply, SlackReceiver, SLACK_SECRET, WAIT};
 use common::{NginxKind, Target, World};
 use greenlight::config::Config;
-use greenlight::deploy::State;
+use greenlight::domain::State;
 use greenlight::notify::{Attempt, Notifier};
 use greenlight::store::{Failure, NewDeployment, Store};
 use greenlight_testkit::env::free_port;

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::client::{ApiError, Client};
 use super::output::{duration, now_ms, short_digest, state_tone, text, truncate, Term, Tone};
 use super::{pretty, EXIT_FAILED, EXIT_NOT_RUN};
-use crate::deploy::State;
+use crate::domain::State;
 
 /// How often a running deployment is polled.
 const POLL: Duration = Duration::from_millis(200);
@@ -134,7 +134,7 @@ pub async fn service(
             progress.done();
             eprintln!(
                 "greenlight: no deployment of {service} started within {}",
-                humantime::format_duration(t)
+                crate::display::span(t)
             );
             return Ok(EXIT_NOT_RUN);
         }

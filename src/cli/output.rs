@@ -2,7 +2,7 @@
 //! coloured, and the small formatters every table and progress line shares.
 
 use std::io::IsTerminal;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -108,50 +108,15 @@ pub fn text(v: &Value) -> String {
     }
 }
 
-/// The first 12 hex digits of a digest or image ID, as `docker images` shows them.
+/// A digest or image ID from the API, cut as `docker images` shows it ("-" when absent).
 pub fn short_digest(v: &Value) -> String {
-    match v.as_str() {
-        Some(d) => d
-            .split_once(':')
-            .map_or(d, |(_, hex)| hex)
-            .chars()
-            .take(12)
-            .collect(),
-        None => "-".into(),
-    }
+    v.as_str().map_or_else(
+        || "-".into(),
+        |d| crate::display::short_digest(d).to_string(),
+    )
 }
 
-/// A duration for people: `850ms`, `4.2s`, `3m05s`, `2h10m`.
-pub fn duration(ms: i64) -> String {
-    let ms = ms.max(0);
-    if ms < 1_000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if ms < 3_600_000 {
-        format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000)
-    } else {
-        format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000)
-    }
-}
-
-/// How long ago `at_ms` was, as `docker ps` says it: `12s ago`, `5m ago`, `3h ago`, `2d ago`.
-pub fn age(at_ms: i64, now_ms: i64) -> String {
-    let s = (now_ms - at_ms).max(0) / 1000;
-    match s {
-        0 => "just now".into(),
-        1..=59 => format!("{s}s ago"),
-        60..=3_599 => format!("{}m ago", s / 60),
-        3_600..=172_799 => format!("{}h ago", s / 3_600),
-        _ => format!("{}d ago", s / 86_400),
-    }
-}
-
-/// An instant as RFC 3339 UTC, to the second.
-pub fn timestamp(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+pub use crate::display::{age, duration, timestamp};
 
 /// The first line of `s`, cut to `max` characters with an ellipsis: a table
 /// cell stays one line; the full text is in `--json` and `history --steps`.
@@ -171,27 +136,6 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_like_people_say_them() {
-        assert_eq!(duration(0), "0ms");
-        assert_eq!(duration(850), "850ms");
-        assert_eq!(duration(4_249), "4.2s");
-        assert_eq!(duration(185_000), "3m05s");
-        assert_eq!(duration(7_800_000), "2h10m");
-        assert_eq!(duration(-5), "0ms");
-    }
-
-    #[test]
-    fn ages_count_back_from_now() {
-        let now = 1_000_000_000;
-        assert_eq!(age(now, now), "just now");
-        assert_eq!(age(now - 12_000, now), "12s ago");
-        assert_eq!(age(now - 300_000, now), "5m ago");
-        assert_eq!(age(now - 3 * 3_600_000, now), "3h ago");
-        assert_eq!(age(now - 3 * 86_400_000, now), "3d ago");
-        assert_eq!(age(now + 5_000, now), "just now", "a clock ahead of ours");
-    }
 
     #[test]
     fn digests_are_cut_to_twelve_hex_digits() {

@@ -381,7 +381,7 @@ mod tests {
         })];
         let out = history(&items, NOW, Term::PLAIN);
         let row = out.lines().nth(1).unwrap();
-        assert!(row.contains("1m00s") && row.contains("1m ago"), "{row}");
+        assert!(row.contains("1m 00s") && row.contains("1m ago"), "{row}");
         let error = &row[row.find("at switching").expect("the error is shown")..];
         assert!(
             error.starts_with("at switching: nginx -t failed: xxx"),

@@ -191,7 +191,7 @@ fn describe(e: &reqwest::Error) -> String {
     if e.is_connect() {
         return "connection refused".into();
     }
-    crate::proxy::error_chain(e)
+    crate::display::error_chain(e)
 }
 
 /// Bounds a log tail for storage and messages.

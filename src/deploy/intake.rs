@@ -6,6 +6,7 @@
 use serde::Serialize;
 
 use super::{Deployer, State};
+use crate::display::{short_digest, timestamp};
 use crate::store::{Deployment, NewDeployment, StoreError};
 use crate::webhook::{match_service, PushEvent};
 
@@ -72,16 +73,6 @@ pub fn overall(outcomes: &[Outcome]) -> Verdict {
         .unwrap_or(Verdict::Ignored)
 }
 
-fn short(digest: &str) -> &str {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    &hex[..hex.len().min(12)]
-}
-
-fn time(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// Whether `event` asks for what deployment `d` already does.
 fn same_push(event: &PushEvent, d: &Deployment) -> bool {
     match &event.digest {
@@ -132,7 +123,7 @@ impl Deployer {
                 outcome.detail = format!(
                     "{}: {} is already live on {}",
                     svc.name,
-                    short(digest),
+                    short_digest(digest),
                     l.colour
                 );
                 return Ok(outcome);
@@ -144,9 +135,9 @@ impl Deployer {
                 outcome.detail = format!(
                     "{}: pushed at {}, before the live image ({} pushed at {}); deploy it by hand to force it",
                     svc.name,
-                    time(pushed),
-                    short(&l.digest),
-                    time(live_pushed)
+                    timestamp(pushed),
+                    short_digest(&l.digest),
+                    timestamp(live_pushed)
                 );
                 return Ok(outcome);
             }
@@ -168,9 +159,9 @@ impl Deployer {
                     outcome.detail = format!(
                         "{}: pushed at {}, before deployment {} in progress (pushed at {})",
                         svc.name,
-                        time(pushed),
+                        timestamp(pushed),
                         d.id,
-                        time(theirs)
+                        timestamp(theirs)
                     );
                     return Ok(outcome);
                 }

@@ -6,7 +6,6 @@ pub mod intake;
 mod pipeline;
 pub mod prune;
 mod reconcile;
-pub mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use crate::proxy::Nginx;
 use crate::registry;
 use crate::store::{NewDeployment, Store, StoreError};
 
-pub use state::{Colour, State};
+pub use crate::domain::{Colour, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {

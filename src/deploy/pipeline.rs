@@ -9,10 +9,11 @@ use std::time::Instant;
 use tracing::{info, warn, Instrument};
 
 use super::health::{bound_log, HealthGate, LOG_TAIL_LINES};
-use super::state::{Colour, State};
 use super::{prune, Inner};
 use crate::config::ServiceConfig;
+use crate::display::{self, short_digest};
 use crate::docker::{ContainerPlan, LABEL_COLOUR, LABEL_DEPLOYMENT, LABEL_DIGEST, LABEL_SERVICE};
+use crate::domain::{Colour, State};
 use crate::proxy::{Previous, Upstream};
 use crate::registry::{self, Repository};
 use crate::retry::{Policy, SendError};
@@ -166,7 +167,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
                 Ok(outcome) => outcome,
                 Err(_) => Err(fail(format!(
                     "cut off at {state}: the deployment ran past its deadline of {} (rollout.deadline)",
-                    humantime::format_duration(service.rollout.deadline)
+                    display::span(service.rollout.deadline)
                 ))),
             }
         };
@@ -357,7 +358,7 @@ impl Run<'_> {
                         format!(
                             "the pull of {} stalled: no end within {} (pull.timeout)",
                             self.image,
-                            humantime::format_duration(limit)
+                            display::span(limit)
                         ),
                         true,
                     )),
@@ -383,7 +384,7 @@ impl Run<'_> {
         let _ = self.inner.store.set_image_id(self.deployment.id, &info.id);
         self.note(&format!(
             "image {}{}",
-            short(&info.id),
+            short_digest(&info.id),
             if info.has_healthcheck {
                 " (has a Docker HEALTHCHECK)"
             } else {
@@ -671,7 +672,7 @@ impl Run<'_> {
             Ok(probes) => {
                 self.note(&format!(
                     "healthy through the {} soak ({probes} probes)",
-                    humantime::format_duration(soak)
+                    display::span(soak)
                 ));
                 Ok(())
             }
@@ -771,7 +772,7 @@ impl Run<'_> {
                 }
             }
             if all {
-                removed.push(short(&image.id));
+                removed.push(short_digest(&image.id).to_string());
             }
         }
         self.note(&if removed.is_empty() {
@@ -872,11 +873,6 @@ fn pull_error_is_transient(text: &str) -> bool {
     !FINAL.iter().any(|f| t.contains(f))
 }
 
-fn short(id: &str) -> String {
-    let hex = id.split_once(':').map(|(_, h)| h).unwrap_or(id);
-    hex.chars().take(12).collect()
-}
-
 /// `KEY=VALUE` lines; blank lines and `#` comments skipped.
 fn parse_env_file(text: &str) -> Vec<String> {
     text.lines()
@@ -913,10 +909,5 @@ mod tests {
         ] {
             assert!(pull_error_is_transient(text), "{text}");
         }
-    }
-
-    #[test]
-    fn short_ids_drop_the_algorithm() {
-        assert_eq!(short("sha256:0123456789abcdef0123"), "0123456789ab");
     }
 }

@@ -5,9 +5,9 @@
 
 use tracing::{info, warn};
 
-use super::state::State;
 use super::Inner;
 use crate::docker::{LABEL_COLOUR, LABEL_DEPLOYMENT};
+use crate::domain::State;
 use crate::store::{now_ms, Deployment, Failure, Live, NewDeployment};
 
 /// How many times in a row a deployment is re-run after being interrupted, so a

@@ -6,6 +6,7 @@ use actix_web::{web, HttpResponse, Scope};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Admin;
+use super::errors::{error, internal};
 use super::AppState;
 use crate::deploy::{Request, Rollback, RollbackError, SubmitError};
 use crate::notify::Attempt;
@@ -22,19 +23,6 @@ pub fn scope() -> Scope {
         .route("/deliveries", web::get().to(deliveries))
         .route("/deliveries/{id}", web::get().to(delivery))
         .route("/deliveries/{id}/redeliver", web::post().to(redeliver))
-}
-
-pub fn error(status: StatusCode, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({ "error": message }))
-}
-
-pub(crate) fn internal(e: impl std::fmt::Display) -> HttpResponse {
-    // Logged in full; the client learns only that it was our fault.
-    tracing::error!(error = %e, "admin API internal error");
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal error (see greenlight's log)",
-    )
 }
 
 #[derive(Serialize)]

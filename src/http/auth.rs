@@ -16,7 +16,7 @@ use super::AppState;
 pub struct Admin;
 
 fn refuse(status: StatusCode, message: &str) -> actix_web::Error {
-    let resp = super::api::error(status, message);
+    let resp = super::errors::error(status, message);
     actix_web::error::InternalError::from_response("refused", resp).into()
 }
 

@@ -179,7 +179,7 @@ async fn accept(
     let received_at = now_ms();
     let decision = match decide(state, &delivery, parsed) {
         Ok(d) => d,
-        Err(e) => return super::api::internal(e),
+        Err(e) => return super::errors::internal(e),
     };
     let Some(writer) = writer(state).filter(|_| decision.row.is_none()) else {
         return record(state, source, &delivery, received_at, &decision);
@@ -194,8 +194,8 @@ async fn accept(
     };
     match writer.record(entry).await {
         Ok(Ok((_, attempt))) => answer_delivery(source, &delivery_id, attempt, &decision),
-        Ok(Err(e)) => super::api::internal(e),
-        Err(gone) => super::api::internal(gone),
+        Ok(Err(e)) => super::errors::internal(e),
+        Err(gone) => super::errors::internal(gone),
     }
 }
 
@@ -372,7 +372,7 @@ fn record(
     };
     match recorded {
         Ok(attempt) => answer_delivery(source, &delivery.delivery_id, attempt, decision),
-        Err(e) => super::api::internal(e),
+        Err(e) => super::errors::internal(e),
     }
 }
 
@@ -391,7 +391,7 @@ pub fn ingest(
     let received_at = now_ms();
     match decide(state, &delivery, parsed) {
         Ok(decision) => record(state, source, &delivery, received_at, &decision),
-        Err(e) => super::api::internal(e),
+        Err(e) => super::errors::internal(e),
     }
 }
 

@@ -3,7 +3,9 @@
 
 mod api;
 pub(crate) mod auth;
+mod errors;
 pub mod hooks;
+mod metrics;
 mod page;
 mod session;
 
@@ -42,18 +44,20 @@ pub fn server(
                 web::JsonConfig::default()
                     .limit(body_limit)
                     .error_handler(|err, _| {
-                        let resp =
-                            api::error(actix_web::http::StatusCode::BAD_REQUEST, &err.to_string());
+                        let resp = errors::error(
+                            actix_web::http::StatusCode::BAD_REQUEST,
+                            &err.to_string(),
+                        );
                         actix_web::error::InternalError::from_response(err, resp).into()
                     }),
             )
             .route("/healthz", web::get().to(healthz))
-            .service(crate::metrics::resource(metrics.clone()))
+            .service(metrics::resource(metrics.clone()))
             .service(api::scope())
             .service(hooks::scope())
             .configure(page::routes)
             .default_service(web::to(|| async {
-                api::error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
+                errors::error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
             }))
     })
     .workers(workers)

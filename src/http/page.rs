@@ -3,8 +3,6 @@
 //! API with the session's CSRF token. The data comes from the same functions as
 //! the API's (`service_view`, the store's deployment and delivery queries).
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
@@ -12,9 +10,11 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::api::{self, ServiceView};
+use super::errors;
 use super::session::{self, Session, Sessions};
 use super::AppState;
-use crate::deploy::state::State;
+use crate::display::{duration, short_digest, timestamp};
+use crate::domain::state::State;
 use crate::ledger::Delivery;
 use crate::store::{now_ms, Deployment, Store};
 
@@ -116,11 +116,11 @@ async fn logout(
 ) -> HttpResponse {
     if let Some(why) = session::cross_site(&req) {
         tracing::warn!(%why, "logout refused: cross-site");
-        return api::error(StatusCode::FORBIDDEN, "cross-site request refused");
+        return errors::error(StatusCode::FORBIDDEN, "cross-site request refused");
     }
     if let Some((id, session)) = sessions.of_request(&req) {
         if !session::csrf_matches(&session, &form.csrf) {
-            return api::error(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
+            return errors::error(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
         }
         sessions.remove(&id);
         tracing::info!("status page logout");
@@ -161,11 +161,11 @@ async fn status_page(
     let store = state.deployer.store();
     let deployments = match recent_deployments(store) {
         Ok(d) => d,
-        Err(e) => return api::internal(e),
+        Err(e) => return errors::internal(e),
     };
     let deliveries = match store.deliveries(None, RECENT) {
         Ok(d) => d,
-        Err(e) => return api::internal(e),
+        Err(e) => return errors::internal(e),
     };
     let snap = Snapshot {
         services,
@@ -183,31 +183,6 @@ async fn status_page(
 // ---------------------------------------------------------------------------------
 // Formatting (pure)
 // ---------------------------------------------------------------------------------
-
-/// The first 12 hex digits of a digest or image ID.
-fn short_digest(digest: &str) -> &str {
-    let hex = digest.split_once(':').map(|(_, h)| h).unwrap_or(digest);
-    hex.get(..12).unwrap_or(hex)
-}
-
-/// A duration as people read it: `850 ms`, `4.2 s`, `3m 12s`, `2h 5m`, `3d 4h`.
-fn duration(ms: i64) -> String {
-    let ms = ms.max(0);
-    let s = ms / 1000;
-    match ms {
-        0..=999 => format!("{ms} ms"),
-        1000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
-        60_000..=3_599_999 => format!("{}m {}s", s / 60, s % 60),
-        3_600_000..=86_399_999 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-/// Unix milliseconds as RFC 3339 UTC, to the second.
-fn timestamp(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
 
 /// `3m 12s ago`, with the exact time as a tooltip.
 fn ago(ms: i64, now: i64) -> Markup {
@@ -680,26 +655,8 @@ fn deliveries_view(list: &[Delivery], now: i64) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deploy::state::Colour;
+    use crate::domain::state::Colour;
     use crate::store::{Live, Step};
-
-    #[test]
-    fn digests_shorten_to_twelve_hex_digits() {
-        let d = format!("sha256:{}", "0123456789abcdef".repeat(4));
-        assert_eq!(short_digest(&d), "0123456789ab");
-        assert_eq!(short_digest("abc"), "abc");
-    }
-
-    #[test]
-    fn durations_read_like_a_person_says_them() {
-        assert_eq!(duration(850), "850 ms");
-        assert_eq!(duration(4_210), "4.2 s");
-        assert_eq!(duration(192_000), "3m 12s");
-        assert_eq!(duration(7_500_000), "2h 5m");
-        assert_eq!(duration(3 * 86_400_000 + 4 * 3_600_000), "3d 4h");
-        assert_eq!(duration(-5), "0 ms");
-        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
-    }
 
     fn deployment(state: State) -> Deployment {
         Deployment {
@@ -761,11 +718,11 @@ mod tests {
         let html = deployment_view(&deployment(State::Failed), 10_000).into_string();
         assert!(
             html.contains(
-                r#"<li class="done" title="">resolving <span class="took">200 ms</span></li>"#
+                r#"<li class="done" title="">resolving <span class="took">200ms</span></li>"#
             ),
             "{html}"
         );
-        assert!(html.contains(r#"<li class="error" title="pull failed">pulling <span class="took">1.8 s</span></li>"#), "{html}");
+        assert!(html.contains(r#"<li class="error" title="pull failed">pulling <span class="took">1.8s</span></li>"#), "{html}");
         assert!(
             html.contains(r#"<li class="end bad">failed</li>"#),
             "{html}"

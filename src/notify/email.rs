@@ -8,9 +8,9 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use super::config::{EmailConfig, Security};
 use super::render::Message;
 use super::retry::SendError;
+use crate::config::notify::{EmailConfig, Security};
 
 /// Where mail goes, for the log and the history: relay and recipients, no secret.
 pub fn describe(config: &EmailConfig, to: &[Mailbox]) -> String {

@@ -7,12 +7,10 @@
 //! want that event). Each attempt is recorded in the `notifications` table and
 //! retried with backoff (see [`retry`]).
 //!
-//! - [`config`]: `[notify]` and `[service.notify]`, secrets redacted.
 //! - [`render`]: what a message says (pure).
 //! - [`email`], [`slack`]: one attempt through each channel.
 //! - [`record`]: the attempts in the store.
 
-pub mod config;
 pub mod email;
 pub mod record;
 pub mod render;
@@ -28,10 +26,10 @@ use lettre::message::Mailbox;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
-pub use config::{Event, NotifyConfig, ServiceNotify};
+pub use crate::config::notify::{Event, NotifyConfig, ServiceNotify};
 pub use record::{Attempt, Outcome, Progress};
 
-use config::{EmailConfig, WebhookUrl};
+use crate::config::notify::{self as config, EmailConfig, WebhookUrl};
 use render::Message;
 use retry::{Policy, SendError};
 
@@ -439,7 +437,7 @@ impl Inner {
                         Some(w) => format!(
                             "{}; retrying in {}",
                             e.detail,
-                            render::format_duration(w.as_millis() as i64)
+                            crate::display::duration(w.as_millis() as i64)
                         ),
                         None if !e.retryable => format!("{}; not retried", e.detail),
                         None => format!(
@@ -507,7 +505,7 @@ async fn send_once(
         .unwrap_or_else(|_| {
             Err(SendError::retry(format!(
                 "no answer within {}",
-                render::format_duration(timeout.as_millis() as i64)
+                crate::display::duration(timeout.as_millis() as i64)
             )))
         })
 }
@@ -568,7 +566,7 @@ pub async fn send_test(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use config::{ServiceEmail, ServiceSlack};
+    use crate::config::notify::{ServiceEmail, ServiceSlack};
 
     fn notify() -> NotifyConfig {
         let text = r#"

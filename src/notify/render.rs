@@ -4,12 +4,12 @@
 //! format.
 
 use std::fmt::Write as _;
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::config::Event;
-use crate::deploy::State;
+use crate::config::notify::Event;
+use crate::display::{self, short_digest};
+use crate::domain::State;
 use crate::store::Deployment;
 
 /// Log lines and characters of the container's log tail in an email.
@@ -74,39 +74,14 @@ pub struct Message {
     pub slack: Value,
 }
 
-pub fn short_digest(digest: &str) -> String {
-    digest
-        .split_once(':')
-        .map_or(digest, |(_, hex)| hex)
-        .chars()
-        .take(12)
-        .collect()
-}
-
 /// "v2 (abcdef012345)", "abcdef012345", or "v2".
 fn version(tag: Option<&str>, digest: Option<&str>) -> Option<String> {
     match (tag, digest) {
         (Some(t), Some(d)) => Some(format!("{t} ({})", short_digest(d))),
         (Some(t), None) => Some(t.to_string()),
-        (None, Some(d)) => Some(short_digest(d)),
+        (None, Some(d)) => Some(short_digest(d).to_string()),
         (None, None) => None,
     }
-}
-
-pub fn format_duration(ms: i64) -> String {
-    let ms = ms.max(0);
-    if ms < 10_000 {
-        format!("{:.2}s", ms as f64 / 1000.0)
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else {
-        format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1000)
-    }
-}
-
-fn format_time(ms: i64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
-        .to_string()
 }
 
 /// What triggered a deployment, in words: the operator's command, or the webhook
@@ -184,17 +159,18 @@ pub fn report(d: &Deployment, event: Event) -> Report {
         .as_deref()
         .or(d.requested_tag.as_deref())
         .map(str::to_string)
-        .unwrap_or_else(|| short_digest(d.digest.as_deref().unwrap_or("?")));
-    let old_name = d
-        .previous_tag
-        .clone()
-        .or_else(|| d.previous_digest.as_deref().map(short_digest));
+        .unwrap_or_else(|| short_digest(d.digest.as_deref().unwrap_or("?")).to_string());
+    let old_name = d.previous_tag.clone().or_else(|| {
+        d.previous_digest
+            .as_deref()
+            .map(|p| short_digest(p).to_string())
+    });
     let step = d.failed_step.clone();
     let at = step
         .as_deref()
         .map(|s| format!(" at {s}"))
         .unwrap_or_default();
-    let took = d.finished_at.map(|f| format_duration(f - d.created_at));
+    let took = d.finished_at.map(|f| display::duration(f - d.created_at));
     let svc = &d.service;
     let (outcome, headline) = match (event, d.state) {
         (Event::Started, _) => (
@@ -238,7 +214,7 @@ pub fn report(d: &Deployment, event: Event) -> Report {
             step: s.step.clone(),
             took: s
                 .finished_at
-                .map(|f| format_duration(f - s.started_at))
+                .map(|f| display::duration(f - s.started_at))
                 .unwrap_or_else(|| "...".into()),
             failed: s.outcome.as_deref() == Some("error"),
             detail: s.detail.clone().filter(|t| !t.is_empty()),
@@ -272,7 +248,7 @@ pub fn report(d: &Deployment, event: Event) -> Report {
         headline,
         change,
         trigger: trigger(&d.trigger, d.trigger_detail.as_ref()),
-        started_at: format_time(d.created_at),
+        started_at: display::timestamp(d.created_at),
         duration: if event == Event::Started { None } else { took },
         steps: if event == Event::Started {
             Vec::new()
@@ -632,8 +608,8 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("Duration:   12.3s"), "{t}");
-        assert!(t.contains("pulling        3.40s"), "{t}");
-        assert!(t.contains("resolving      0.12s  v2 -> sha256:bbb"), "{t}");
+        assert!(t.contains("pulling         3.4s"), "{t}");
+        assert!(t.contains("resolving      120ms  v2 -> sha256:bbb"), "{t}");
         assert!(!t.contains("Error"), "{t}");
         // The terminal step is the outcome, not a step.
         assert!(!t.contains("  succeeded"), "{t}");
@@ -648,7 +624,7 @@ mod tests {
         assert!(m.text.contains("Exit code:   3"));
         assert!(m.text.contains("  | demo: exiting"), "{}", m.text);
         assert!(
-            m.text.contains("health_gate    8.81s  FAILED"),
+            m.text.contains("health_gate     8.8s  FAILED"),
             "{}",
             m.text
         );
@@ -744,12 +720,5 @@ mod tests {
         let tail = log_tail(&log, 50, 20);
         assert_eq!(tail, "line 99\nline 100");
         assert_eq!(log_tail(&"z".repeat(50), 5, 10), "z".repeat(10));
-    }
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(format_duration(420), "0.42s");
-        assert_eq!(format_duration(12_345), "12.3s");
-        assert_eq!(format_duration(123_000), "2m 03s");
     }
 }

@@ -6,9 +6,9 @@ use std::time::Duration;
 use reqwest::header::RETRY_AFTER;
 use serde_json::Value;
 
-use super::config::WebhookUrl;
 use super::render::clip;
 use super::retry::SendError;
+use crate::config::notify::WebhookUrl;
 
 /// One attempt.
 pub async fn send(

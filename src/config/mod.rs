@@ -5,6 +5,8 @@
 //! refused. Every error names the key it is about, so `greenlight check` can print
 //! one line an operator can act on.
 
+pub mod notify;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,7 +50,7 @@ pub struct Config {
     #[serde(default)]
     pub webhooks: WebhooksConfig,
     #[serde(default)]
-    pub notify: crate::notify::NotifyConfig,
+    pub notify: notify::NotifyConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
@@ -298,7 +300,7 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub rollout: RolloutConfig,
     /// Per-service notification channels (overrides `[notify]`).
-    pub notify: Option<crate::notify::ServiceNotify>,
+    pub notify: Option<notify::ServiceNotify>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -654,7 +656,7 @@ impl Config {
                 ));
             }
         }
-        crate::notify::config::validate(self).map_err(|(key, message)| bad(&key, message))?;
+        notify::validate(self).map_err(|(key, message)| bad(&key, message))?;
         Ok(())
     }
 
@@ -797,7 +799,7 @@ interval = "250ms"
 
     #[test]
     fn the_example_config_documents_a_valid_config() {
-        let text = include_str!("../greenlight.example.toml");
+        let text = include_str!("../../greenlight.example.toml");
         let c = Config::parse(Path::new("greenlight.example.toml"), text, |_| {
             Some("0123456789abcdef0123".into())
         })
@@ -809,7 +811,7 @@ interval = "250ms"
 
     #[test]
     fn debug_output_never_shows_a_secret() {
-        let text = include_str!("../greenlight.example.toml");
+        let text = include_str!("../../greenlight.example.toml");
         let secret = "s3cr3t-value-0123456789";
         let c = Config::parse(Path::new("greenlight.example.toml"), text, |_| {
             Some(secret.into())

@@ -9,7 +9,7 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::deploy::State;
+use crate::domain::State;
 
 /// What a channel can be told about. A deployment sends `started` when its worker
 /// picks it up and one outcome event when it ends.
