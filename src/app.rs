@@ -10,6 +10,8 @@ use tracing::info;
 use crate::config::Config;
 use crate::deploy::Deployer;
 use crate::docker::Engine;
+use crate::proxy::Nginx;
+use crate::runtime::{Containers, Runtime};
 use crate::store::Store;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -22,8 +24,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.server.state)
         .with_context(|| format!("opening {}", config.server.state.display()))?;
     let engine = Engine::connect(&config.docker).await?;
+    let nginx = Nginx::new(config.nginx.clone(), engine.clone());
+    let runtime = Runtime::Docker(Containers::new(engine));
     let config = Arc::new(config);
-    let deployer = Deployer::start(config.clone(), store, engine).await;
+    let deployer = Deployer::start(config.clone(), store, runtime, nginx).await;
     spawn_ledger_pruning(deployer.store().clone(), config.server.ledger_retention);
     let server = crate::http::server(listener, deployer, 2)?;
     let handle = server.handle();

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use crate::config::{Config, NginxMode, ServiceConfig};
-use crate::docker::{Engine, LABEL_COLOUR, LABEL_DEPLOYMENT};
+use crate::display::short_digest;
+use crate::docker::Engine;
 use crate::proxy::Nginx;
+use crate::runtime::{Containers, Runtime};
 use crate::store::Store;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -109,8 +111,9 @@ pub async fn run(config: &Config) -> Vec<Finding> {
                 "fix the nginx configuration it names, then run greenlight check again",
             ),
         });
+        let runtime = Runtime::Docker(Containers::new(engine.clone()));
         for svc in &config.services {
-            out.push(live_container(&engine, &nginx, svc).await);
+            out.push(live_replicas(&runtime, &nginx, svc).await);
         }
     }
     let http = reqwest::Client::builder()
@@ -132,47 +135,68 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     out
 }
 
-/// What nginx routes the service to, and whether that container still runs.
-async fn live_container(engine: &Engine, nginx: &Nginx, svc: &ServiceConfig) -> Finding {
+/// What nginx routes the service to, and whether each of those replicas
+/// still runs.
+async fn live_replicas(runtime: &Runtime, nginx: &Nginx, svc: &ServiceConfig) -> Finding {
     let what = format!("service {}", svc.name);
-    let Some(u) = nginx.current(&svc.name) else {
+    let Some(routing) = nginx.current(&svc.name) else {
         return ok(&what, "nothing deployed yet");
     };
+    let versions: Vec<&str> = routing.digests().into_iter().map(short_digest).collect();
     let live = format!(
-        "live: {} at {} ({})",
-        u.colour,
-        u.address,
-        crate::display::short_digest(&u.digest)
+        "live: {} replica(s) of {}",
+        routing.backends.len(),
+        versions.join(" and ")
     );
-    let containers = match engine.service_containers(&svc.name).await {
-        Ok(c) => c,
+    let replicas = match runtime.replicas(svc).await {
+        Ok(r) => r,
         Err(e) => {
             return bad(
                 &what,
-                format!("{live}; cannot list its containers: {e}"),
+                format!("{live}; cannot list its replicas: {e}"),
                 "check the Docker engine",
             )
         }
     };
-    let found = containers.iter().find(|c| {
-        c.label(LABEL_DEPLOYMENT) == Some(&u.deployment.to_string())
-            && c.label(LABEL_COLOUR) == Some(u.colour.as_str())
-    });
-    let redeploy = format!(
-        "greenlight deploy {} --digest {} (or push again): it starts a new colour and switches to it",
-        svc.name, u.digest
-    );
-    match found {
-        Some(c) if c.state == "running" => ok(&what, live),
-        Some(c) => bad(
-            &what,
-            format!("{live}, but its container {} is {}: nginx answers 502", c.name, c.state),
-            format!("docker start {}, or {redeploy}", c.name),
-        ),
-        None => bad(
-            &what,
-            format!("{live}, but that container is gone (removed outside greenlight): nginx answers 502"),
-            redeploy,
-        ),
+    let mut problems = Vec::new();
+    let mut fixes = Vec::new();
+    for b in &routing.backends {
+        let found = replicas.iter().find(|r| {
+            r.id == b.id
+                || (b.id.is_empty()
+                    && r.deployment == Some(b.deployment)
+                    && r.colour == Some(b.colour))
+        });
+        match found {
+            Some(r) if r.running => {}
+            Some(r) => {
+                problems.push(format!("{} at {} is {}", r.name, b.address, r.state));
+                fixes.push(format!("docker start {}", r.name));
+            }
+            None => problems.push(format!(
+                "{} at {} is gone (removed outside greenlight)",
+                b.name, b.address
+            )),
+        }
     }
+    if problems.is_empty() {
+        return ok(&what, live);
+    }
+    let digest = routing
+        .digests()
+        .last()
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    fixes.push(format!(
+        "greenlight deploy {} --digest {digest} (or push again): it starts new replicas and switches to them",
+        svc.name
+    ));
+    bad(
+        &what,
+        format!(
+            "{live}, but {}: nginx answers 502 for what it sends there",
+            problems.join("; ")
+        ),
+        fixes.join(", or "),
+    )
 }

@@ -5,24 +5,20 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
-use bollard::container::{
-    Config as ContainerSpec, CreateContainerOptions, InspectContainerOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions,
-    StopContainerOptions,
-};
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::image::{CreateImageOptions, ListImagesOptions, RemoveImageOptions};
-use bollard::models::{HostConfig, RestartPolicy, RestartPolicyNameEnum};
-use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
+use bollard::models::{
+    ContainerCreateBody, ContainerUpdateBody, HostConfig, NetworkCreateRequest, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
+    ListImagesOptions, ListNetworksOptions, LogsOptions, RemoveContainerOptions,
+    RemoveImageOptions, StartContainerOptions, StopContainerOptions, TopOptions,
+};
 use bollard::Docker;
 use futures_util::StreamExt;
 
-pub const LABEL_SERVICE: &str = "greenlight.service";
-pub const LABEL_COLOUR: &str = "greenlight.colour";
-pub const LABEL_DEPLOYMENT: &str = "greenlight.deployment";
-pub const LABEL_DIGEST: &str = "greenlight.digest";
-
-/// Longest a single Docker API call may take before it is reported as hung.
+use crate::domain::replica::RestartPolicy as Restart;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -40,6 +36,19 @@ pub enum DockerError {
 }
 
 pub type Result<T> = std::result::Result<T, DockerError>;
+
+impl DockerError {
+    /// The engine refused because something of that name exists.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            DockerError::Api(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                ..
+            })
+        )
+    }
+}
 
 fn describe_api(e: &bollard::errors::Error) -> String {
     match e {
@@ -68,7 +77,7 @@ pub struct ContainerPlan {
     pub command: Option<Vec<String>>,
     pub binds: Vec<String>,
     pub network: String,
-    pub restart: String,
+    pub restart: Restart,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +109,8 @@ pub struct ManagedContainer {
     pub state: String,
     pub labels: HashMap<String, String>,
     pub image_id: String,
+    /// IP addresses by network name.
+    pub ips: HashMap<String, String>,
 }
 
 impl ManagedContainer {
@@ -116,13 +127,25 @@ pub struct ImageSummary {
     pub created: i64,
 }
 
-fn restart_policy(name: &str) -> RestartPolicyNameEnum {
-    match name {
-        "always" => RestartPolicyNameEnum::ALWAYS,
-        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-        "no" => RestartPolicyNameEnum::NO,
-        _ => RestartPolicyNameEnum::UNLESS_STOPPED,
+fn restart_policy(policy: Restart) -> RestartPolicyNameEnum {
+    match policy {
+        Restart::Always => RestartPolicyNameEnum::ALWAYS,
+        Restart::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        Restart::No => RestartPolicyNameEnum::NO,
+        Restart::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
     }
+}
+
+/// Each network's IP address of a container (networks without one left out).
+fn ips(networks: HashMap<String, bollard::models::EndpointSettings>) -> HashMap<String, String> {
+    networks
+        .into_iter()
+        .filter_map(|(name, ep)| {
+            ep.ip_address
+                .filter(|ip| !ip.is_empty())
+                .map(|ip| (name, ip))
+        })
+        .collect()
 }
 
 fn not_found(e: &bollard::errors::Error) -> bool {
@@ -182,15 +205,14 @@ impl Engine {
     /// inside a 200 stream, so every item is checked.
     pub async fn pull(&self, image: &str, credentials: Option<DockerCredentials>) -> Result<()> {
         let opts = CreateImageOptions {
-            from_image: image.to_string(),
+            from_image: Some(image.to_string()),
             ..Default::default()
         };
         let mut stream = self.docker.create_image(Some(opts), None, credentials);
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
-                    if let Some(message) = info.error_detail.and_then(|d| d.message).or(info.error)
-                    {
+                    if let Some(message) = info.error_detail.and_then(|d| d.message) {
                         return Err(DockerError::Pull {
                             image: image.into(),
                             message,
@@ -242,17 +264,18 @@ impl Engine {
         let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
         let mut same: Vec<_> = self
             .docker
-            .list_networks(Some(ListNetworksOptions { filters }))
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
             .await?
             .into_iter()
             // The filter matches substrings.
             .filter(|n| n.name.as_deref() == Some(name))
             .collect();
         if same.is_empty() {
-            let opts = CreateNetworkOptions {
+            let opts = NetworkCreateRequest {
                 name: name.to_string(),
-                driver: "bridge".into(),
-                check_duplicate: true,
+                driver: Some("bridge".into()),
                 ..Default::default()
             };
             return match self.docker.create_network(opts).await {
@@ -286,8 +309,8 @@ impl Engine {
     }
 
     pub async fn create(&self, plan: &ContainerPlan) -> Result<String> {
-        let restart = restart_policy(&plan.restart);
-        let spec = ContainerSpec {
+        let restart = restart_policy(plan.restart);
+        let spec = ContainerCreateBody {
             image: Some(plan.image.clone()),
             env: Some(plan.env.clone()),
             cmd: plan.command.clone(),
@@ -304,16 +327,16 @@ impl Engine {
             ..Default::default()
         };
         let opts = CreateContainerOptions {
-            name: plan.name.clone(),
-            platform: None,
+            name: Some(plan.name.clone()),
+            ..Default::default()
         };
         let created = self.docker.create_container(Some(opts), spec).await?;
         Ok(created.id)
     }
 
-    /// Changes a container's restart policy (`no`, `always`, `unless-stopped`, `on-failure`).
-    pub async fn set_restart_policy(&self, id: &str, policy: &str) -> Result<()> {
-        let opts = bollard::container::UpdateContainerOptions::<String> {
+    /// Changes a container's restart policy.
+    pub async fn set_restart_policy(&self, id: &str, policy: Restart) -> Result<()> {
+        let opts = ContainerUpdateBody {
             restart_policy: Some(RestartPolicy {
                 name: Some(restart_policy(policy)),
                 maximum_retry_count: None,
@@ -326,7 +349,7 @@ impl Engine {
 
     pub async fn start(&self, id: &str) -> Result<()> {
         self.docker
-            .start_container(id, None::<StartContainerOptions<String>>)
+            .start_container(id, None::<StartContainerOptions>)
             .await?;
         Ok(())
     }
@@ -345,14 +368,8 @@ impl Engine {
         let ips = c
             .network_settings
             .and_then(|n| n.networks)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(name, ep)| {
-                ep.ip_address
-                    .filter(|ip| !ip.is_empty())
-                    .map(|ip| (name, ip))
-            })
-            .collect();
+            .map(ips)
+            .unwrap_or_default();
         Ok(Some(ContainerStatus {
             id: c.id.unwrap_or_default(),
             running: state.running.unwrap_or(false),
@@ -372,7 +389,7 @@ impl Engine {
 
     /// The last `lines` lines of a container's stdout and stderr.
     pub async fn log_tail(&self, id: &str, lines: usize) -> String {
-        let opts = LogsOptions::<String> {
+        let opts = LogsOptions {
             stdout: true,
             stderr: true,
             tail: lines.to_string(),
@@ -392,7 +409,8 @@ impl Engine {
     /// SIGTERM, then SIGKILL after `grace`. A container already gone is fine.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
         let opts = StopContainerOptions {
-            t: grace.as_secs().max(1) as i64,
+            t: Some(grace.as_secs().max(1) as i32),
+            ..Default::default()
         };
         match self.docker.stop_container(id, Some(opts)).await {
             Ok(()) => Ok(()),
@@ -422,16 +440,17 @@ impl Engine {
         }
     }
 
-    /// Every container greenlight made for `service`, running or not.
-    pub async fn service_containers(&self, service: &str) -> Result<Vec<ManagedContainer>> {
+    /// Every container labelled `key=value`, running or not.
+    pub async fn containers_labelled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<ManagedContainer>> {
         let mut filters = HashMap::new();
-        filters.insert(
-            "label".to_string(),
-            vec![format!("{LABEL_SERVICE}={service}")],
-        );
-        let opts = ListContainersOptions::<String> {
+        filters.insert("label".to_string(), vec![format!("{key}={value}")]);
+        let opts = ListContainersOptions {
             all: true,
-            filters,
+            filters: Some(filters),
             ..Default::default()
         };
         Ok(self
@@ -447,15 +466,20 @@ impl Engine {
                     .unwrap_or_default()
                     .trim_start_matches('/')
                     .to_string(),
-                state: c.state.unwrap_or_default(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 labels: c.labels.unwrap_or_default(),
                 image_id: c.image_id.unwrap_or_default(),
+                ips: c
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .map(ips)
+                    .unwrap_or_default(),
             })
             .collect())
     }
 
     pub async fn images(&self) -> Result<Vec<ImageSummary>> {
-        let opts = ListImagesOptions::<String> {
+        let opts = ListImagesOptions {
             all: false,
             ..Default::default()
         };
@@ -479,6 +503,7 @@ impl Engine {
         let opts = RemoveImageOptions {
             force: false,
             noprune: false,
+            ..Default::default()
         };
         match self.docker.remove_image(reference, Some(opts), None).await {
             Ok(_) => Ok(()),
@@ -513,7 +538,7 @@ impl Engine {
     pub async fn processes(&self, container: &str) -> Result<Vec<(u32, String)>> {
         let top = self
             .docker
-            .top_processes(container, None::<bollard::container::TopOptions<String>>)
+            .top_processes(container, None::<TopOptions>)
             .await?;
         let titles = top.titles.unwrap_or_default();
         let pid_col = titles.iter().position(|t| t == "PID");

@@ -563,13 +563,8 @@ mod tests {
     fn deployment(store: &Store) -> i64 {
         store
             .create_deployment(&crate::store::NewDeployment {
-                service: "web".into(),
-                trigger: "github".into(),
-                trigger_detail: None,
                 tag: Some("v1".into()),
-                digest: None,
-                pushed_at: None,
-                delivery: None,
+                ..crate::store::NewDeployment::operator("web", "deploy")
             })
             .unwrap()
     }

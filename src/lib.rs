@@ -3,15 +3,27 @@
 //!
 //! # Layout
 //!
+//! Plain data first, then the parts that act on the world, then the ways in:
+//!
+//! - [`domain`]: the domain's data, depending on nothing else: a deployment's
+//!   state and trigger, colours, the plan of steps, the routing, replicas.
+//! - [`display`]: how digests, durations, instants and errors read to people.
 //! - [`config`]: `greenlight.toml` -> validated, typed configuration.
-//! - [`store`]: SQLite state: deployments with their steps, what is live.
-//! - [`docker`]: the container runtime through the Docker Engine API (bollard).
+//! - [`store`]: SQLite state: deployments with their steps and plan, what is live.
+//! - [`ledger`]: the webhook deliveries, with their bodies and verdicts.
+//! - [`webhook`]: pure: signature checks and one parser per source -> `PushEvent`.
 //! - [`registry`]: image references; resolving a tag to a digest at the registry.
-//! - [`proxy`]: nginx: render upstream files, test, reload, verify, drain.
-//! - [`deploy`]: the per-service queues and the deployment state machine.
+//! - [`retry`]: backoff with jitter (pure), for registries and notifications.
+//! - [`docker`]: the Docker Engine API (bollard): the calls the runtime and
+//!   nginx control share.
+//! - [`runtime`]: replicas in the deployment's terms; a closed enum of engines.
+//! - [`proxy`]: nginx: render a routing, test, reload, verify, drain.
+//! - [`traffic`]: what nginx's access log says about each backend.
+//! - [`deploy`]: per-service queues, strategies as plans, the driver that walks them.
 //! - [`notify`]: deployment notifications by email and Slack, off the deploy path.
-//! - [`http`]: the actix-web server: health and the admin API.
-//! - [`metrics`]: `GET /metrics`, Prometheus text derived from the store at scrape time.
+//! - [`metrics`]: Prometheus text derived from the store at scrape time.
+//! - [`http`]: the actix-web server: hooks, admin API, status page, `/metrics`.
+//! - [`check`]: `greenlight check`: every prerequisite, with how to fix it.
 //! - [`app`]: wires the real parts together and runs them.
 //! - [`cli`]: the `greenlight` command line; client commands call the admin API.
 
@@ -30,5 +42,7 @@ pub mod notify;
 pub mod proxy;
 pub mod registry;
 pub mod retry;
+pub mod runtime;
 pub mod store;
+pub mod traffic;
 pub mod webhook;

@@ -22,7 +22,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use rusqlite::{OptionalExtension, Transaction};
 
-use crate::domain::state::State;
+use crate::domain::deployment::State;
+use crate::domain::routing::Routing;
 use crate::store::{Result, Store};
 
 /// Upper bounds of the step-duration buckets, in milliseconds: 10 ms to 10 min.
@@ -32,15 +33,7 @@ pub const BUCKETS_MS: [i64; 15] = [
 ];
 
 /// The terminal states a deployment is counted under.
-pub const OUTCOMES: [&str; 7] = [
-    "succeeded",
-    "failed",
-    "rolled_back",
-    "superseded",
-    "already_live",
-    "interrupted",
-    "stale",
-];
+pub const OUTCOMES: [State; 8] = State::OUTCOMES;
 
 /// What became of a delivery (the ledger's verdict without its free text).
 pub const VERDICTS: [&str; 5] = ["queued", "ignored", "duplicate", "stale", "already_live"];
@@ -117,7 +110,10 @@ fn histogram_sql(filter: &str) -> String {
         .iter()
         .map(|b| format!("SUM(s.finished_at - s.started_at <= {b})"))
         .collect();
-    let terminal: Vec<String> = OUTCOMES.iter().map(|o| format!("'{o}'")).collect();
+    let terminal: Vec<String> = OUTCOMES
+        .iter()
+        .map(|o| format!("'{}'", o.as_str()))
+        .collect();
     format!(
         "SELECT d.service, s.step, COUNT(*), SUM(MAX(s.finished_at - s.started_at, 0)), {} \
          FROM deployments d JOIN steps s ON s.deployment_id = d.id \
@@ -326,9 +322,12 @@ fn count_outcome(outcomes: &mut BTreeMap<Key, u64>, service: &str, state: &str, 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveInfo {
     pub service: String,
+    /// Empty when the replicas do not share one colour.
     pub colour: String,
     pub digest: String,
     pub tag: String,
+    /// Replicas nginx routes to, by digest (a rolling update mixes versions).
+    pub replicas: Vec<(String, u64)>,
 }
 
 /// One scrape's values, owned, ready to encode.
@@ -396,14 +395,25 @@ impl Metrics {
         }
         let live = {
             let mut stmt = tx.prepare_cached(
-                "SELECT service, colour, digest, COALESCE(tag, '') FROM live ORDER BY service",
+                "SELECT service, COALESCE(colour, ''), digest, COALESCE(tag, ''), routing \
+                 FROM live ORDER BY service",
             )?;
             let rows = stmt.query_map([], |r| {
+                let routing: Option<String> = r.get(4)?;
+                let routing: Option<Routing> = routing.and_then(|t| serde_json::from_str(&t).ok());
+                let mut replicas: Vec<(String, u64)> = Vec::new();
+                for b in routing.map(|r| r.backends).unwrap_or_default() {
+                    match replicas.iter_mut().find(|(d, _)| *d == b.digest) {
+                        Some((_, n)) => *n += 1,
+                        None => replicas.push((b.digest, 1)),
+                    }
+                }
                 Ok(LiveInfo {
                     service: r.get(0)?,
                     colour: r.get(1)?,
                     digest: r.get(2)?,
                     tag: r.get(3)?,
+                    replicas,
                 })
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
@@ -414,7 +424,9 @@ impl Metrics {
         let mut outcomes = totals.outcomes.clone();
         for s in services {
             for o in OUTCOMES {
-                outcomes.entry((s.clone(), o.to_string())).or_default();
+                outcomes
+                    .entry((s.clone(), o.as_str().to_string()))
+                    .or_default();
             }
         }
         let mut verdicts = totals.verdicts.clone();
@@ -567,6 +579,21 @@ impl Collector for Snapshot {
                 ("tag", l.tag.as_str()),
             ])?;
         }
+
+        let mut replicas = encoder.encode_descriptor(
+            "greenlight_replicas",
+            "Replicas nginx routes to, per service and version (digest)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for l in &self.live {
+            for (digest, n) in &l.replicas {
+                ConstGauge::new(*n as i64).encode(replicas.encode_family(&[
+                    ("service", l.service.as_str()),
+                    ("digest", digest.as_str()),
+                ])?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -579,19 +606,41 @@ mod tests {
     use rusqlite::params;
 
     use super::*;
+    use crate::domain::deployment::FailureKind;
+    use crate::domain::plan::{Step, Strategy};
     use crate::ledger::NewDelivery;
     use crate::notify::record::Outcome as Sent;
     use crate::store::{Failure, NewDeployment};
 
     fn new(service: &str) -> NewDeployment {
         NewDeployment {
-            service: service.into(),
-            trigger: "operator".into(),
-            trigger_detail: None,
             tag: Some("v1".into()),
-            digest: None,
-            pushed_at: None,
-            delivery: None,
+            ..NewDeployment::operator(service, "deploy")
+        }
+    }
+
+    /// What nginx routes to: two replicas of sha256:1.
+    fn two_replicas() -> crate::domain::routing::Routing {
+        let backend = |n: u32| {
+            crate::domain::routing::Backend::example(
+                &format!("web-green-{n}"),
+                n,
+                crate::domain::deployment::Colour::Green,
+                "sha256:1",
+            )
+        };
+        crate::domain::routing::Routing {
+            service: "web".into(),
+            generation: 1,
+            backends: vec![backend(1), backend(2)],
+        }
+    }
+
+    /// Claims `id` and records `steps` as walked, the last one open.
+    fn walk(store: &Store, id: i64, steps: &[Step]) {
+        store.claim(id, Strategy::BlueGreen, 1, steps).unwrap();
+        for s in steps {
+            store.begin_step(id, s, "web").unwrap();
         }
     }
 
@@ -663,11 +712,7 @@ mod tests {
 
     #[test]
     fn the_outcomes_are_the_terminal_states() {
-        let terminal: Vec<&str> = crate::domain::state::ALL
-            .iter()
-            .filter(|s| s.is_terminal())
-            .map(|s| s.as_str())
-            .collect();
+        let terminal: Vec<State> = State::ALL.into_iter().filter(|s| s.is_terminal()).collect();
         assert_eq!(terminal, OUTCOMES);
     }
 
@@ -694,12 +739,10 @@ mod tests {
 
         // One succeeds, one is running, one waits.
         let a = store.create_deployment(&new("web")).unwrap();
-        for s in [State::Resolving, State::Pulling, State::Succeeded] {
-            store.transition(a, s).unwrap();
-        }
+        walk(&store, a, &[Step::Resolving, Step::Pulling]);
+        store.finish(a, State::Succeeded, None).unwrap();
         let b = store.create_deployment(&new("web")).unwrap();
-        store.claim(b, State::Resolving).unwrap();
-        store.transition(b, State::Pulling).unwrap();
+        walk(&store, b, &[Step::Resolving, Step::Pulling]);
         let c = store.create_deployment(&new("api")).unwrap();
         let queued = delivery(&store, "github", None);
         delivery(&store, "registry", Some("ignored: no matching service"));
@@ -730,11 +773,10 @@ mod tests {
             .finish(
                 b,
                 State::Failed,
-                &Failure {
-                    step: Some(State::Pulling),
-                    error: "manifest unknown".into(),
-                    ..Default::default()
-                },
+                Some(&Failure {
+                    step: Some("pulling".into()),
+                    ..Failure::new(FailureKind::RegistryRefused, "manifest unknown")
+                }),
             )
             .unwrap();
         let d = store.create_deployment(&new("api")).unwrap();
@@ -748,19 +790,18 @@ mod tests {
         store
             .set_live(&crate::store::Live {
                 service: "web".into(),
-                colour: crate::domain::state::Colour::Green,
+                colour: Some(crate::domain::deployment::Colour::Green),
                 tag: Some("v1".into()),
                 digest: "sha256:1".into(),
                 image: "r/web@sha256:1".into(),
                 image_id: None,
-                container_id: None,
-                address: "127.0.0.1:1".into(),
                 deployment_id: Some(a),
                 since: 1,
                 previous_tag: None,
                 previous_digest: None,
                 previous_image_id: None,
                 pushed_at: None,
+                routing: Some(two_replicas()),
             })
             .unwrap();
 
@@ -775,6 +816,7 @@ mod tests {
         assert_eq!((attempts("failed"), attempts("sent")), (1, 1));
         assert_eq!(second.live.len(), 1);
         assert_eq!(second.live[0].colour, "green");
+        assert_eq!(second.live[0].replicas, [("sha256:1".to_string(), 2)]);
 
         // Nothing new: the same numbers again, nothing counted twice.
         assert_same(&scrape(), &second);
@@ -784,8 +826,8 @@ mod tests {
     fn the_text_is_prometheus_and_says_what_it_counts() {
         let store = Store::in_memory().unwrap();
         let a = store.create_deployment(&new("web")).unwrap();
-        store.transition(a, State::Resolving).unwrap();
-        store.transition(a, State::Succeeded).unwrap();
+        walk(&store, a, &[Step::Resolving]);
+        store.finish(a, State::Succeeded, None).unwrap();
         let text = Metrics::default()
             .render(&store, &services(), vec![("github".into(), 2)])
             .unwrap();
@@ -904,8 +946,8 @@ mod tests {
         }
         // A new deployment between scrapes: read and counted.
         let id = store.create_deployment(&new("web")).unwrap();
-        store.transition(id, State::Resolving).unwrap();
-        store.transition(id, State::Succeeded).unwrap();
+        walk(&store, id, &[Step::Resolving]);
+        store.finish(id, State::Succeeded, None).unwrap();
         let (after_new, text2) = scrape();
         warm.sort();
         let median = warm[warm.len() / 2];

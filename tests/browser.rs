@@ -298,7 +298,7 @@ async fn drive(c: &Client, w: &World, out: &Path) {
     assert_eq!(text_of(c, &format!("{row} td.tag")).await.unwrap(), "v1");
     assert_eq!(
         text_of(c, &format!("{row} td.health")).await.unwrap(),
-        "running"
+        "1/1 running"
     );
     let digest = text_of(c, &format!("{row} td.digest")).await.unwrap();
     assert_eq!(digest, &w.digest("v1")["sha256:".len()..][..12]);

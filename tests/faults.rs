@@ -54,20 +54,21 @@ async fn v1_under_load(w: &World, keepalive: bool) -> greenlight_testkit::probe:
     probe
 }
 
-async fn wait_state(w: &World, id: i64, state: &str) -> Value {
+/// Waits until deployment `id` is at `step` (or has ended in that state).
+async fn wait_state(w: &World, id: i64, step: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let d = w.gl.get(&format!("/api/deployments/{id}")).await;
-        if d["state"] == state {
+        if d["step"] == step || d["state"] == step {
             return d;
         }
         assert!(
             d["finished_at"].is_null(),
-            "deployment {id} ended {} before reaching {state}: {d:#}\n{}",
+            "deployment {id} ended {} before reaching {step}: {d:#}\n{}",
             d["state"],
             w.gl.log()
         );
-        assert!(Instant::now() < deadline, "never reached {state}: {d:#}");
+        assert!(Instant::now() < deadline, "never reached {step}: {d:#}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -108,7 +109,7 @@ fn assert_only_live_container(w: &World, colour: &str) {
             .iter()
             .map(|c| (c.0.clone(), c.1.clone()))
             .collect::<Vec<_>>(),
-        vec![(format!("{}-{colour}", w.service), "running".to_string())],
+        vec![(format!("{}-{colour}-1", w.service), "running".to_string())],
         "containers left behind"
     );
 }
@@ -607,10 +608,11 @@ async fn a_restarted_nginx_serves_the_live_colour_from_the_rendered_files() {
 async fn a_live_container_removed_by_hand_is_reported_and_the_next_deploy_recovers() {
     let w = World::new("gone", NginxKind::Host, &[("v1", NO_ENV)]);
     w.deploy_ok("v1").await;
-    greenlight_testkit::env::docker(&["rm", "-f", &format!("{}-blue", w.service)]).unwrap();
+    greenlight_testkit::env::docker(&["rm", "-f", &format!("{}-blue-1", w.service)]).unwrap();
 
     let s = w.gl.get(&format!("/api/services/{}", w.service)).await;
-    assert!(s["container"].is_null(), "{s:#}");
+    assert_eq!(s["replicas"][0]["running"], false, "{s:#}");
+    assert_eq!(s["replicas"][0]["status"], "missing", "{s:#}");
     assert_eq!(s["live"]["tag"], "v1");
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_greenlight"))
         .args(["--config", w.gl.config_path.to_str().unwrap(), "check"])
@@ -641,9 +643,9 @@ async fn duplicate_networks_of_one_name_are_repaired_before_the_container_joins(
     let docker = bollard::Docker::connect_with_local_defaults().unwrap();
     for _ in 0..2 {
         docker
-            .create_network(bollard::network::CreateNetworkOptions {
+            // No CheckDuplicate in the request: the engine then does not check.
+            .create_network(bollard::models::NetworkCreateRequest {
                 name: network.clone(),
-                check_duplicate: false,
                 ..Default::default()
             })
             .await

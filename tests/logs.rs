@@ -31,7 +31,7 @@ async fn json_logs_carry_the_service_and_deployment_on_every_deployment_line() {
     assert!(!lines.is_empty(), "no JSON lines:\n{log}");
     let deploy_lines: Vec<&Value> = lines
         .iter()
-        .filter(|l| l["target"] == "greenlight::deploy::pipeline")
+        .filter(|l| l["target"] == "greenlight::deploy::driver")
         .collect();
     assert!(deploy_lines.len() >= 12, "{log}");
     for l in &deploy_lines {

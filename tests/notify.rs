@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use common::slack::{reply, Reply, SlackReceiver, SLACK_SECRET, WAIT};
 use common::{NginxKind, Target, World};
 use greenlight::config::Config;
-use greenlight::domain::State;
+use greenlight::domain::deployment::{FailureKind, State, Trigger};
+use greenlight::domain::plan::{Step, Strategy};
 use greenlight::notify::{Attempt, Notifier};
 use greenlight::store::{Failure, NewDeployment, Store};
 use greenlight_testkit::env::free_port;
@@ -223,16 +224,19 @@ const FAST_RETRY: &str = "[notify]\nretry_base = \"100ms\"\nmax_attempts = 5\nti
 fn deployment(store: &Store, service: &str, end: State) -> i64 {
     let id = store
         .create_deployment(&NewDeployment {
-            service: service.into(),
-            trigger: "operator".into(),
-            trigger_detail: Some(json!({"command": "deploy"})),
             tag: Some("v2".into()),
-            digest: None,
-            pushed_at: None,
-            delivery: None,
+            ..NewDeployment::operator(service, "deploy")
         })
         .unwrap();
-    store.transition(id, State::Resolving).unwrap();
+    store
+        .claim(
+            id,
+            Strategy::BlueGreen,
+            1,
+            &[Step::Resolving, Step::Pulling],
+        )
+        .unwrap();
+    store.begin_step(id, &Step::Resolving, service).unwrap();
     store
         .set_target(
             id,
@@ -242,21 +246,14 @@ fn deployment(store: &Store, service: &str, end: State) -> i64 {
             None,
         )
         .unwrap();
-    store.transition(id, State::Pulling).unwrap();
-    match end {
-        State::Failed => store
-            .finish(
-                id,
-                State::Failed,
-                &Failure {
-                    step: Some(State::Pulling),
-                    error: "manifest unknown".into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        other => store.transition(id, other).unwrap(),
-    }
+    store.begin_step(id, &Step::Pulling, service).unwrap();
+    let failure = Failure {
+        step: Some("pulling".into()),
+        ..Failure::new(FailureKind::RegistryRefused, "manifest unknown")
+    };
+    store
+        .finish(id, end, (end == State::Failed).then_some(&failure))
+        .unwrap();
     id
 }
 
@@ -356,7 +353,7 @@ async fn slack_429_with_retry_after_is_honoured() {
             .detail
             .as_deref()
             .unwrap()
-            .contains("HTTP 429: rate_limited; retrying in 1.00s"),
+            .contains("HTTP 429: rate_limited; retrying in 1.0s"),
         "{attempts:#?}"
     );
     let got = slack.received();
@@ -561,20 +558,20 @@ async fn a_started_message_comes_before_the_outcome_and_each_is_sent_once() {
     let notifier = Notifier::new(&config("", &notify), store.clone());
     let id = store
         .create_deployment(&NewDeployment {
-            service: "web".into(),
-            trigger: "github".into(),
+            trigger: Trigger::Github,
             trigger_detail: Some(
                 json!({"source": "github", "delivery_id": "d-42", "pusher": "alice"}),
             ),
             tag: Some("v2".into()),
-            digest: None,
-            pushed_at: None,
-            delivery: None,
+            ..NewDeployment::operator("web", "deploy")
         })
         .unwrap();
     notifier.started(id);
-    store.transition(id, State::Resolving).unwrap();
-    store.transition(id, State::Succeeded).unwrap();
+    store
+        .claim(id, Strategy::BlueGreen, 1, &[Step::Resolving])
+        .unwrap();
+    store.begin_step(id, &Step::Resolving, "web").unwrap();
+    store.finish(id, State::Succeeded, None).unwrap();
     // Called twice (a bug elsewhere, a restart): still one message per channel.
     notifier.finished(id);
     notifier.finished(id);

@@ -331,6 +331,11 @@ async fn status(client: &Client, json: bool, term: Term) -> Result<i32, ApiError
         println!("{}", pretty(&services));
     } else {
         print!("{}", table::status(&services, now_ms(), term));
+        let replicas = table::replicas(&services, now_ms(), term);
+        if !replicas.is_empty() {
+            println!();
+            print!("{replicas}");
+        }
     }
     Ok(EXIT_OK)
 }

@@ -83,25 +83,42 @@ pub fn status(services: &Value, now: i64, term: Term) -> String {
         .iter()
         .map(|s| {
             let live = &s["live"];
-            let container = match &s["container"] {
-                Value::Null if live.is_null() => plain("-"),
-                // Live per the store, but Docker has no such container.
-                Value::Null => ("missing".into(), Tone::Bad),
-                // Docker's HEALTHCHECK verdict, when the image has one.
-                c if c["health"] == "unhealthy" => {
-                    (format!("{} (unhealthy)", text(&c["status"])), Tone::Bad)
-                }
-                c if c["running"] == true => match c["health"].as_str() {
-                    Some(h) => (format!("{} ({h})", text(&c["status"])), Tone::Good),
-                    None => (text(&c["status"]), Tone::Good),
-                },
-                c => (text(&c["status"]), Tone::Bad),
+            let replicas = s["replicas"].as_array().cloned().unwrap_or_default();
+            let running = replicas.iter().filter(|r| r["running"] == true).count();
+            let unhealthy = replicas
+                .iter()
+                .filter(|r| r["health"] == "unhealthy")
+                .count();
+            let wanted = s["replicas_wanted"].as_u64().unwrap_or(1) as usize;
+            let health = if live.is_null() && replicas.is_empty() {
+                plain("-")
+            } else if replicas.is_empty() {
+                // Live per the store, but nothing nginx could route to.
+                ("missing".into(), Tone::Bad)
+            } else {
+                let text = format!(
+                    "{running}/{wanted} running{}",
+                    if unhealthy > 0 {
+                        format!(", {unhealthy} unhealthy")
+                    } else {
+                        String::new()
+                    }
+                );
+                let tone = if running == replicas.len() && unhealthy == 0 {
+                    Tone::Good
+                } else {
+                    Tone::Bad
+                };
+                (text, tone)
             };
             // What is happening now wins over what happened last.
             let activity = match (&s["deploying"], &s["last"]) {
                 (d, _) if !d.is_null() => {
-                    let state = text(&d["state"]);
-                    (format!("#{} {state}", d["id"]), Tone::Busy)
+                    let step = match &d["step"] {
+                        Value::Null => text(&d["state"]),
+                        step => text(step),
+                    };
+                    (format!("#{} {step}", d["id"]), Tone::Busy)
                 }
                 (_, d) if !d.is_null() => {
                     let state = text(&d["state"]);
@@ -120,7 +137,7 @@ pub fn status(services: &Value, now: i64, term: Term) -> String {
                 (colour.clone(), colour_tone(&colour)),
                 plain(text(&live["tag"])),
                 plain(short_digest(&live["digest"])),
-                container,
+                health,
                 time_ago(&live["since"], now),
                 plain(match live["deployment_id"].as_i64() {
                     Some(id) => format!("#{id}"),
@@ -136,10 +153,55 @@ pub fn status(services: &Value, now: i64, term: Term) -> String {
             "COLOUR",
             "TAG",
             "DIGEST",
-            "CONTAINER",
+            "REPLICAS",
             "LIVE SINCE",
             "LIVE FROM",
             "LATEST DEPLOYMENT",
+        ],
+        rows,
+        term,
+    )
+}
+
+/// Every replica nginx routes to, per service: version, address, health, since.
+pub fn replicas(services: &Value, now: i64, term: Term) -> String {
+    let rows: Vec<Vec<(String, Tone)>> = services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| {
+            let service = text(&s["name"]);
+            s["replicas"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |r| {
+                    let health = match r["health"].as_str() {
+                        Some("unhealthy") => ("unhealthy".to_string(), Tone::Bad),
+                        Some(h) if r["running"] == true => (format!("running ({h})"), Tone::Good),
+                        _ if r["running"] == true => ("running".into(), Tone::Good),
+                        _ => (text(&r["status"]), Tone::Bad),
+                    };
+                    let colour = text(&r["colour"]);
+                    vec![
+                        plain(service.clone()),
+                        (text(&r["name"]), colour_tone(&colour)),
+                        plain(text(&r["tag"])),
+                        plain(short_digest(&r["digest"])),
+                        plain(text(&r["address"])),
+                        health,
+                        time_ago(&r["since"], now),
+                    ]
+                })
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    render(
+        &[
+            "SERVICE", "REPLICA", "TAG", "DIGEST", "ADDRESS", "HEALTH", "SINCE",
         ],
         rows,
         term,
@@ -326,21 +388,29 @@ mod tests {
     }
 
     #[test]
-    fn status_shows_the_live_colour_its_container_and_what_is_happening() {
+    fn status_shows_the_live_colour_its_replicas_and_what_is_happening() {
         let services = json!([
             {
                 "name": "web",
                 "live": {"colour": "green", "tag": "v2", "digest": "sha256:abcdef0123456789ff",
                          "since": NOW - 300_000, "deployment_id": 7},
-                "container": {"id": "c1", "running": true, "status": "running"},
-                "deploying": {"id": 9, "state": "health_gate"},
-                "last": {"id": 9, "state": "health_gate"},
+                "replicas_wanted": 2,
+                "replicas": [
+                    {"name": "web-green-1", "running": true, "status": "running", "colour": "green",
+                     "tag": "v2", "digest": "sha256:abcdef0123456789ff", "address": "10.0.0.2:80",
+                     "since": NOW - 300_000},
+                    {"name": "web-green-2", "running": true, "status": "running", "colour": "green",
+                     "health": "healthy", "tag": "v2", "digest": "sha256:abcdef0123456789ff",
+                     "address": "10.0.0.3:80", "since": NOW - 300_000},
+                ],
+                "deploying": {"id": 9, "state": "running", "step": "health_gate"},
+                "last": {"id": 9, "state": "running", "step": "health_gate"},
             },
-            {"name": "api", "live": null, "container": null, "deploying": null, "last": null},
+            {"name": "api", "live": null, "replicas": [], "deploying": null, "last": null},
             {
                 "name": "gone",
                 "live": {"colour": "blue", "tag": null, "digest": "sha256:00", "since": NOW},
-                "container": null, "deploying": null,
+                "replicas": [], "deploying": null,
                 "last": {"id": 3, "state": "failed", "finished_at": NOW - 7_200_000},
             },
         ]);
@@ -354,7 +424,7 @@ mod tests {
         assert!(
             lines[1].contains("green")
                 && lines[1].contains("abcdef012345 ")
-                && lines[1].contains("running")
+                && lines[1].contains("2/2 running")
                 && lines[1].contains("5m ago")
                 && lines[1].contains("#7")
                 && lines[1].ends_with("#9 health_gate"),
@@ -367,6 +437,15 @@ mod tests {
         assert!(
             lines[3].contains("missing") && lines[3].ends_with("#3 failed 2h ago"),
             "{out}"
+        );
+        let each = replicas(&services, NOW, Term::PLAIN);
+        let lines: Vec<&str> = each.lines().collect();
+        assert_eq!(lines.len(), 3, "a header and a line per replica:\n{each}");
+        assert!(
+            lines[2].starts_with(
+                "web      web-green-2  v2   abcdef012345  10.0.0.3:80  running (healthy)  5m ago"
+            ),
+            "{each}"
         );
     }
 

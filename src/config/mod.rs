@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::domain::plan::Strategy;
+use crate::domain::replica::RestartPolicy;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -152,6 +155,10 @@ pub struct NginxConfig {
     /// Longest wait for old nginx workers to finish their in-flight requests.
     #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// The sites' JSON access log (as greenlight sees it), in the format of
+    /// nginx/greenlight-log.conf: a rolling update compares the error rates of
+    /// new and old replicas through nginx from it.
+    pub access_log: Option<PathBuf>,
 }
 
 /// Secrets of the webhook endpoints; an endpoint whose secret is unset refuses all.
@@ -292,9 +299,12 @@ pub struct ServiceConfig {
     pub volumes: Vec<String>,
     /// Overrides the image's CMD.
     pub command: Option<Vec<String>>,
+    /// How many replicas serve the service (each `<service>-<colour>-<k>`).
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
     /// Docker restart policy of the containers.
-    #[serde(default = "default_restart")]
-    pub restart: String,
+    #[serde(default)]
+    pub restart: RestartPolicy,
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
@@ -352,6 +362,22 @@ pub struct RolloutConfig {
     /// then is cut off (the steps from the switch on are each bounded).
     #[serde(default = "default_rollout_deadline", deserialize_with = "duration")]
     pub deadline: Duration,
+    /// `blue-green` (all replicas at once) or `rolling` (in batches).
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Rolling: replicas that may run above `replicas` during the update.
+    #[serde(default = "default_max_surge")]
+    pub max_surge: u32,
+    /// Rolling: replicas that may be out of the routing below `replicas`.
+    #[serde(default)]
+    pub max_unavailable: u32,
+    /// Rolling: how long each batch's new replicas are watched before the next.
+    #[serde(default = "default_monitor", deserialize_with = "duration")]
+    pub monitor: Duration,
+    /// Rolling: what a failed batch does: `rollback` (the old version back on
+    /// every replica) or `pause` (hold where it is, and notify).
+    #[serde(default)]
+    pub failure_action: FailureAction,
 }
 
 impl Default for RolloutConfig {
@@ -361,8 +387,24 @@ impl Default for RolloutConfig {
             keep_images: default_keep_images(),
             soak: Duration::ZERO,
             deadline: default_rollout_deadline(),
+            strategy: Strategy::default(),
+            max_surge: default_max_surge(),
+            max_unavailable: 0,
+            monitor: default_monitor(),
+            failure_action: FailureAction::default(),
         }
     }
+}
+
+/// What a rolling update does when a batch fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    /// Put back the old version on every replica already replaced.
+    #[default]
+    Rollback,
+    /// Hold: the replicas already replaced keep serving beside the old ones.
+    Pause,
 }
 
 fn default_true() -> bool {
@@ -398,8 +440,14 @@ fn default_tags() -> Vec<String> {
 fn default_network() -> String {
     "greenlight".into()
 }
-fn default_restart() -> String {
-    "unless-stopped".into()
+fn default_replicas() -> u32 {
+    1
+}
+fn default_max_surge() -> u32 {
+    1
+}
+fn default_monitor() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_health_path() -> String {
     "/healthz".into()
@@ -646,14 +694,44 @@ impl Config {
                     "must be at least 2 (the live image and the one a rollback needs)".into(),
                 ));
             }
-            if !["no", "always", "unless-stopped", "on-failure"].contains(&s.restart.as_str()) {
+            if s.name.contains("__") {
                 return Err(bad(
-                    &key("restart"),
+                    &key("name"),
                     format!(
-                        "{:?} is not one of no, always, unless-stopped, on-failure",
-                        s.restart
+                        "{:?} must not contain \"__\" (greenlight names its private upstreams <service>__<n>)",
+                        s.name
                     ),
                 ));
+            }
+            if !(1..=MAX_REPLICAS).contains(&s.replicas) {
+                return Err(bad(
+                    &key("replicas"),
+                    format!("must be 1 to {MAX_REPLICAS}, got {}", s.replicas),
+                ));
+            }
+            let r = &s.rollout;
+            if r.strategy == Strategy::Rolling {
+                if r.max_surge == 0 && r.max_unavailable == 0 {
+                    return Err(bad(
+                        &key("rollout.max_surge"),
+                        "max_surge and max_unavailable are both 0: a rolling update could never replace a replica (the usual zero-loss choice is max_surge = 1, max_unavailable = 0)".into(),
+                    ));
+                }
+                if r.max_unavailable >= s.replicas {
+                    return Err(bad(
+                        &key("rollout.max_unavailable"),
+                        format!(
+                            "{} would let every one of the {} replicas leave the routing at once: make it less than replicas",
+                            r.max_unavailable, s.replicas
+                        ),
+                    ));
+                }
+                if !r.soak.is_zero() {
+                    return Err(bad(
+                        &key("rollout.soak"),
+                        "the soak is blue-green's; a rolling update watches each batch for rollout.monitor".into(),
+                    ));
+                }
             }
         }
         notify::validate(self).map_err(|(key, message)| bad(&key, message))?;
@@ -681,6 +759,9 @@ impl ServiceConfig {
         })
     }
 }
+
+/// Most replicas of one service.
+pub const MAX_REPLICAS: u32 = 64;
 
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();

@@ -25,10 +25,17 @@ pub enum Event {
     AlreadyLive,
     /// Refused: older than the live image (a late or replayed webhook).
     Stale,
+    /// A rolling update held where a batch failed (`failure_action = "pause"`).
+    Paused,
 }
 
 /// Default `on`: every outcome an operator must act on or know about.
-pub const DEFAULT_ON: [Event; 3] = [Event::Succeeded, Event::Failed, Event::RolledBack];
+pub const DEFAULT_ON: [Event; 4] = [
+    Event::Succeeded,
+    Event::Failed,
+    Event::RolledBack,
+    Event::Paused,
+];
 
 impl Event {
     pub fn as_str(self) -> &'static str {
@@ -40,6 +47,7 @@ impl Event {
             Event::Superseded => "superseded",
             Event::AlreadyLive => "already_live",
             Event::Stale => "stale",
+            Event::Paused => "paused",
         }
     }
 
@@ -53,7 +61,8 @@ impl Event {
             State::Superseded => Some(Event::Superseded),
             State::AlreadyLive => Some(Event::AlreadyLive),
             State::Stale => Some(Event::Stale),
-            _ => None,
+            State::Paused => Some(Event::Paused),
+            State::Received | State::Running | State::Unwinding => None,
         }
     }
 }
@@ -404,7 +413,7 @@ mod tests {
             Event::outcome_of(State::RolledBack),
             Some(Event::RolledBack)
         );
-        assert_eq!(Event::outcome_of(State::HealthGate), None);
+        assert_eq!(Event::outcome_of(State::Running), None);
         assert_eq!(Event::outcome_of(State::Received), None);
     }
 

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthConfig;
-use crate::docker::{ContainerStatus, Engine};
+use crate::runtime::{ReplicaStatus, Runtime};
 
 /// Lines of the container's log kept for the report.
 pub const LOG_TAIL_LINES: usize = 40;
@@ -19,10 +19,13 @@ pub struct GateFailure {
     pub exit_code: Option<i64>,
 }
 
+/// The checks of one new replica.
 pub struct HealthGate<'a> {
-    pub engine: &'a Engine,
+    pub runtime: &'a Runtime,
     pub config: &'a HealthConfig,
-    pub container_id: &'a str,
+    /// Its name, for messages.
+    pub name: &'a str,
+    pub replica_id: &'a str,
     pub address: &'a str,
     pub docker_healthcheck: bool,
 }
@@ -43,27 +46,28 @@ impl HealthGate<'_> {
         format!("http://{}{}", self.address, self.config.path)
     }
 
-    /// The container as Docker sees it; an error once it has exited, restarted,
-    /// vanished or been declared unhealthy by its HEALTHCHECK.
-    async fn container(&self, phase: &str) -> Result<ContainerStatus, GateFailure> {
+    /// The replica as the runtime sees it; an error once it has exited,
+    /// restarted, vanished or been declared unhealthy by its HEALTHCHECK.
+    async fn container(&self, phase: &str) -> Result<ReplicaStatus, GateFailure> {
         let status = self
-            .engine
-            .status(self.container_id)
+            .runtime
+            .status(self.replica_id)
             .await
             .map_err(|e| GateFailure {
-                error: format!("inspecting the new container: {e}"),
+                error: format!("inspecting {}: {e}", self.name),
                 exit_code: None,
             })?;
         let Some(status) = status else {
             return Err(GateFailure {
-                error: format!("the new container disappeared during the {phase}"),
+                error: format!("{} disappeared during the {phase}", self.name),
                 exit_code: None,
             });
         };
         if !status.running || status.restarting || status.restart_count > 0 {
             return Err(GateFailure {
                 error: format!(
-                    "the new container {} (exit code {}) during the {phase}",
+                    "{} {} (exit code {}) during the {phase}",
+                    self.name,
                     if status.restart_count > 0 || status.restarting {
                         "crashed and was restarted"
                     } else {
@@ -80,7 +84,8 @@ impl HealthGate<'_> {
         if self.docker_healthcheck && status.health.as_deref() == Some("unhealthy") {
             return Err(GateFailure {
                 error: format!(
-                    "Docker HEALTHCHECK reports the new container unhealthy during the {phase}"
+                    "Docker HEALTHCHECK reports {} unhealthy during the {phase}",
+                    self.name
                 ),
                 exit_code: None,
             });
@@ -138,8 +143,10 @@ impl HealthGate<'_> {
                 };
                 return Err(GateFailure {
                     error: format!(
-                        "not healthy within {:?}: {consecutive} of {} consecutive probes of {url} passed; last probe: {last}{docker}",
-                        self.config.deadline, self.config.healthy_after
+                        "{} not healthy within {}: {consecutive} of {} consecutive probes of {url} passed; last probe: {last}{docker}",
+                        self.name,
+                        crate::display::span(self.config.deadline),
+                        self.config.healthy_after
                     ),
                     exit_code: None,
                 });
@@ -148,27 +155,36 @@ impl HealthGate<'_> {
         }
     }
 
-    /// The soak: after the switch, every probe must pass and the container must
-    /// keep running for `duration`. Returns the number of probes, early when
-    /// `stop` is notified (an operator asked for a rollback).
-    pub async fn soak(&self, duration: Duration, stop: &Notify) -> Result<u32, GateFailure> {
+    /// The soak (and a rolling update's monitor): after the switch, every probe
+    /// must pass and the replica must keep running for `duration`. Returns the
+    /// number of probes, early when `stop` is notified (an operator asked for
+    /// a rollback). `phase` names it in messages.
+    pub async fn soak(
+        &self,
+        phase: &str,
+        duration: Duration,
+        stop: &CancellationToken,
+    ) -> Result<u32, GateFailure> {
         let http = self.client()?;
         let url = self.url();
         let end = Instant::now() + duration;
         let mut probes = 0u32;
         loop {
-            self.container("soak").await?;
+            self.container(phase).await?;
             probes += 1;
             if let Err(seen) = self.probe(&http, &url).await {
                 // A refused or cut connection often means the process is exiting:
                 // the exit code explains more than the probe, so give Docker a
                 // moment to report it.
                 for _ in 0..10 {
-                    self.container("soak").await?;
+                    self.container(phase).await?;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 return Err(GateFailure {
-                    error: format!("probe {probes} of {url} failed during the soak: {seen}"),
+                    error: format!(
+                        "probe {probes} of {} ({url}) failed during the {phase}: {seen}",
+                        self.name
+                    ),
                     exit_code: None,
                 });
             }
@@ -178,7 +194,7 @@ impl HealthGate<'_> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.interval.min(end - now)) => {}
-                _ = stop.notified() => return Ok(probes),
+                _ = stop.cancelled() => return Ok(probes),
             }
         }
     }

@@ -120,12 +120,7 @@ impl Deployer {
         if let (Some(digest), Some(l)) = (&event.digest, &live) {
             if &l.digest == digest {
                 outcome.verdict = Verdict::AlreadyLive;
-                outcome.detail = format!(
-                    "{}: {} is already live on {}",
-                    svc.name,
-                    short_digest(digest),
-                    l.colour
-                );
+                outcome.detail = format!("{}: {} is already live", svc.name, short_digest(digest));
                 return Ok(outcome);
             }
         }
@@ -170,7 +165,7 @@ impl Deployer {
         let delivery = delivery()?;
         let id = store.create_deployment(&NewDeployment {
             service: svc.name.clone(),
-            trigger: event.source.as_str().to_string(),
+            trigger: event.source.into(),
             trigger_detail: Some(serde_json::json!({
                 "source": event.source.as_str(),
                 "delivery_id": event.delivery_id,
@@ -180,8 +175,11 @@ impl Deployer {
             })),
             tag: event.tag.clone(),
             digest: event.digest.clone(),
+            shown_tag: None,
             pushed_at: event.pushed_at,
             delivery: Some(delivery),
+            resume_of: None,
+            resume_depth: 0,
         })?;
         let mut superseded = Vec::new();
         for d in active.iter().filter(|d| d.state == State::Received) {

@@ -1,25 +1,36 @@
 //! Deployments: one queue and one worker per service, so a service never has two
 //! deployments in flight, while different services deploy in parallel.
+//!
+//! - [`strategy`]: a deployment as a plan of steps (blue-green, rolling), pure.
+//! - [`driver`]: walks a plan, records each step, unwinds on failure.
+//! - [`steps`]: what each step does, against the runtime and nginx.
+//! - [`health`]: the health gate, the soak and the monitor of new replicas.
+//! - [`intake`]: what a webhook push means (ignored, stale, duplicate, queued).
+//! - [`reconcile`]: on start, make the store agree with nginx and the runtime.
+//! - [`soaks`]: the soaks an operator's rollback can end early.
 
+mod driver;
 pub mod health;
 pub mod intake;
-mod pipeline;
-pub mod prune;
 mod reconcile;
+pub mod soaks;
+mod steps;
+pub mod strategy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::docker::Engine;
+use crate::domain::deployment::Trigger;
 use crate::notify::Notifier;
 use crate::proxy::Nginx;
 use crate::registry;
+use crate::runtime::Runtime;
 use crate::store::{NewDeployment, Store, StoreError};
 
-pub use crate::domain::{Colour, State};
+pub use crate::domain::deployment::{Colour, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -31,92 +42,13 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
-/// What a deployment asks for and who asked.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub service: String,
-    pub tag: Option<String>,
-    pub digest: Option<String>,
-    /// `operator`, or the webhook source.
-    pub trigger: String,
-    pub trigger_detail: Option<serde_json::Value>,
-    /// The ledger row that asked for it, for redeliveries by hand.
-    pub delivery: Option<i64>,
-}
-
 pub(crate) struct Inner {
     pub config: Arc<Config>,
     pub store: Store,
-    pub engine: Engine,
+    pub runtime: Runtime,
     pub nginx: Nginx,
     pub notifier: Notifier,
-    pub soaks: Soaks,
-}
-
-/// Deployments in their soak, by service, so an operator's rollback can end one
-/// early: nginx then switches back in one reload to the colour still running.
-#[derive(Default)]
-pub(crate) struct Soaks(std::sync::Mutex<HashMap<String, Soak>>);
-
-struct Soak {
-    deployment: i64,
-    stop: Arc<Notify>,
-    rollback: bool,
-}
-
-impl Soaks {
-    /// The soak of `deployment` begins. The guard wakes it early on a rollback
-    /// request and ends it when dropped, even if the soak is cut off.
-    pub fn open(&self, service: &str, deployment: i64) -> SoakGuard<'_> {
-        let stop = Arc::new(Notify::new());
-        self.0.lock().unwrap().insert(
-            service.to_string(),
-            Soak {
-                deployment,
-                stop: stop.clone(),
-                rollback: false,
-            },
-        );
-        SoakGuard {
-            soaks: self,
-            service: service.to_string(),
-            stop,
-        }
-    }
-
-    /// Asks the soaking deployment of `service`, if any, to roll back.
-    fn rollback(&self, service: &str) -> Option<i64> {
-        let mut soaks = self.0.lock().unwrap();
-        let soak = soaks.get_mut(service)?;
-        soak.rollback = true;
-        soak.stop.notify_one();
-        Some(soak.deployment)
-    }
-}
-
-pub(crate) struct SoakGuard<'a> {
-    soaks: &'a Soaks,
-    service: String,
-    pub stop: Arc<Notify>,
-}
-
-impl SoakGuard<'_> {
-    /// The soak ended; returns whether a rollback was asked for meanwhile.
-    pub fn close(self) -> bool {
-        self.soaks
-            .0
-            .lock()
-            .unwrap()
-            .get(&self.service)
-            .is_some_and(|s| s.rollback)
-        // (the entry goes with the guard)
-    }
-}
-
-impl Drop for SoakGuard<'_> {
-    fn drop(&mut self) {
-        self.soaks.0.lock().unwrap().remove(&self.service);
-    }
+    pub soaks: soaks::Soaks,
 }
 
 /// How a rollback request was taken.
@@ -148,18 +80,22 @@ pub struct Deployer {
 }
 
 impl Deployer {
-    /// Reconciles every service with what Docker and nginx say, then starts one
-    /// worker per service.
-    pub async fn start(config: Arc<Config>, store: Store, engine: Engine) -> Deployer {
-        let nginx = Nginx::new(config.nginx.clone(), engine.clone());
+    /// Reconciles every service with what the runtime and nginx say, then
+    /// starts one worker per service.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Store,
+        runtime: Runtime,
+        nginx: Nginx,
+    ) -> Deployer {
         let notifier = Notifier::new(&config, store.clone());
         let inner = Arc::new(Inner {
             config: config.clone(),
             store,
-            engine,
+            runtime,
             nginx,
             notifier,
-            soaks: Soaks::default(),
+            soaks: soaks::Soaks::default(),
         });
         // Outcome messages a crash or stop left owed go out first.
         inner.notifier.resume();
@@ -171,7 +107,7 @@ impl Deployer {
             let inner = inner.clone();
             tokio::spawn(async move {
                 while let Some(id) = rx.recv().await {
-                    pipeline::run(&inner, id).await;
+                    driver::run(&inner, id).await;
                 }
             });
         }
@@ -204,20 +140,26 @@ impl Deployer {
         &self.inner.config
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.inner.engine
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
     }
 
     pub fn nginx(&self) -> &Nginx {
         &self.inner.nginx
     }
 
-    /// Records a deployment as `received` and queues it; returns its id.
-    pub fn submit(&self, req: Request) -> Result<i64, SubmitError> {
-        if !self.queues.contains_key(&req.service) {
-            return Err(SubmitError::UnknownService(req.service));
+    /// Records an operator's deployment of `tag` or `digest` as `received`
+    /// and queues it; returns its id.
+    pub fn submit(
+        &self,
+        service: &str,
+        tag: Option<String>,
+        digest: Option<String>,
+    ) -> Result<i64, SubmitError> {
+        if !self.queues.contains_key(service) {
+            return Err(SubmitError::UnknownService(service.into()));
         }
-        match (&req.tag, &req.digest) {
+        match (&tag, &digest) {
             (None, None) => {
                 return Err(SubmitError::BadRequest(
                     "give a tag or a digest to deploy".into(),
@@ -241,23 +183,17 @@ impl Deployer {
             _ => {}
         }
         let id = self.inner.store.create_deployment(&NewDeployment {
-            service: req.service.clone(),
-            trigger: req.trigger,
-            trigger_detail: req.trigger_detail,
-            tag: req.tag,
-            digest: req.digest,
-            pushed_at: None,
-            delivery: req.delivery,
+            tag,
+            digest,
+            ..NewDeployment::operator(service, "deploy")
         })?;
-        self.enqueue(&req.service, id);
+        self.enqueue(service, id);
         Ok(id)
     }
-}
 
-impl Deployer {
     /// Goes back to the previous version of `service`: at once (one reload) when
     /// the last deployment is still soaking and the old colour still runs, else
-    /// by deploying the previous digest through the health gate and the switch.
+    /// by deploying the previous digest with the service's strategy.
     pub async fn rollback(&self, service: &str) -> Result<Rollback, RollbackError> {
         if self.inner.config.service(service).is_none() {
             return Err(RollbackError::UnknownService(service.into()));
@@ -277,7 +213,7 @@ impl Deployer {
             )));
         };
         let kept = match &live.previous_image_id {
-            Some(image) => matches!(self.inner.engine.inspect_image(image).await, Ok(Some(_))),
+            Some(image) => matches!(self.inner.runtime.image(image).await, Ok(Some(_))),
             None => false,
         };
         if !kept {
@@ -285,24 +221,27 @@ impl Deployer {
                 "the previous image of {service} ({previous}) is no longer on this host; deploy its tag instead"
             )));
         }
-        let id = self
-            .submit(Request {
-                service: service.into(),
-                tag: None,
-                digest: Some(previous.clone()),
-                trigger: "operator".into(),
-                trigger_detail: Some(serde_json::json!({
-                    "command": "rollback",
-                    "from": live.digest,
-                    "previous_tag": live.previous_tag,
-                })),
-                delivery: None,
-            })
-            .map_err(|e| match e {
-                SubmitError::Store(e) => RollbackError::Store(e),
-                other => RollbackError::Nothing(other.to_string()),
-            })?;
+        let id = self.inner.store.create_deployment(&NewDeployment {
+            digest: Some(previous),
+            shown_tag: live.previous_tag.clone(),
+            trigger_detail: Some(serde_json::json!({
+                "command": "rollback",
+                "from": live.digest,
+            })),
+            ..NewDeployment::operator(service, "rollback")
+        })?;
+        self.enqueue(service, id);
         Ok(Rollback::Deployment(id))
+    }
+}
+
+impl From<crate::webhook::Source> for Trigger {
+    fn from(source: crate::webhook::Source) -> Trigger {
+        match source {
+            crate::webhook::Source::Github => Trigger::Github,
+            crate::webhook::Source::Dockerhub => Trigger::Dockerhub,
+            crate::webhook::Source::Registry => Trigger::Registry,
+        }
     }
 }
 
@@ -323,21 +262,5 @@ mod tests {
         assert!(!super::valid_tag("a:b"));
         assert!(!super::valid_tag(""));
         assert!(!super::valid_tag(&"a".repeat(129)));
-    }
-
-    #[test]
-    fn a_rollback_reaches_only_the_deployment_still_soaking() {
-        let soaks = super::Soaks::default();
-        assert_eq!(soaks.rollback("web"), None, "nothing soaks yet");
-        let guard = soaks.open("web", 7);
-        assert_eq!(soaks.rollback("api"), None, "another service");
-        assert_eq!(soaks.rollback("web"), Some(7));
-        assert!(guard.close(), "the soak learns of the request");
-        assert_eq!(soaks.rollback("web"), None, "closed");
-        // A soak cut off (its future dropped) leaves nothing behind either.
-        drop(soaks.open("web", 8));
-        assert_eq!(soaks.rollback("web"), None);
-        let quiet = soaks.open("web", 9);
-        assert!(!quiet.close(), "no request, no rollback");
     }
 }

@@ -1,6 +1,10 @@
 //! The domain's plain data, shared by every layer and depending on none: a
-//! deployment's state and a colour.
+//! deployment's state and trigger, colours, the plan of steps, routing, and
+//! what a replica is asked to be.
 
-pub mod state;
+pub mod deployment;
+pub mod plan;
+pub mod replica;
+pub mod routing;
 
-pub use state::{Colour, State};
+pub use deployment::{Colour, State};

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::auth::Admin;
 use super::errors::{error, internal};
 use super::AppState;
-use crate::deploy::{Request, Rollback, RollbackError, SubmitError};
+use crate::deploy::{Rollback, RollbackError, SubmitError};
+use crate::domain::deployment::Colour;
+use crate::domain::plan::Strategy;
 use crate::notify::Attempt;
 use crate::store::{Deployment, Live, Store};
 
@@ -25,10 +27,22 @@ pub fn scope() -> Scope {
         .route("/deliveries/{id}/redeliver", web::post().to(redeliver))
 }
 
+/// One replica nginx routes to, as the runtime reports it now.
 #[derive(Serialize)]
-pub struct ContainerView {
+pub struct ReplicaView {
     pub id: String,
+    pub name: String,
+    pub address: String,
+    pub colour: Colour,
+    pub deployment: i64,
+    pub digest: String,
+    /// The tag of its version, when greenlight knows it.
+    pub tag: Option<String>,
+    /// When nginx began routing to it.
+    pub since: i64,
+    /// `false` when it has stopped or is gone.
     pub running: bool,
+    /// The runtime's word for its state (`running`, `exited`, `missing`).
     pub status: String,
     /// Docker HEALTHCHECK status, when the image has one.
     pub health: Option<String>,
@@ -38,9 +52,12 @@ pub struct ContainerView {
 pub struct ServiceView {
     pub name: String,
     pub image: String,
+    pub strategy: Strategy,
+    /// How many replicas the config asks for.
+    pub replicas_wanted: u32,
     pub live: Option<Live>,
-    /// The live container as Docker reports it; `null` when it is gone.
-    pub container: Option<ContainerView>,
+    /// Every replica nginx routes to, in routing order.
+    pub replicas: Vec<ReplicaView>,
     /// The deployment in progress, if any.
     pub deploying: Option<Deployment>,
     pub last: Option<Deployment>,
@@ -59,26 +76,58 @@ pub(crate) async fn service_view(
     };
     let store = deployer.store();
     let live = store.live(name).map_err(internal)?;
-    let container = match live.as_ref().and_then(|l| l.container_id.clone()) {
-        Some(id) => match deployer.engine().status(&id).await {
-            Ok(Some(s)) => Some(ContainerView {
-                id: s.id,
-                running: s.running,
-                status: s.status,
-                health: s.health,
-            }),
-            Ok(None) => None,
-            Err(e) => return Err(internal(e)),
-        },
-        None => None,
-    };
     let recent = store.deployments(Some(name), 20).map_err(internal)?;
     let deploying = recent.iter().find(|d| !d.state.is_terminal()).cloned();
+    // What nginx routes to: the rendered file is the truth.
+    let routing = deployer
+        .nginx()
+        .current(name)
+        .or_else(|| live.as_ref().and_then(|l| l.routing.clone()));
+    let mut tags: Vec<(String, Option<String>)> = Vec::new();
+    if let Some(l) = &live {
+        tags.push((l.digest.clone(), l.tag.clone()));
+        if let Some(p) = &l.previous_digest {
+            tags.push((p.clone(), l.previous_tag.clone()));
+        }
+    }
+    for d in &recent {
+        if let Some(digest) = &d.digest {
+            tags.push((digest.clone(), d.tag.clone()));
+        }
+    }
+    let mut replicas = Vec::new();
+    for b in routing.map(|r| r.backends).unwrap_or_default() {
+        let status = if b.id.is_empty() {
+            None
+        } else {
+            deployer.runtime().status(&b.id).await.map_err(internal)?
+        };
+        replicas.push(ReplicaView {
+            tag: tags
+                .iter()
+                .find(|(d, t)| d == &b.digest && t.is_some())
+                .and_then(|(_, t)| t.clone()),
+            running: status.as_ref().is_some_and(|s| s.running),
+            status: status
+                .as_ref()
+                .map_or_else(|| "missing".to_string(), |s| s.status.clone()),
+            health: status.and_then(|s| s.health),
+            id: b.id,
+            name: b.name,
+            address: b.address,
+            colour: b.colour,
+            deployment: b.deployment,
+            digest: b.digest,
+            since: b.since,
+        });
+    }
     Ok(ServiceView {
         name: svc.name.clone(),
         image: svc.image.clone(),
+        strategy: svc.rollout.strategy,
+        replicas_wanted: svc.replicas,
         live,
-        container,
+        replicas,
         deploying,
         last: recent.into_iter().next(),
     })
@@ -116,15 +165,7 @@ async fn deploy(
     body: web::Json<DeployBody>,
 ) -> HttpResponse {
     let body = body.into_inner();
-    let req = Request {
-        service: name.into_inner(),
-        tag: body.tag,
-        digest: body.digest,
-        trigger: "operator".into(),
-        trigger_detail: Some(serde_json::json!({"command": "deploy"})),
-        delivery: None,
-    };
-    match state.deployer.submit(req) {
+    match state.deployer.submit(&name, body.tag, body.digest) {
         Ok(id) => HttpResponse::Accepted().json(serde_json::json!({
             "deployment": id,
             "url": format!("/api/deployments/{id}"),

@@ -14,7 +14,7 @@ use super::errors;
 use super::session::{self, Session, Sessions};
 use super::AppState;
 use crate::display::{duration, short_digest, timestamp};
-use crate::domain::state::State;
+use crate::domain::deployment::State;
 use crate::ledger::Delivery;
 use crate::store::{now_ms, Deployment, Store};
 
@@ -258,6 +258,10 @@ ol.timeline li.running{background:#dbeafe;border-color:#93c5fd;color:var(--busy)
 ol.timeline li.end{background:#f2f4f7;border-color:#d0d5dd}
 ol.timeline li.end.bad{background:#d92d20;border-color:#d92d20;color:#fff}
 ol.timeline li.end.ok{background:#17b26a;border-color:#17b26a;color:#fff}
+ol.timeline .batch{font-size:.7rem;color:var(--muted)}
+ul.replicas{list-style:none;margin:0;padding:0;font-size:.85rem}
+ul.replicas li{padding:.1rem 0}
+tr.replicas td{border-top:none;padding-top:0}
 p.error{color:var(--bad);margin:.5rem 0 0;white-space:pre-wrap;word-break:break-word}
 details{margin-top:.4rem}
 pre.log{max-height:16rem;overflow:auto;background:#101828;color:#e4e7ec;padding:.5rem .6rem;border-radius:4px;margin:.3rem 0 0}
@@ -456,6 +460,12 @@ fn services_view(services: &[(String, Option<ServiceView>)], now: i64) -> Markup
                                     }
                                 }
                             }
+                            @if let Some(v) = view.as_ref().filter(|v| !v.replicas.is_empty()) {
+                                tr.replicas data-replicas-of=(name) {
+                                    td {}
+                                    td colspan="7" { (replicas_view(v, now)) }
+                                }
+                            }
                         }
                     }
                 }
@@ -464,7 +474,48 @@ fn services_view(services: &[(String, Option<ServiceView>)], now: i64) -> Markup
     }
 }
 
+/// Every replica nginx routes to: version, address, health, since.
+fn replicas_view(v: &ServiceView, now: i64) -> Markup {
+    html! {
+        ul.replicas {
+            @for r in &v.replicas {
+                li data-replica=(r.name) {
+                    span.dot.(r.colour.as_str()) {}
+                    code { (r.name) }
+                    " " code { (r.tag.as_deref().unwrap_or("-")) }
+                    " " code.muted title=(r.digest) { (short_digest(&r.digest)) }
+                    " " span.muted { (r.address) }
+                    " " (health_badge(r.running, &r.status, r.health.as_deref()))
+                    @if r.since > 0 {
+                        " " span.muted title=(timestamp(r.since)) { "for " (duration(now - r.since)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn health_badge(running: bool, status: &str, health: Option<&str>) -> Markup {
+    html! {
+        @if health == Some("unhealthy") {
+            span.badge.bad title=(status) { "unhealthy" }
+        } @else if running {
+            span.badge.ok title=(status) { "running" @if let Some(h) = health { " (" (h) ")" } }
+        } @else if status == "missing" {
+            span.badge.bad { "container missing" }
+        } @else {
+            span.badge.bad title=(status) { (status) }
+        }
+    }
+}
+
 fn service_cells(v: &ServiceView, now: i64) -> Markup {
+    let running = v.replicas.iter().filter(|r| r.running).count();
+    let unhealthy = v
+        .replicas
+        .iter()
+        .filter(|r| r.health.as_deref() == Some("unhealthy"))
+        .count();
     html! {
         @match &v.live {
             None => {
@@ -476,21 +527,23 @@ fn service_cells(v: &ServiceView, now: i64) -> Markup {
             }
             Some(live) => {
                 td.colour {
-                    span.dot.(live.colour.as_str()) {}
-                    (live.colour.as_str())
+                    @match live.colour {
+                        Some(c) => { span.dot.(c.as_str()) {} (c.as_str()) }
+                        None => span.muted { "mixed" },
+                    }
                 }
                 td.tag { code { (live.tag.as_deref().unwrap_or("-")) } }
                 td.digest { code title=(live.digest) { (short_digest(&live.digest)) } }
                 td.health {
-                    @match &v.container {
-                        Some(c) if c.health.as_deref() == Some("unhealthy") => {
-                            span.badge.bad title=(c.status) { "unhealthy" }
-                        },
-                        Some(c) if c.running => span.badge.ok title=(c.status) {
-                            "running" @if let Some(h) = &c.health { " (" (h) ")" }
-                        },
-                        Some(c) => span.badge.bad title=(c.status) { (c.status) },
-                        None => span.badge.bad { "container missing" },
+                    @if v.replicas.is_empty() {
+                        span.badge.bad { "container missing" }
+                    } @else if running == v.replicas.len() && unhealthy == 0 {
+                        span.badge.ok { (running) "/" (v.replicas_wanted) " running" }
+                    } @else {
+                        span.badge.bad {
+                            (running) "/" (v.replicas_wanted) " running"
+                            @if unhealthy > 0 { ", " (unhealthy) " unhealthy" }
+                        }
                     }
                 }
                 td.since {
@@ -503,7 +556,7 @@ fn service_cells(v: &ServiceView, now: i64) -> Markup {
         td.deploying {
             @if let Some(d) = &v.deploying {
                 a href=(format!("#deployment-{}", d.id)) { "#" (d.id) }
-                " " span.badge.busy { (d.state.as_str()) }
+                " " span.badge.busy { (d.step.as_deref().unwrap_or(d.state.as_str())) }
             } @else if let Some(d) = &v.last {
                 span.muted { "last: " }
                 a href=(format!("#deployment-{}", d.id)) { "#" (d.id) }
@@ -562,7 +615,10 @@ fn deployment_view(d: &Deployment, now: i64) -> Markup {
                 span.badge.(class) { (d.state.as_str()) }
             }
             div.meta {
-                (d.trigger) " · " (ago(d.created_at, now)) " · "
+                (d.trigger.as_str()) " · " (ago(d.created_at, now)) " · "
+                @if let (Some(strategy), Some(n)) = (d.strategy, d.replicas) {
+                    (strategy.as_str()) ", " (n) " replica" @if n != 1 { "s" } " · "
+                }
                 @if d.finished_at.is_some() { "took " } @else { "running for " }
                 (duration(took))
                 @if let (Some(prev), Some(_)) = (&d.previous_tag, &d.colour) {
@@ -581,7 +637,9 @@ fn deployment_view(d: &Deployment, now: i64) -> Markup {
                             (_, None) => ("running", now - step.started_at),
                         };
                         li class=(cls) title=(step.detail.as_deref().unwrap_or("")) {
-                            (step.step) " " span.took { (duration(took)) }
+                            (step.step)
+                            @if let Some(b) = step.batch { " " span.batch { "b" (b) } }
+                            " " span.took { (duration(took)) }
                         }
                     }
                 }
@@ -655,41 +713,19 @@ fn deliveries_view(list: &[Delivery], now: i64) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::state::Colour;
-    use crate::store::{Live, Step};
+    use crate::domain::deployment::Colour;
+    use crate::store::{Live, StepRecord as Step};
 
     fn deployment(state: State) -> Deployment {
         Deployment {
-            id: 7,
-            service: "web".into(),
-            state,
-            trigger: "github".into(),
-            trigger_detail: None,
-            requested_tag: Some("v2".into()),
-            requested_digest: None,
-            tag: Some("v2".into()),
-            digest: Some(format!("sha256:{}", "ab".repeat(32))),
-            image: None,
-            image_id: None,
-            colour: Some(Colour::Green),
-            container_id: None,
-            address: None,
-            previous_colour: None,
-            previous_tag: None,
-            previous_digest: None,
-            previous_address: None,
             failed_step: Some("pulling".into()),
             error: Some("pull failed: <manifest unknown>".into()),
-            exit_code: None,
             log_tail: Some("line <1>\nline 2".into()),
-            pushed_at: None,
-            delivery: None,
-            created_at: 1_000,
-            updated_at: 3_000,
-            finished_at: Some(3_000),
             steps: vec![
                 Step {
                     step: "resolving".into(),
+                    batch: None,
+                    replicas: None,
                     started_at: 1_000,
                     finished_at: Some(1_200),
                     outcome: Some("ok".into()),
@@ -697,6 +733,8 @@ mod tests {
                 },
                 Step {
                     step: "pulling".into(),
+                    batch: None,
+                    replicas: None,
                     started_at: 1_200,
                     finished_at: Some(3_000),
                     outcome: Some("error".into()),
@@ -704,12 +742,15 @@ mod tests {
                 },
                 Step {
                     step: "failed".into(),
+                    batch: None,
+                    replicas: None,
                     started_at: 3_000,
                     finished_at: Some(3_000),
                     outcome: Some("failed".into()),
                     detail: None,
                 },
             ],
+            ..crate::store::sample_deployment(state)
         }
     }
 
@@ -744,28 +785,36 @@ mod tests {
         let v = ServiceView {
             name: "web".into(),
             image: "registry/web".into(),
+            strategy: crate::domain::plan::Strategy::BlueGreen,
+            replicas_wanted: 1,
             live: Some(Live {
                 service: "web".into(),
-                colour: Colour::Blue,
+                colour: Some(Colour::Blue),
                 tag: Some("v1<b>".into()),
                 digest: format!("sha256:{}", "cd".repeat(32)),
                 image: "registry/web".into(),
                 image_id: None,
-                container_id: Some("c1".into()),
-                address: "10.0.0.2:8080".into(),
                 deployment_id: Some(3),
                 since: 0,
                 previous_tag: None,
                 previous_digest: None,
                 previous_image_id: None,
                 pushed_at: None,
+                routing: None,
             }),
-            container: Some(api::ContainerView {
+            replicas: vec![api::ReplicaView {
                 id: "c1".into(),
+                name: "web-blue-1".into(),
+                address: "10.0.0.2:8080".into(),
+                colour: Colour::Blue,
+                deployment: 3,
+                digest: format!("sha256:{}", "cd".repeat(32)),
+                tag: Some("v1<b>".into()),
+                since: 0,
                 running: true,
-                status: "Up 3 minutes".into(),
+                status: "running".into(),
                 health: None,
-            }),
+            }],
             deploying: None,
             last: Some(deployment(State::Succeeded)),
         };
@@ -777,10 +826,20 @@ mod tests {
         assert!(html.contains("<code>v1&lt;b&gt;</code>"), "{html}");
         assert!(html.contains(">cdcdcdcdcdcd</code>"), "{html}");
         assert!(
-            html.contains(r#"<span class="badge ok" title="Up 3 minutes">running</span>"#),
+            html.contains(r#"<span class="badge ok">1/1 running</span>"#),
             "{html}"
         );
         assert!(html.contains(r#"<time datetime="1970-01-01T00:00:00Z" title="1970-01-01T00:00:00Z">3m 12s</time>"#), "{html}");
         assert!(html.contains("#7"), "{html}");
+        // Each replica: name, version, address, health.
+        let replicas = replicas_view(&v, 192_000).into_string();
+        for part in [
+            "<code>web-blue-1</code>",
+            "<code>v1&lt;b&gt;</code>",
+            "10.0.0.2:8080",
+            r#"<span class="badge ok" title="running">running</span>"#,
+        ] {
+            assert!(replicas.contains(part), "{part}: {replicas}");
+        }
     }
 }

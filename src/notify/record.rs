@@ -190,13 +190,8 @@ mod tests {
     fn attempts_are_kept_in_order_per_deployment() {
         let store = Store::in_memory().unwrap();
         let new = NewDeployment {
-            service: "web".into(),
-            trigger: "operator".into(),
-            trigger_detail: None,
             tag: Some("v1".into()),
-            digest: None,
-            pushed_at: None,
-            delivery: None,
+            ..NewDeployment::operator("web", "deploy")
         };
         let a = store.create_deployment(&new).unwrap();
         let b = store.create_deployment(&new).unwrap();
@@ -257,13 +252,8 @@ mod tests {
         let store = Store::in_memory().unwrap();
         let id = store
             .create_deployment(&NewDeployment {
-                service: "web".into(),
-                trigger: "operator".into(),
-                trigger_detail: None,
                 tag: Some("v1".into()),
-                digest: None,
-                pushed_at: None,
-                delivery: None,
+                ..NewDeployment::operator("web", "deploy")
             })
             .unwrap();
         store.outbox_add(id, "slack", "failed").unwrap();

@@ -39,6 +39,8 @@ pub struct Report {
     /// "v1 (1a2b3c4d5e6f) -> v2 (abcdef012345)".
     pub change: String,
     pub trigger: String,
+    /// "3 replicas (rolling): 3 started, 3 old stopped".
+    pub replicas: Option<String>,
     pub started_at: String,
     pub duration: Option<String>,
     pub steps: Vec<StepLine>,
@@ -72,6 +74,37 @@ pub struct Message {
     pub text: String,
     pub html: String,
     pub slack: Value,
+}
+
+/// How many replicas a deployment started, stopped and put back, from its
+/// steps: those up to the failing one went forward, those after it went back.
+fn replica_counts(d: &Deployment) -> Option<String> {
+    let wanted = d.replicas?;
+    let count = |steps: &[crate::store::StepRecord], name: &str| -> usize {
+        steps
+            .iter()
+            .filter(|s| s.step == name)
+            .filter_map(|s| s.replicas.as_deref())
+            .map(|r| r.split(',').filter(|n| !n.is_empty()).count())
+            .sum()
+    };
+    let split = d
+        .steps
+        .iter()
+        .position(|s| s.outcome.as_deref() == Some("error"))
+        .map_or(d.steps.len(), |i| i + 1);
+    let (forward, back) = d.steps.split_at(split);
+    let started = count(forward, "starting");
+    let stopped = count(forward, "stopping_old");
+    let mut text = format!(
+        "{wanted} wanted ({}); {started} started, {stopped} old stopped",
+        d.strategy.map(|s| s.as_str()).unwrap_or("blue-green")
+    );
+    let restored = count(back, "starting");
+    if restored > 0 {
+        text.push_str(&format!("; {restored} put back on the previous version"));
+    }
+    Some(text)
 }
 
 /// "v2 (abcdef012345)", "abcdef012345", or "v2".
@@ -201,6 +234,10 @@ pub fn report(d: &Deployment, event: Event) -> Report {
             "refused as stale".into(),
             format!("{svc}: {new_name} refused: older than the live image"),
         ),
+        (_, State::Paused) => (
+            format!("paused{at}"),
+            format!("{svc}: {new_name} paused{at}; old and new replicas serve side by side"),
+        ),
         (_, _) => (
             format!("failed{at}"),
             format!("{svc}: {new_name} failed{at}"),
@@ -221,7 +258,7 @@ pub fn report(d: &Deployment, event: Event) -> Report {
         })
         .collect();
     let failure = match d.state {
-        State::Failed | State::RolledBack | State::Interrupted | State::Stale
+        State::Failed | State::RolledBack | State::Interrupted | State::Stale | State::Paused
             if event != Event::Started =>
         {
             Some(FailureLines {
@@ -247,7 +284,12 @@ pub fn report(d: &Deployment, event: Event) -> Report {
         outcome,
         headline,
         change,
-        trigger: trigger(&d.trigger, d.trigger_detail.as_ref()),
+        trigger: trigger(d.trigger.as_str(), d.trigger_detail.as_ref()),
+        replicas: if event == Event::Started {
+            None
+        } else {
+            replica_counts(d)
+        },
         started_at: display::timestamp(d.created_at),
         duration: if event == Event::Started { None } else { took },
         steps: if event == Event::Started {
@@ -272,6 +314,9 @@ pub fn plain(r: &Report) -> String {
     let _ = writeln!(out, "Service:    {}", r.service);
     let _ = writeln!(out, "Version:    {}", r.change);
     let _ = writeln!(out, "Trigger:    {}", r.trigger);
+    if let Some(n) = &r.replicas {
+        let _ = writeln!(out, "Replicas:   {n}");
+    }
     let _ = writeln!(out, "Started:    {}", r.started_at);
     if let Some(d) = &r.duration {
         let _ = writeln!(out, "Duration:   {d}");
@@ -328,7 +373,7 @@ pub fn colour(r: &Report) -> &'static str {
     match r.event {
         Event::Succeeded => GREEN,
         Event::Failed => RED,
-        Event::RolledBack => AMBER,
+        Event::RolledBack | Event::Paused => AMBER,
         Event::Started => BLUE,
         Event::Superseded | Event::AlreadyLive | Event::Stale => GREY,
     }
@@ -355,6 +400,9 @@ pub fn html(r: &Report) -> String {
     row("Service", &r.service);
     row("Version", &r.change);
     row("Trigger", &r.trigger);
+    if let Some(n) = &r.replicas {
+        row("Replicas", n);
+    }
     row("Started", &r.started_at);
     if let Some(d) = &r.duration {
         row("Duration", d);
@@ -427,6 +475,9 @@ pub fn slack(r: &Report) -> Value {
     ];
     if let Some(d) = &r.duration {
         fields.push(json!({"type": "mrkdwn", "text": format!("*Duration*\n{}", s(d))}));
+    }
+    if let Some(n) = &r.replicas {
+        fields.push(json!({"type": "mrkdwn", "text": format!("*Replicas*\n{}", s(n))}));
     }
     let mut details = vec![json!({"type": "section", "fields": fields})];
     if let Some(f) = &r.failure {
@@ -512,11 +563,13 @@ pub fn test_message(services: &[String], host: &str) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Step;
+    use crate::store::StepRecord as Step;
 
     fn step(name: &str, start: i64, end: i64, outcome: &str, detail: Option<&str>) -> Step {
         Step {
             step: name.into(),
+            batch: None,
+            replicas: None,
             started_at: start,
             finished_at: Some(end),
             outcome: Some(outcome.into()),
@@ -526,32 +579,13 @@ mod tests {
 
     fn deployment(state: State) -> Deployment {
         Deployment {
-            id: 7,
-            service: "web".into(),
-            state,
-            trigger: "github".into(),
             trigger_detail: Some(
                 json!({"source": "github", "delivery_id": "abc-123", "pusher": "alice"}),
             ),
-            requested_tag: Some("v2".into()),
-            requested_digest: None,
-            tag: Some("v2".into()),
             digest: Some(format!("sha256:{}", "b".repeat(64))),
-            image: None,
-            image_id: None,
             colour: None,
-            container_id: None,
-            address: None,
-            previous_colour: None,
             previous_tag: Some("v1".into()),
             previous_digest: Some(format!("sha256:{}", "a".repeat(64))),
-            previous_address: None,
-            failed_step: None,
-            error: None,
-            exit_code: None,
-            log_tail: None,
-            pushed_at: None,
-            delivery: None,
             created_at: 1_700_000_000_000,
             updated_at: 1_700_000_012_345,
             finished_at: Some(1_700_000_012_345),
@@ -580,6 +614,7 @@ mod tests {
                     None,
                 ),
             ],
+            ..crate::store::sample_deployment(state)
         }
     }
 

@@ -663,3 +663,24 @@ fn parse_labels(raw: &str) -> HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// The names of the steps a deployment's strategy planned, as the API shows
+/// its plan: what its recorded steps must follow.
+pub fn planned_steps(d: &Value) -> Vec<String> {
+    d["plan"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no plan: {d:#}"))
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The names of the steps a deployment recorded, in order.
+pub fn recorded_steps(d: &Value) -> Vec<String> {
+    d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_string())
+        .collect()
+}

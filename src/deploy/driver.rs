@@ -1,0 +1,237 @@
+//! One deployment, as a short story: claim it with the plan its strategy
+//! makes, walk the plan step by step (each step recorded before it runs), and
+//! when a step fails, unwind: remove what was started, switch nginx back, or
+//! roll the replicas already replaced back to the previous version.
+
+use std::time::Instant;
+
+use tracing::{info, warn, Instrument};
+
+use super::steps::{Run, Stop};
+use super::strategy::{self, Shape};
+use super::Inner;
+use crate::config::{FailureAction, ServiceConfig};
+use crate::display;
+use crate::domain::deployment::{FailureKind, State};
+use crate::domain::plan::{Step, Strategy};
+use crate::domain::routing::Routing;
+use crate::store::{Deployment, Failure};
+
+pub(crate) async fn run(inner: &Inner, id: i64) {
+    let deployment = match inner.store.deployment(id) {
+        Ok(Some(d)) => d,
+        Ok(None) => return warn!(deployment = id, "queued deployment not found"),
+        Err(e) => return warn!(deployment = id, error = %e, "cannot load queued deployment"),
+    };
+    if deployment.state != State::Received {
+        return;
+    }
+    let span = tracing::info_span!("deploy", service = %deployment.service, deployment = id);
+    if run_deployment(inner, deployment).instrument(span).await {
+        // Exactly one outcome message per deployment, whatever ended it.
+        inner.notifier.finished(id);
+    }
+}
+
+/// What the service's config asks of a deployment that starts from `current`.
+pub(crate) fn shape(service: &ServiceConfig, current: &Routing) -> Shape {
+    let r = &service.rollout;
+    Shape {
+        strategy: r.strategy,
+        replicas: service.replicas,
+        max_surge: r.max_surge,
+        max_unavailable: r.max_unavailable,
+        // A first deployment has nothing to go back to: no soak.
+        soak: !r.soak.is_zero() && !current.backends.is_empty(),
+    }
+}
+
+/// Returns false when the deployment was not claimed (superseded meanwhile).
+async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
+    let id = deployment.id;
+    let Some(service) = inner.config.service(&deployment.service) else {
+        return false;
+    };
+    let current = inner
+        .nginx
+        .current(&service.name)
+        .unwrap_or_else(|| Routing::empty(&service.name));
+    let shape = shape(service, &current);
+    let plan = strategy::plan(&service.name, &current, None, shape);
+    match inner
+        .store
+        .claim(id, shape.strategy, shape.replicas, &plan.steps)
+    {
+        Ok(true) => inner.notifier.started(id),
+        Ok(false) => {
+            info!("superseded before it started");
+            return false;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot claim the deployment");
+            return false;
+        }
+    }
+    let started = Instant::now();
+    info!(
+        tag = deployment.requested_tag.as_deref().unwrap_or("-"),
+        digest = deployment.requested_digest.as_deref().unwrap_or("-"),
+        trigger = %deployment.trigger,
+        strategy = %shape.strategy,
+        replicas = shape.replicas,
+        "Deploying"
+    );
+    let mut run = Run::new(inner, service, deployment, current, shape, plan);
+    let deadline = tokio::time::Instant::now() + service.rollout.deadline;
+    let mut previous = "received";
+    let mut step_started = Instant::now();
+    let mut i = 0;
+    while i < run.plan.steps.len() {
+        let step = run.plan.steps[i].clone();
+        if let Err(e) = inner.store.begin_step(id, &step, &service.name) {
+            warn!(error = %e, "cannot record the step; abandoning the deployment");
+            run.abandon().await;
+            return true;
+        }
+        info!(
+            step_ms = step_started.elapsed().as_millis() as u64,
+            "{previous} -> {step}"
+        );
+        previous = step.name();
+        step_started = Instant::now();
+        pause_if_asked(&step).await;
+        // Before nginx is touched the deadline cuts a step off and the
+        // deployment unwinds. From the switch on, every step is bounded on its
+        // own (nginx calls, verify_timeout, the soak, the monitor,
+        // drain_timeout, stop_grace): cutting one in the middle could leave
+        // nginx half switched.
+        let outcome = if step.cut_by_deadline() {
+            match tokio::time::timeout_at(deadline, run.step(&step)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Stop::Fail(Failure::new(
+                    FailureKind::Deadline,
+                    format!(
+                        "cut off at {step}: the deployment ran past its deadline of {} (rollout.deadline)",
+                        display::span(service.rollout.deadline)
+                    ),
+                ))),
+            }
+        } else {
+            run.step(&step).await
+        };
+        match outcome {
+            Ok(()) => i += 1,
+            Err(Stop::Done(end)) => {
+                run.record(inner.store.finish(id, end, None));
+                info!("{step} -> {end}");
+                return true;
+            }
+            Err(Stop::Fail(mut failure)) => {
+                failure.step = Some(step.name().to_string());
+                unwind(&mut run, failure).await;
+                return true;
+            }
+        }
+    }
+    run.record(inner.store.finish(id, State::Succeeded, None));
+    info!(
+        step_ms = step_started.elapsed().as_millis() as u64,
+        "{previous} -> succeeded"
+    );
+    info!(
+        digest = %run.digest,
+        colour = %run.plan.colour,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Deployed"
+    );
+    true
+}
+
+/// Leaves things as they were before the deployment, as far as they can be,
+/// and records how it ended.
+async fn unwind(run: &mut Run<'_>, mut failure: Failure) -> State {
+    let id = run.deployment.id;
+    let store = &run.inner.store;
+    run.add_log_tail(&mut failure).await;
+    let at = failure.step.clone().unwrap_or_default();
+    // Nothing routed to what this deployment started: removing it is enough.
+    if run.routing.backends == run.original.backends {
+        run.remove_started().await;
+        let end = if failure.kind == FailureKind::Stale {
+            State::Stale
+        } else {
+            State::Failed
+        };
+        warn!(step = %at, error = %failure.error, "{at} -> {end}");
+        run.record(store.finish(id, end, Some(&failure)));
+        return end;
+    }
+    run.record(store.begin_unwinding(id, &failure));
+    let stopped_any = run
+        .original
+        .backends
+        .iter()
+        .any(|b| run.routing.backend(&b.name).is_none() && run.stopped.contains(&b.name));
+    let (end, note) = if !stopped_any {
+        // Every old replica still runs: one reload back to them.
+        match run.switch_back().await {
+            Ok(()) => (
+                State::RolledBack,
+                "nginx was switched back to the previous replicas".to_string(),
+            ),
+            Err(e) => (
+                State::Failed,
+                format!("switching nginx back failed too: {e}"),
+            ),
+        }
+    } else if run.service.rollout.strategy == Strategy::Rolling
+        && run.service.rollout.failure_action == FailureAction::Pause
+    {
+        run.remove_unrouted().await;
+        (
+            State::Paused,
+            format!(
+                "paused as rollout.failure_action says: {} replicas run {} and {} the previous version",
+                run.routing.backends.iter().filter(|b| b.digest == run.digest).count(),
+                display::short_digest(&run.digest),
+                run.routing.backends.iter().filter(|b| b.digest != run.digest).count(),
+            ),
+        )
+    } else {
+        match run.roll_back().await {
+            Ok(replaced) => (
+                State::RolledBack,
+                format!("{replaced} replicas were put back on the previous version"),
+            ),
+            Err(e) => (
+                State::Failed,
+                format!("rolling back failed too: {e}; nginx routes to what the routing shows"),
+            ),
+        }
+    };
+    failure.error = format!("{}; {note}", failure.error);
+    warn!(step = %at, error = %failure.error, "{at} -> {end}");
+    run.record(store.finish(id, end, Some(&failure)));
+    end
+}
+
+/// Test hook for crash tests: `GREENLIGHT_TEST_PAUSE_AT=<step>[:<batch>]`
+/// makes every deployment stop at that step (of that batch of a rolling
+/// update), after recording it, until the process is killed. Unset in
+/// production; read once.
+async fn pause_if_asked(step: &Step) {
+    static AT: std::sync::OnceLock<Option<(String, Option<u32>)>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("GREENLIGHT_TEST_PAUSE_AT").ok()?;
+        Some(match v.split_once(':') {
+            Some((name, batch)) => (name.to_string(), batch.parse().ok()),
+            None => (v, None),
+        })
+    });
+    if let Some((name, batch)) = at {
+        if name == step.name() && batch.is_none_or(|b| b == step.batch()) {
+            warn!("GREENLIGHT_TEST_PAUSE_AT={name}: pausing this deployment until greenlight is killed");
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,1069 @@
+//! What each step of a plan does, against the runtime and nginx, and what the
+//! way back does. A [`Run`] is one deployment's context: its target, what
+//! nginx routed to when it began and routes to now, and the replicas it
+//! started and stopped.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::health::{bound_log, GateFailure, HealthGate, LOG_TAIL_LINES};
+use super::strategy::{self, Plan, Shape};
+use super::Inner;
+use crate::config::ServiceConfig;
+use crate::display::{self, short_digest};
+use crate::domain::deployment::{FailureKind, State};
+use crate::domain::plan::{Slot, Step};
+use crate::domain::routing::{Backend, Role, Routing};
+use crate::registry::{self, Repository};
+use crate::retry::{Policy, SendError};
+use crate::runtime::{ErrorKind, Replica, ReplicaSpec, RuntimeError};
+use crate::store::{now_ms, Deployment, Failure, Live};
+use crate::traffic::{self, AccessLog, Tally};
+
+/// Pulls of one deployment when the image vanishes right after its pull.
+const PULL_TRIES: u32 = 3;
+/// Fewest server errors of new replicas that can fail a monitor on their rate.
+const ERROR_FLOOR: u64 = 5;
+
+/// How a step ended when it did not simply succeed.
+pub(crate) enum Stop {
+    /// Nothing (more) to do: the digest is already live.
+    Done(State),
+    Fail(Failure),
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Self {
+        Stop::Fail(f)
+    }
+}
+
+fn fail(kind: FailureKind, error: impl Into<String>) -> Stop {
+    Stop::Fail(Failure::new(kind, error))
+}
+
+fn runtime_failure(e: RuntimeError) -> Stop {
+    fail(FailureKind::Runtime, e.message)
+}
+
+fn gate_failure(g: GateFailure, kind: FailureKind) -> Stop {
+    Stop::Fail(Failure {
+        exit_code: g.exit_code,
+        ..Failure::new(kind, g.error)
+    })
+}
+
+pub(crate) struct Run<'a> {
+    pub inner: &'a Inner,
+    pub service: &'a ServiceConfig,
+    pub deployment: Deployment,
+    pub live: Option<Live>,
+    pub shape: Shape,
+    pub plan: Plan,
+    /// What this deployment deploys (the previous version while it rolls back).
+    pub digest: String,
+    /// How the runtime names it: `repo@digest`, or the image ID of a local image.
+    pub image: String,
+    pub image_id: Option<String>,
+    pub tag: Option<String>,
+    pub has_healthcheck: bool,
+    /// What nginx routed to when the deployment began.
+    pub original: Routing,
+    /// What nginx routes to now.
+    pub routing: Routing,
+    /// Replicas this deployment started and has not removed, by name.
+    pub started: BTreeMap<String, Replica>,
+    /// Names of replicas this deployment stopped.
+    pub stopped: Vec<String>,
+    /// Backends taken out of the routing and not stopped yet.
+    retired: Vec<Backend>,
+    /// Workers alive before a reload, not waited for yet.
+    old_workers: Vec<u32>,
+    /// The replica whose failure ended a step: its log goes in the report.
+    failing: Option<String>,
+    /// Traffic through nginx since the deployment began, by backend address.
+    traffic: Option<(AccessLog, HashMap<String, Tally>)>,
+    /// Putting back the previous version: the live record stays as it is.
+    unwinding: bool,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(
+        inner: &'a Inner,
+        service: &'a ServiceConfig,
+        deployment: Deployment,
+        current: Routing,
+        shape: Shape,
+        plan: Plan,
+    ) -> Run<'a> {
+        let live = inner.store.live(&service.name).ok().flatten();
+        let traffic = inner.config.nginx.access_log.as_deref().and_then(|path| {
+            match AccessLog::from_end(path) {
+                Ok(log) => Some((log, HashMap::new())),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "cannot read nginx.access_log; errors through nginx are not watched");
+                    None
+                }
+            }
+        });
+        let run = Run {
+            inner,
+            service,
+            tag: deployment.tag.clone(),
+            deployment,
+            live,
+            shape,
+            plan,
+            digest: String::new(),
+            image: String::new(),
+            image_id: None,
+            has_healthcheck: false,
+            original: current.clone(),
+            routing: current,
+            started: BTreeMap::new(),
+            stopped: Vec::new(),
+            retired: Vec::new(),
+            old_workers: Vec::new(),
+            failing: None,
+            traffic,
+            unwinding: false,
+        };
+        run.record(inner.store.set_colour(run.deployment.id, run.plan.colour));
+        run
+    }
+
+    /// A store write that must not stop the deployment: its failure is logged.
+    pub fn record<T>(&self, result: crate::store::Result<T>) {
+        if let Err(e) = result {
+            warn!(error = %e, "cannot record in the state database");
+        }
+    }
+
+    fn note(&self, text: &str) {
+        self.record(self.inner.store.note(self.deployment.id, text));
+    }
+
+    pub async fn step(&mut self, step: &Step) -> Result<(), Stop> {
+        self.failing = None;
+        match step {
+            Step::Resolving => self.resolve().await,
+            Step::Pulling => self.pull().await,
+            Step::Starting { slots, .. } => self.start(slots).await,
+            Step::HealthGate { slots, .. } => self.gate(slots).await,
+            Step::Switching { add, remove, .. } => self.switch(add, remove).await,
+            Step::Verifying { slots, .. } => self.verify(slots).await,
+            Step::Soaking => self.soak().await,
+            Step::Draining { .. } => self.drain().await,
+            Step::StoppingOld { replicas, .. } => self.stop_old(replicas).await,
+            Step::Monitoring { slots, .. } => self.monitor(slots).await,
+            Step::Pruning => self.prune().await,
+        }
+    }
+
+    async fn resolve(&mut self) -> Result<(), Stop> {
+        let repo = Repository::parse(&self.service.image);
+        let tag = self.deployment.requested_tag.clone();
+        if let Some(t) = &tag {
+            if !self.deployment.trigger.is_operator() && !self.service.tag_allowed(t) {
+                return Err(fail(
+                    FailureKind::Invalid,
+                    format!(
+                        "tag {t:?} does not match the service's tags {:?}",
+                        self.service.tags
+                    ),
+                ));
+            }
+        }
+        self.digest = match (&self.deployment.requested_digest, &tag) {
+            (Some(d), _) => d.clone(),
+            (None, Some(t)) if !self.service.pull => {
+                let local = format!("{}:{t}", self.service.image);
+                self.inner
+                    .runtime
+                    .image(&local)
+                    .await
+                    .map_err(runtime_failure)?
+                    .ok_or_else(|| {
+                        fail(
+                            FailureKind::Invalid,
+                            format!(
+                                "no local image {local} (the service has pull = false: build or load it on this host)"
+                            ),
+                        )
+                    })?
+                    .id
+            }
+            (None, Some(t)) => {
+                let cfg = self.inner.config.registry_for(&repo.host);
+                self.with_retries("resolving the tag", || async {
+                    registry::resolve_tag(&repo, t, cfg).await.map_err(|e| {
+                        let transient = matches!(e, registry::RegistryError::Unavailable { .. });
+                        attempt_error(e.to_string(), transient)
+                    })
+                })
+                .await?
+            }
+            (None, None) => {
+                return Err(fail(
+                    FailureKind::Invalid,
+                    "neither a tag nor a digest was requested",
+                ))
+            }
+        };
+        // A local image is addressed by its ID, a pulled one by repository@digest.
+        self.image = if self.service.pull {
+            format!("{}@{}", self.service.image, self.digest)
+        } else {
+            self.digest.clone()
+        };
+        self.note(&format!(
+            "{} -> {}",
+            tag.as_deref().unwrap_or("digest"),
+            self.digest
+        ));
+        self.record(self.inner.store.set_target(
+            self.deployment.id,
+            self.tag.as_deref(),
+            &self.digest,
+            &self.image,
+            self.live.as_ref(),
+        ));
+        if self.already_live().await {
+            return Err(Stop::Done(State::AlreadyLive));
+        }
+        // Now that the digest is known, replicas already running it count as
+        // done (a re-run after an interruption keeps what it replaced).
+        self.plan = strategy::plan(
+            &self.service.name,
+            &self.routing,
+            Some(&self.digest),
+            self.shape,
+        );
+        self.record(
+            self.inner
+                .store
+                .set_plan(self.deployment.id, &self.plan.steps),
+        );
+        self.record(
+            self.inner
+                .store
+                .set_colour(self.deployment.id, self.plan.colour),
+        );
+        Ok(())
+    }
+
+    /// Whether the service already runs the target everywhere: every routed
+    /// replica is of this digest, there are as many as wanted, and each runs.
+    async fn already_live(&self) -> bool {
+        let routed = &self.routing.backends;
+        if self.live.as_ref().is_none_or(|l| l.digest != self.digest)
+            || routed.len() != self.shape.replicas as usize
+            || routed.iter().any(|b| b.digest != self.digest)
+        {
+            return false;
+        }
+        for b in routed {
+            match self.inner.runtime.status(&b.id).await {
+                Ok(Some(s)) if s.running => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    async fn pull(&mut self) -> Result<(), Stop> {
+        let repo = Repository::parse(&self.service.image);
+        let creds = registry::credentials(self.inner.config.registry_for(&repo.host));
+        let runtime = &self.inner.runtime;
+        let inspect = || async { runtime.image(&self.image).await.map_err(runtime_failure) };
+        // A digest names its content: an image already here needs no pull (a
+        // rollback then works while the registry is down).
+        let mut found = inspect().await?;
+        if found.is_some() && self.service.pull {
+            self.note("the image is already on this host; no pull needed");
+        }
+        // Someone untagging the repository on this host can remove the digest
+        // reference between the pull and the inspect: pull again, a bounded
+        // number of times.
+        let mut tries = 0;
+        while found.is_none() && self.service.pull && tries < PULL_TRIES {
+            tries += 1;
+            let limit = self.inner.config.pull.timeout;
+            self.with_retries("pulling", || async {
+                match tokio::time::timeout(limit, runtime.pull(&self.image, creds.clone())).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(attempt_error(e.message, e.kind == ErrorKind::Transient)),
+                    Err(_) => Err(attempt_error(
+                        format!(
+                            "the pull of {} stalled: no end within {} (pull.timeout)",
+                            self.image,
+                            display::span(limit)
+                        ),
+                        true,
+                    )),
+                }
+            })
+            .await?;
+            found = inspect().await?;
+        }
+        let Some(info) = found else {
+            return Err(fail(
+                FailureKind::Invalid,
+                format!(
+                    "{} is not present on this host{}",
+                    self.image,
+                    if self.service.pull {
+                        " after the pull"
+                    } else {
+                        " (pull = false)"
+                    }
+                ),
+            ));
+        };
+        self.refuse_if_older_than_live(info.created.as_deref())
+            .await?;
+        self.has_healthcheck = info.has_healthcheck;
+        self.record(self.inner.store.set_image_id(self.deployment.id, &info.id));
+        self.note(&format!(
+            "image {}{}",
+            short_digest(&info.id),
+            if info.has_healthcheck {
+                " (has a Docker HEALTHCHECK)"
+            } else {
+                ""
+            }
+        ));
+        self.image_id = Some(info.id);
+        Ok(())
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or `[pull] attempts`
+    /// run out, waiting with backoff in between; each retry is noted.
+    async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Stop>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SendError>>,
+    {
+        let cfg = &self.inner.config.pull;
+        let policy = Policy {
+            base: cfg.backoff,
+            max_attempts: cfg.attempts,
+        };
+        let mut n = 0;
+        loop {
+            n += 1;
+            let e = match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let Some(wait) = policy.next_delay(n, &e, rand::random::<f64>()) else {
+                let kind = if e.retryable {
+                    FailureKind::RegistryUnavailable
+                } else {
+                    FailureKind::RegistryRefused
+                };
+                return Err(fail(
+                    kind,
+                    if n > 1 {
+                        format!("{} (gave up after {n} tries)", e.detail)
+                    } else {
+                        e.detail
+                    },
+                ));
+            };
+            warn!(try_ = n, error = %e.detail, "{what} failed; trying again in {wait:?}");
+            self.note(&format!(
+                "{what}: try {n} of {} failed ({}); next in {} ms",
+                cfg.attempts,
+                e.detail,
+                wait.as_millis()
+            ));
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The out-of-order guard for pushes whose push time is unknown: an image
+    /// created before the live one never replaces it unless an operator asks.
+    async fn refuse_if_older_than_live(&self, created: Option<&str>) -> Result<(), Stop> {
+        if self.deployment.trigger.is_operator() || self.deployment.pushed_at.is_some() {
+            return Ok(());
+        }
+        let Some(live_image) = self.live.as_ref().and_then(|l| l.image_id.clone()) else {
+            return Ok(());
+        };
+        let Ok(Some(live)) = self.inner.runtime.image(&live_image).await else {
+            return Ok(());
+        };
+        let parse = |t: Option<&str>| t.and_then(crate::webhook::parse_time);
+        match (parse(created), parse(live.created.as_deref())) {
+            (Some(new), Some(old)) if new < old => Err(fail(
+                FailureKind::Stale,
+                format!(
+                    "the image was created before the live one ({} < {}); deploy it by hand to force it",
+                    created.unwrap_or_default(),
+                    live.created.unwrap_or_default()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts a replica in each slot, all at once.
+    async fn start(&mut self, slots: &[Slot]) -> Result<(), Stop> {
+        let image = self.image_id.clone().unwrap_or_else(|| self.image.clone());
+        let mut specs = Vec::new();
+        for slot in slots {
+            let spec = ReplicaSpec::new(
+                self.service,
+                *slot,
+                self.deployment.id,
+                &self.digest,
+                &image,
+            )
+            .map_err(|e| fail(FailureKind::Invalid, e))?;
+            specs.push(spec);
+        }
+        let runtime = &self.inner.runtime;
+        let results = join_all(specs.iter().map(|spec| runtime.start(spec))).await;
+        let mut first_error = None;
+        let mut notes = Vec::new();
+        for result in results {
+            match result {
+                Ok(replica) => {
+                    notes.push(format!(
+                        "{} at {}",
+                        replica.name,
+                        replica.address.as_deref().unwrap_or("-")
+                    ));
+                    self.started.insert(replica.name.clone(), replica);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if !notes.is_empty() {
+            self.note(&notes.join(", "));
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) if e.kind == ErrorKind::Conflict => Err(fail(FailureKind::Invalid, e.message)),
+            Some(e) => Err(runtime_failure(e)),
+        }
+    }
+
+    /// The health checks of a started replica.
+    fn health<'r>(&'r self, replica: &'r Replica) -> HealthGate<'r> {
+        HealthGate {
+            runtime: &self.inner.runtime,
+            config: &self.service.health,
+            name: &replica.name,
+            replica_id: &replica.id,
+            address: replica.address.as_deref().unwrap_or_default(),
+            docker_healthcheck: self.has_healthcheck,
+        }
+    }
+
+    fn replicas_of(&self, slots: &[Slot]) -> Vec<Replica> {
+        slots
+            .iter()
+            .filter_map(|s| self.started.get(&s.name(&self.service.name)).cloned())
+            .collect()
+    }
+
+    /// Gates every replica at once; each that passes gets the service's
+    /// restart policy.
+    async fn gate(&mut self, slots: &[Slot]) -> Result<(), Stop> {
+        let replicas = self.replicas_of(slots);
+        let this = &*self;
+        let outcomes = join_all(
+            replicas
+                .iter()
+                .map(|r| async move { (r, this.health(r).wait().await) }),
+        )
+        .await;
+        let mut notes = Vec::new();
+        for (replica, outcome) in outcomes {
+            match outcome {
+                Ok(probes) => {
+                    self.inner
+                        .runtime
+                        .promote(&replica.id, self.service.restart)
+                        .await
+                        .map_err(runtime_failure)?;
+                    notes.push(format!("{} healthy after {probes} probes", replica.name));
+                }
+                Err(g) => {
+                    if !notes.is_empty() {
+                        self.note(&notes.join(", "));
+                    }
+                    self.failing = Some(replica.id.clone());
+                    return Err(gate_failure(g, FailureKind::Unhealthy));
+                }
+            }
+        }
+        self.note(&notes.join(", "));
+        Ok(())
+    }
+
+    fn backend(&self, replica: &Replica, colour: crate::domain::deployment::Colour) -> Backend {
+        Backend {
+            id: replica.id.clone(),
+            name: replica.name.clone(),
+            address: replica.address.clone().unwrap_or_default(),
+            colour: replica.colour.unwrap_or(colour),
+            deployment: self.deployment.id,
+            digest: self.digest.clone(),
+            role: Role::New,
+            weight: 1,
+            since: now_ms(),
+        }
+    }
+
+    /// Applies a new routing: nginx tests and reloads it, or stays as it was.
+    async fn route(&mut self, backends: Vec<Backend>) -> Result<(), Stop> {
+        let next = self.routing.next(backends);
+        let removed: Vec<Backend> = self
+            .routing
+            .backends
+            .iter()
+            .filter(|b| next.backend(&b.name).is_none())
+            .cloned()
+            .collect();
+        let workers = self
+            .inner
+            .nginx
+            .apply(&next)
+            .await
+            .map_err(|e| fail(FailureKind::Proxy, e.to_string()))?;
+        self.old_workers.extend(workers);
+        self.retired.extend(removed);
+        self.routing = next;
+        self.record(self.inner.store.set_routing(&self.routing));
+        Ok(())
+    }
+
+    async fn switch(&mut self, add: &[Slot], remove: &[String]) -> Result<(), Stop> {
+        let mut backends: Vec<Backend> = self
+            .routing
+            .backends
+            .iter()
+            .filter(|b| !remove.contains(&b.name))
+            .map(|b| Backend {
+                role: Role::Stable,
+                ..b.clone()
+            })
+            .collect();
+        for replica in self.replicas_of(add) {
+            backends.push(self.backend(&replica, self.plan.colour));
+        }
+        self.route(backends).await?;
+        self.note(&format!(
+            "nginx routes {} to {} (render {})",
+            self.service.name,
+            self.routing
+                .backends
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.routing.generation
+        ));
+        Ok(())
+    }
+
+    async fn verify(&mut self, slots: &[Slot]) -> Result<(), Stop> {
+        let names: Vec<String> = slots.iter().map(|s| s.name(&self.service.name)).collect();
+        let prove: Vec<usize> = self
+            .routing
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| names.contains(&b.name))
+            .map(|(i, _)| i)
+            .collect();
+        let took = self
+            .inner
+            .nginx
+            .verify(&self.routing, &prove, &self.service.health.path)
+            .await
+            .map_err(|e| fail(FailureKind::Proxy, e.to_string()))?;
+        self.note(&format!(
+            "proved through nginx in {}: {}",
+            display::duration(took.as_millis() as i64),
+            if prove.is_empty() {
+                "the render took".to_string()
+            } else {
+                format!("{} answer", names.join(", "))
+            }
+        ));
+        let everywhere = self.routing.backends.len() == self.shape.replicas as usize
+            && self
+                .routing
+                .backends
+                .iter()
+                .all(|b| b.digest == self.digest);
+        if everywhere && !self.unwinding {
+            self.went_live()?;
+        }
+        Ok(())
+    }
+
+    /// Every replica runs the target: it is the live version.
+    fn went_live(&mut self) -> Result<(), Stop> {
+        let previous = self.live.clone();
+        let live = Live {
+            service: self.service.name.clone(),
+            colour: self.routing.colour(),
+            tag: self.tag.clone(),
+            digest: self.digest.clone(),
+            image: self.image.clone(),
+            image_id: self.image_id.clone(),
+            deployment_id: Some(self.deployment.id),
+            since: now_ms(),
+            previous_tag: previous.as_ref().and_then(|p| p.tag.clone()),
+            previous_digest: previous.as_ref().map(|p| p.digest.clone()),
+            previous_image_id: previous.as_ref().and_then(|p| p.image_id.clone()),
+            pushed_at: self.deployment.pushed_at,
+            routing: Some(self.routing.clone()),
+        };
+        self.inner
+            .store
+            .set_live(&live)
+            .map_err(|e| fail(FailureKind::Store, e.to_string()))
+    }
+
+    async fn soak(&mut self) -> Result<(), Stop> {
+        let soak = self.service.rollout.soak;
+        let guard = self
+            .inner
+            .soaks
+            .open(&self.service.name, self.deployment.id);
+        let replicas: Vec<Replica> = self.started.values().cloned().collect();
+        let watched = self.watch(&replicas, "soak", soak, &guard.stop).await;
+        if guard.close() {
+            return Err(fail(
+                FailureKind::Operator,
+                "an operator asked for a rollback during the soak",
+            ));
+        }
+        let probes = watched?;
+        self.note(&format!(
+            "healthy through the {} soak ({probes} probes)",
+            display::span(soak)
+        ));
+        Ok(())
+    }
+
+    /// Watches `replicas` for `duration` (all at once): each must keep running
+    /// and answering its probes, and, when the access log is read, they must
+    /// not answer errors through nginx clearly more often than the old replicas.
+    async fn watch(
+        &mut self,
+        replicas: &[Replica],
+        phase: &str,
+        duration: std::time::Duration,
+        stop: &CancellationToken,
+    ) -> Result<u32, Stop> {
+        let mut traffic = self.traffic.take();
+        let sides = Sides {
+            old: self
+                .original
+                .backends
+                .iter()
+                .map(|b| b.address.clone())
+                .collect(),
+            new: self
+                .started
+                .values()
+                .filter_map(|r| r.address.clone())
+                .collect(),
+        };
+        let interval = self.service.health.interval;
+        let this = &*self;
+        let gates = join_all(
+            replicas
+                .iter()
+                .map(|r| async move { (r, this.health(r).soak(phase, duration, stop).await) }),
+        );
+        let errors = watch_errors(traffic.as_mut(), &sides, interval, duration, stop);
+        let (gates, errors) = tokio::join!(gates, errors);
+        self.traffic = traffic;
+        let mut probes = 0;
+        for (replica, outcome) in gates {
+            match outcome {
+                Ok(n) => probes += n,
+                Err(g) => {
+                    self.failing = Some(replica.id.clone());
+                    return Err(gate_failure(g, FailureKind::Unhealthy));
+                }
+            }
+        }
+        errors?;
+        Ok(probes)
+    }
+
+    async fn monitor(&mut self, slots: &[Slot]) -> Result<(), Stop> {
+        let duration = self.service.rollout.monitor;
+        let replicas = self.replicas_of(slots);
+        let never = CancellationToken::new();
+        let probes = self.watch(&replicas, "monitor", duration, &never).await?;
+        self.note(&format!(
+            "{} healthy through the {} monitor ({probes} probes{})",
+            replicas
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            display::span(duration),
+            if self.traffic.is_some() {
+                ", errors through nginx no worse than the old replicas'"
+            } else {
+                "; nginx.access_log is not set, so errors through nginx were not compared"
+            }
+        ));
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<(), Stop> {
+        let old = std::mem::take(&mut self.old_workers);
+        if old.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match self.inner.nginx.wait_drained(&old).await {
+            Ok(0) => self.note(&format!(
+                "{} old nginx workers exited after {} ms",
+                old.len(),
+                started.elapsed().as_millis()
+            )),
+            Ok(left) => {
+                warn!(left, "old nginx workers still running after drain_timeout");
+                self.note(&format!(
+                    "{left} old nginx workers still running after drain_timeout {}",
+                    display::span(self.inner.config.nginx.drain_timeout)
+                ))
+            }
+            Err(e) => self.note(&format!("cannot watch nginx workers: {e}")),
+        }
+        Ok(())
+    }
+
+    /// Stops the replicas nginx no longer routes to. The plan names the old
+    /// replicas; any other replica of the service that nginx does not route
+    /// to (left by an earlier failure) goes too.
+    async fn stop_old(&mut self, names: &[String]) -> Result<(), Stop> {
+        let runtime = &self.inner.runtime;
+        let replicas = match runtime.replicas(self.service).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.note(&format!(
+                    "cannot list replicas to stop the old ones: {e}; the next start removes them"
+                ));
+                return Ok(());
+            }
+        };
+        let doomed: Vec<&Replica> = replicas
+            .iter()
+            .filter(|r| self.routing.backend(&r.name).is_none())
+            .filter(|r| names.contains(&r.name) || !self.started.contains_key(&r.name))
+            .collect();
+        let grace = self.service.rollout.stop_grace;
+        let stopped = join_all(doomed.iter().map(|r| async move {
+            if let Err(e) = runtime.stop(&r.id, grace).await {
+                warn!(replica = %r.name, error = %e, "stopping an old replica");
+            }
+            r.name.clone()
+        }))
+        .await;
+        self.retired.retain(|b| !stopped.contains(&b.name));
+        if !stopped.is_empty() {
+            self.note(&format!("stopped {}", stopped.join(", ")));
+        }
+        self.stopped.extend(stopped);
+        Ok(())
+    }
+
+    async fn prune(&mut self) -> Result<(), Stop> {
+        // Never the live image, the rollback image, or any image a replica of
+        // any greenlight service uses.
+        let mut protected: HashSet<String> = HashSet::new();
+        protected.extend(self.image_id.clone());
+        protected.extend(self.live.as_ref().and_then(|l| l.image_id.clone()));
+        for svc in &self.inner.config.services {
+            if let Ok(Some(l)) = self.inner.store.live(&svc.name) {
+                protected.extend(l.image_id);
+                protected.extend(l.previous_image_id);
+            }
+            if let Ok(replicas) = self.inner.runtime.replicas(svc).await {
+                protected.extend(replicas.into_iter().map(|r| r.image_id));
+            }
+        }
+        let repo = Repository::parse(&self.service.image);
+        match self
+            .inner
+            .runtime
+            .prune(&repo, self.service.rollout.keep_images, &protected)
+            .await
+        {
+            Ok(removed) if removed.is_empty() => self.note("nothing to prune"),
+            Ok(removed) => self.note(&format!("removed {}", removed.join(", "))),
+            Err(e) => self.note(&format!("cannot prune: {e}")),
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- the way back
+
+    /// Adds the log tail of the replica that failed (or the last one started).
+    pub async fn add_log_tail(&self, failure: &mut Failure) {
+        let id = self
+            .failing
+            .clone()
+            .or_else(|| self.started.values().last().map(|r| r.id.clone()));
+        if let Some(id) = id {
+            let tail = self.inner.runtime.log_tail(&id, LOG_TAIL_LINES).await;
+            if !tail.trim().is_empty() {
+                failure.log_tail = Some(bound_log(&tail));
+            }
+        }
+    }
+
+    /// Removes every replica this deployment started that nginx does not
+    /// route to.
+    pub async fn remove_unrouted(&mut self) {
+        let doomed: Vec<Replica> = self
+            .started
+            .values()
+            .filter(|r| self.routing.backend(&r.name).is_none())
+            .cloned()
+            .collect();
+        for r in doomed {
+            if let Err(e) = self.inner.runtime.remove(&r.id).await {
+                warn!(replica = %r.name, error = %e, "removing a new replica");
+            }
+            self.started.remove(&r.name);
+        }
+    }
+
+    /// Before any switch: everything started goes.
+    pub async fn remove_started(&mut self) {
+        self.remove_unrouted().await;
+    }
+
+    /// One reload back to the replicas routed before the deployment (they
+    /// still run), then the new ones go once the workers routing to them have
+    /// drained.
+    pub async fn switch_back(&mut self) -> Result<(), String> {
+        let back = self.original.backends.clone();
+        let names: Vec<String> = back.iter().map(|b| b.name.clone()).collect();
+        self.begin(&Step::Switching {
+            batch: 0,
+            add: Vec::new(),
+            remove: self
+                .routing
+                .backends
+                .iter()
+                .filter(|b| !names.contains(&b.name))
+                .map(|b| b.name.clone())
+                .collect(),
+        });
+        if back.is_empty() {
+            // Nothing was live before: nothing to route to.
+            self.route(back).await.map_err(stop_text)?;
+        } else {
+            self.route(back).await.map_err(stop_text)?;
+            self.begin(&Step::Verifying {
+                batch: 0,
+                slots: Vec::new(),
+            });
+            // The reload back passed `nginx -t` and took; a verify server that
+            // cannot prove it (the reason the deployment failed, often) does
+            // not make it less done.
+            match self
+                .inner
+                .nginx
+                .verify(&self.routing, &[], &self.service.health.path)
+                .await
+            {
+                Ok(took) => self.note(&format!(
+                    "the previous replicas answer through nginx ({})",
+                    display::duration(took.as_millis() as i64)
+                )),
+                Err(e) => self.note(&format!("the switch back could not be proven: {e}")),
+            }
+        }
+        if let Some(live) = &self.live {
+            self.record(self.inner.store.set_live(&Live {
+                routing: Some(self.routing.clone()),
+                ..live.clone()
+            }));
+        } else {
+            self.record(self.inner.store.clear_live(&self.service.name));
+        }
+        // The workers routing to the new replicas finish their requests to them
+        // first, so those must outlive them.
+        self.begin(&Step::Draining { batch: 0 });
+        self.drain().await.map_err(stop_text)?;
+        self.begin(&Step::StoppingOld {
+            batch: 0,
+            replicas: self.started.keys().cloned().collect(),
+        });
+        self.remove_unrouted().await;
+        Ok(())
+    }
+
+    /// Rolls the replicas already replaced back to the previous version, with
+    /// the service's rolling settings, recording each step. Returns how many
+    /// replicas were put back.
+    pub async fn roll_back(&mut self) -> Result<usize, String> {
+        let Some(live) = self.live.clone() else {
+            return Err("there is no previous version to go back to".into());
+        };
+        let Some(image_id) = live.image_id.clone() else {
+            return Err("the previous version's image is not on record".into());
+        };
+        if !matches!(self.inner.runtime.image(&image_id).await, Ok(Some(_))) {
+            return Err(format!(
+                "the previous image ({}) is no longer on this host",
+                short_digest(&image_id)
+            ));
+        }
+        self.remove_unrouted().await;
+        self.unwinding = true;
+        self.digest = live.digest.clone();
+        self.image = live.image.clone();
+        self.image_id = Some(image_id);
+        self.tag = live.tag.clone();
+        let plan = strategy::plan(
+            &self.service.name,
+            &self.routing,
+            Some(&live.digest),
+            self.shape,
+        );
+        self.plan.colour = plan.colour;
+        let steps: Vec<Step> = plan
+            .steps
+            .into_iter()
+            .filter(|s| {
+                !matches!(
+                    s,
+                    Step::Resolving | Step::Pulling | Step::Pruning | Step::Monitoring { .. }
+                )
+            })
+            .collect();
+        let replaced = steps
+            .iter()
+            .map(|s| match s {
+                Step::Starting { slots, .. } => slots.len(),
+                _ => 0,
+            })
+            .sum();
+        for step in &steps {
+            self.begin(step);
+            self.step(step).await.map_err(stop_text)?;
+        }
+        self.record(self.inner.store.set_live(&Live {
+            routing: Some(self.routing.clone()),
+            ..live
+        }));
+        Ok(replaced)
+    }
+
+    fn begin(&self, step: &Step) {
+        self.record(
+            self.inner
+                .store
+                .begin_step(self.deployment.id, step, &self.service.name),
+        );
+    }
+
+    /// The store failed: best effort to leave nothing half done behind.
+    pub async fn abandon(&mut self) {
+        if self.routing.backends == self.original.backends {
+            self.remove_started().await;
+        }
+    }
+}
+
+fn stop_text(stop: Stop) -> String {
+    match stop {
+        Stop::Fail(f) => f.error,
+        Stop::Done(state) => format!("ended as {state}"),
+    }
+}
+
+fn attempt_error(detail: String, transient: bool) -> SendError {
+    if transient {
+        SendError::retry(detail)
+    } else {
+        SendError::permanent(detail)
+    }
+}
+
+/// The backends a deployment compares: the ones it started, and the ones
+/// routed before it began.
+struct Sides {
+    new: HashSet<String>,
+    old: HashSet<String>,
+}
+
+/// Reads the access log every `interval` for `duration`, and fails when the
+/// new replicas answer server errors clearly more often than the old ones (a
+/// one-sided Fisher exact test over the deployment so far).
+async fn watch_errors(
+    traffic: Option<&mut (AccessLog, HashMap<String, Tally>)>,
+    sides: &Sides,
+    interval: std::time::Duration,
+    duration: std::time::Duration,
+    stop: &CancellationToken,
+) -> Result<(), Stop> {
+    let Some((log, seen)) = traffic else {
+        return Ok(());
+    };
+    let end = Instant::now() + duration;
+    loop {
+        match log.read() {
+            Ok(more) => {
+                for (addr, t) in more {
+                    seen.entry(addr).or_default().add(&t);
+                }
+            }
+            Err(e) => warn!(error = %e, "reading nginx.access_log"),
+        }
+        let (mut new, mut old) = (Tally::default(), Tally::default());
+        for (addr, t) in seen.iter() {
+            if sides.new.contains(addr) {
+                new.add(t);
+            } else if sides.old.contains(addr) {
+                old.add(t);
+            }
+        }
+        if let Some(p) = traffic::clearly_worse(&new, &old, ERROR_FLOOR) {
+            return Err(fail(
+                FailureKind::Errors,
+                format!(
+                    "the new replicas answered {} of {} requests through nginx with a 5xx ({:.1}%), the old ones {} of {} ({:.1}%): one-sided Fisher exact p = {p:.1e}",
+                    new.errors,
+                    new.requests,
+                    100.0 * new.error_rate(),
+                    old.errors,
+                    old.requests,
+                    100.0 * old.error_rate()
+                ),
+            ));
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval.min(end - now)) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Replicas as containers of the local Docker engine: `<service>-<colour>-<k>`,
+//! labelled so a restarted greenlight finds them, on the service's network.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::prune;
+use super::{
+    labels, Credentials, ErrorKind, ImageInfo, Replica, ReplicaSpec, ReplicaStatus, Result,
+    RuntimeError, LABEL_COLOUR, LABEL_DEPLOYMENT, LABEL_DIGEST, LABEL_SERVICE, LABEL_SLOT,
+};
+use crate::config::ServiceConfig;
+use crate::display::short_digest;
+use crate::docker::{ContainerPlan, DockerError, Engine};
+use crate::domain::replica::RestartPolicy;
+use crate::registry::Repository;
+
+#[derive(Clone)]
+pub struct Containers {
+    engine: Engine,
+}
+
+impl Containers {
+    pub fn new(engine: Engine) -> Containers {
+        Containers { engine }
+    }
+
+    pub async fn describe(&self) -> Result<String> {
+        self.engine.version().await.map_err(other)
+    }
+
+    pub async fn image(&self, reference: &str) -> Result<Option<ImageInfo>> {
+        self.engine.inspect_image(reference).await.map_err(other)
+    }
+
+    pub async fn pull(&self, reference: &str, credentials: Option<Credentials>) -> Result<()> {
+        self.engine
+            .pull(reference, credentials)
+            .await
+            .map_err(|e| match e {
+                DockerError::Pull { .. } => {
+                    let text = e.to_string();
+                    let kind = if pull_error_is_transient(&text) {
+                        ErrorKind::Transient
+                    } else {
+                        ErrorKind::Refused
+                    };
+                    RuntimeError::new(kind, text)
+                }
+                e => other(e),
+            })
+    }
+
+    pub async fn start(&self, spec: &ReplicaSpec) -> Result<Replica> {
+        let engine = &self.engine;
+        let name = &spec.name;
+        engine
+            .ensure_network(&spec.network)
+            .await
+            .map_err(|e| other(format!("network {}: {e}", spec.network)))?;
+        // A stale container of this name: a failed or interrupted run left it.
+        // Never one nginx routes to: the plan only starts free slots.
+        for c in engine
+            .containers_labelled(LABEL_SERVICE, &spec.service)
+            .await
+            .map_err(other)?
+        {
+            if &c.name == name {
+                engine
+                    .remove(&c.id)
+                    .await
+                    .map_err(|e| other(format!("removing stale {name}: {e}")))?;
+            }
+        }
+        let plan = ContainerPlan {
+            name: name.clone(),
+            image: spec.image.clone(),
+            labels: labels(spec).into_iter().collect(),
+            env: spec.env.clone(),
+            command: spec.command.clone(),
+            binds: spec.volumes.clone(),
+            network: spec.network.clone(),
+            // No restarts until it has passed the gate: a crash there must leave
+            // the container exited, with its real exit code, not restarting.
+            restart: RestartPolicy::No,
+        };
+        let id = engine.create(&plan).await.map_err(|e| {
+            if e.is_conflict() {
+                RuntimeError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "a container named {name} exists and was not made by greenlight: rename or remove it ({e})"
+                    ),
+                )
+            } else {
+                other(format!("creating {name}: {e}"))
+            }
+        })?;
+        let started = async {
+            engine
+                .start(&id)
+                .await
+                .map_err(|e| other(format!("starting {name}: {e}")))?;
+            let status = engine
+                .status(&id)
+                .await
+                .map_err(other)?
+                .ok_or_else(|| other(format!("{name} vanished after start")))?;
+            let ip = status.ips.get(&spec.network).cloned().ok_or_else(|| {
+                other(format!(
+                    "{name} has no address on network {} (state: {})",
+                    spec.network, status.status
+                ))
+            })?;
+            Ok(Replica {
+                id: id.clone(),
+                name: name.clone(),
+                colour: Some(spec.slot.colour),
+                slot: Some(spec.slot.index),
+                deployment: Some(spec.deployment),
+                digest: Some(spec.digest.clone()),
+                image_id: spec.image.clone(),
+                running: status.running,
+                state: status.status,
+                address: Some(format!("{ip}:{}", spec.port)),
+            })
+        };
+        match started.await {
+            Ok(replica) => Ok(replica),
+            Err(e) => {
+                // Nothing else knows of it yet: leave nothing behind.
+                let _ = engine.remove(&id).await;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn promote(&self, id: &str, restart: RestartPolicy) -> Result<()> {
+        self.engine
+            .set_restart_policy(id, restart)
+            .await
+            .map_err(|e| other(format!("setting the restart policy {restart}: {e}")))
+    }
+
+    pub async fn status(&self, id: &str) -> Result<Option<ReplicaStatus>> {
+        Ok(self
+            .engine
+            .status(id)
+            .await
+            .map_err(other)?
+            .map(|s| ReplicaStatus {
+                id: s.id,
+                running: s.running,
+                restarting: s.restarting,
+                status: s.status,
+                exit_code: s.exit_code,
+                restart_count: s.restart_count,
+                health: s.health,
+            }))
+    }
+
+    pub async fn log_tail(&self, id: &str, lines: usize) -> String {
+        self.engine.log_tail(id, lines).await
+    }
+
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        self.engine.stop(id, grace).await.map_err(other)?;
+        self.engine.remove(id).await.map_err(other)
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        self.engine.remove(id).await.map_err(other)
+    }
+
+    pub async fn replicas(&self, svc: &ServiceConfig) -> Result<Vec<Replica>> {
+        let containers = self
+            .engine
+            .containers_labelled(LABEL_SERVICE, &svc.name)
+            .await
+            .map_err(other)?;
+        Ok(containers
+            .into_iter()
+            .map(|c| {
+                let label = |k: &str| c.labels.get(k).cloned();
+                Replica {
+                    colour: label(LABEL_COLOUR).and_then(|v| v.parse().ok()),
+                    slot: label(LABEL_SLOT).and_then(|v| v.parse().ok()),
+                    deployment: label(LABEL_DEPLOYMENT).and_then(|v| v.parse().ok()),
+                    digest: label(LABEL_DIGEST),
+                    running: c.state == "running",
+                    address: c
+                        .ips
+                        .get(&svc.network)
+                        .map(|ip| format!("{ip}:{}", svc.port)),
+                    id: c.id,
+                    name: c.name,
+                    image_id: c.image_id,
+                    state: c.state,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn prune(
+        &self,
+        repository: &Repository,
+        keep: usize,
+        protected: &HashSet<String>,
+    ) -> Result<Vec<String>> {
+        let images = self.engine.images().await.map_err(other)?;
+        let mut removed = Vec::new();
+        for image in prune::select(&images, repository, keep, protected) {
+            let mut all = true;
+            for reference in prune::references(image, repository) {
+                if let Err(e) = self.engine.remove_image_ref(reference).await {
+                    tracing::warn!(image = %reference, error = %e, "pruning image");
+                    all = false;
+                }
+            }
+            if all {
+                removed.push(short_digest(&image.id).to_string());
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> RuntimeError {
+    let message = e.to_string();
+    let kind = if message.contains("did not answer within [docker] timeout") {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Other
+    };
+    RuntimeError::new(kind, message)
+}
+
+/// Docker reports pull failures as text. The registry's refusals (unknown
+/// manifest or tag, refused credentials, a bad reference) are final; anything
+/// else (refused or reset connections, timeouts, 5xx) may pass.
+fn pull_error_is_transient(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    const FINAL: [&str; 8] = [
+        "manifest unknown",
+        "not found",
+        "unauthorized",
+        "denied",
+        "authentication required",
+        "invalid reference",
+        "no basic auth credentials",
+        "forbidden",
+    ];
+    !FINAL.iter().any(|f| t.contains(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_errors_that_the_registry_means_are_final() {
+        for text in [
+            "pulling x: manifest for 127.0.0.1:5000/demo@sha256:ab not found: manifest unknown: manifest unknown",
+            "pulling x: pull access denied for demo, repository does not exist or may require 'docker login'",
+            "pulling x: unauthorized: authentication required",
+        ] {
+            assert!(!pull_error_is_transient(text), "{text}");
+        }
+        for text in [
+            "pulling x: Get \"http://127.0.0.1:5000/v2/\": dial tcp 127.0.0.1:5000: connect: connection refused",
+            "pulling x: received unexpected HTTP status: 503 Service Unavailable",
+            "pulling x: net/http: TLS handshake timeout",
+            "pulling x: unexpected EOF",
+        ] {
+            assert!(pull_error_is_transient(text), "{text}");
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The container runtime, in the deployment's terms: bring an image here, start
+//! a replica from a spec, say where it listens and how it is, show its log,
+//! stop it, list a service's replicas, prune a service's images.
+//!
+//! A closed enum, one variant per engine (today the Docker engine; a Swarm
+//! variant is the next), each honest about what it does. Engine specifics
+//! (container specs, conflict codes, pull errors as text, duplicate networks)
+//! stay inside the variant.
+
+pub mod docker;
+mod prune;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::config::ServiceConfig;
+use crate::domain::deployment::Colour;
+use crate::domain::plan::Slot;
+use crate::domain::replica::RestartPolicy;
+
+pub use docker::Containers;
+
+/// How a runtime call failed, as the deployment must tell it apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// May pass if tried again: a registry or engine that is down or slow.
+    Transient,
+    /// The registry refused (unknown tag or digest, refused credentials, a bad
+    /// reference): trying again changes nothing.
+    Refused,
+    /// Something of that name exists and greenlight did not make it.
+    Conflict,
+    /// The engine did not answer within `[docker] timeout`.
+    Timeout,
+    Other,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RuntimeError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl RuntimeError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> RuntimeError {
+        RuntimeError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// An image on this host.
+pub use crate::docker::ImageInfo;
+
+/// Everything a new replica is made of.
+#[derive(Debug, Clone)]
+pub struct ReplicaSpec {
+    pub service: String,
+    pub slot: Slot,
+    pub name: String,
+    /// The image by ID: a tag or digest reference can be removed under us
+    /// (someone untags the repository) between the pull and the start.
+    pub image: String,
+    pub deployment: i64,
+    pub digest: String,
+    pub env: Vec<String>,
+    pub command: Option<Vec<String>>,
+    pub volumes: Vec<String>,
+    pub network: String,
+    pub port: u16,
+}
+
+impl ReplicaSpec {
+    /// The spec of `slot` of `service` for a deployment: the service's env file
+    /// and env, plus `GREENLIGHT_*` facts the app may log.
+    pub fn new(
+        svc: &ServiceConfig,
+        slot: Slot,
+        deployment: i64,
+        digest: &str,
+        image: &str,
+    ) -> std::result::Result<ReplicaSpec, String> {
+        let mut env: Vec<String> = Vec::new();
+        if let Some(path) = &svc.env_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("env_file {}: {e}", path.display()))?;
+            env.extend(parse_env_file(&text));
+        }
+        env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let name = slot.name(&svc.name);
+        env.push(format!("GREENLIGHT_SERVICE={}", svc.name));
+        env.push(format!("GREENLIGHT_COLOUR={}", slot.colour));
+        env.push(format!("GREENLIGHT_REPLICA={name}"));
+        env.push(format!("GREENLIGHT_DEPLOYMENT={deployment}"));
+        Ok(ReplicaSpec {
+            service: svc.name.clone(),
+            slot,
+            name,
+            image: image.to_string(),
+            deployment,
+            digest: digest.to_string(),
+            env,
+            command: svc.command.clone(),
+            volumes: svc.volumes.clone(),
+            network: svc.network.clone(),
+            port: svc.port,
+        })
+    }
+}
+
+/// A replica of a service, as the runtime lists it.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub id: String,
+    pub name: String,
+    pub colour: Option<Colour>,
+    pub slot: Option<u32>,
+    pub deployment: Option<i64>,
+    pub digest: Option<String>,
+    pub image_id: String,
+    pub running: bool,
+    /// The engine's word for its state (`running`, `exited`, ...).
+    pub state: String,
+    /// `ip:port` on the service's network, when it has an address there.
+    pub address: Option<String>,
+}
+
+/// How a replica is doing right now.
+#[derive(Debug, Clone)]
+pub struct ReplicaStatus {
+    pub id: String,
+    pub running: bool,
+    pub restarting: bool,
+    /// The engine's word for its state.
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub restart_count: i64,
+    /// The image's HEALTHCHECK verdict (`starting`, `healthy`, `unhealthy`), if it has one.
+    pub health: Option<String>,
+}
+
+/// The engine greenlight runs replicas on.
+#[derive(Clone)]
+pub enum Runtime {
+    /// Containers of the local Docker engine.
+    Docker(Containers),
+}
+
+impl Runtime {
+    /// What the engine is, for `check` and the log.
+    pub async fn describe(&self) -> Result<String> {
+        match self {
+            Runtime::Docker(c) => c.describe().await,
+        }
+    }
+
+    /// The image, if it is on this host.
+    pub async fn image(&self, reference: &str) -> Result<Option<ImageInfo>> {
+        match self {
+            Runtime::Docker(c) => c.image(reference).await,
+        }
+    }
+
+    /// Pulls `reference` (`repo@sha256:...`) with the registry's credentials.
+    pub async fn pull(&self, reference: &str, credentials: Option<Credentials>) -> Result<()> {
+        match self {
+            Runtime::Docker(c) => c.pull(reference, credentials).await,
+        }
+    }
+
+    /// Starts a replica from `spec` with no restarts (so a crash during its
+    /// gate shows its real exit code); returns it with its address.
+    pub async fn start(&self, spec: &ReplicaSpec) -> Result<Replica> {
+        match self {
+            Runtime::Docker(c) => c.start(spec).await,
+        }
+    }
+
+    /// A replica that passed its gate gets the service's restart policy.
+    pub async fn promote(&self, id: &str, restart: RestartPolicy) -> Result<()> {
+        match self {
+            Runtime::Docker(c) => c.promote(id, restart).await,
+        }
+    }
+
+    pub async fn status(&self, id: &str) -> Result<Option<ReplicaStatus>> {
+        match self {
+            Runtime::Docker(c) => c.status(id).await,
+        }
+    }
+
+    /// The last `lines` lines of a replica's output.
+    pub async fn log_tail(&self, id: &str, lines: usize) -> String {
+        match self {
+            Runtime::Docker(c) => c.log_tail(id, lines).await,
+        }
+    }
+
+    /// Stops a replica gracefully (SIGTERM, then SIGKILL after `grace`) and
+    /// removes it. One already gone is fine.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        match self {
+            Runtime::Docker(c) => c.stop(id, grace).await,
+        }
+    }
+
+    /// Removes a replica at once (it never served). One already gone is fine.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        match self {
+            Runtime::Docker(c) => c.remove(id).await,
+        }
+    }
+
+    /// Every replica greenlight made for `svc`, running or not.
+    pub async fn replicas(&self, svc: &ServiceConfig) -> Result<Vec<Replica>> {
+        match self {
+            Runtime::Docker(c) => c.replicas(svc).await,
+        }
+    }
+
+    /// Removes `repository`'s images beyond the newest `keep`, never one in
+    /// `protected` (image IDs); returns the short IDs removed.
+    pub async fn prune(
+        &self,
+        repository: &crate::registry::Repository,
+        keep: usize,
+        protected: &std::collections::HashSet<String>,
+    ) -> Result<Vec<String>> {
+        match self {
+            Runtime::Docker(c) => c.prune(repository, keep, protected).await,
+        }
+    }
+}
+
+/// Registry credentials for a pull.
+pub type Credentials = bollard::auth::DockerCredentials;
+
+/// `KEY=VALUE` lines; blank lines and `#` comments skipped.
+fn parse_env_file(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && l.contains('='))
+        .map(|l| l.strip_prefix("export ").unwrap_or(l).to_string())
+        .collect()
+}
+
+/// The labels a replica carries, so a restarted greenlight finds it.
+pub fn labels(spec: &ReplicaSpec) -> BTreeMap<String, String> {
+    [
+        (LABEL_SERVICE, spec.service.clone()),
+        (LABEL_COLOUR, spec.slot.colour.to_string()),
+        (LABEL_SLOT, spec.slot.index.to_string()),
+        (LABEL_DEPLOYMENT, spec.deployment.to_string()),
+        (LABEL_DIGEST, spec.digest.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+pub const LABEL_SERVICE: &str = "greenlight.service";
+pub const LABEL_COLOUR: &str = "greenlight.colour";
+pub const LABEL_SLOT: &str = "greenlight.slot";
+pub const LABEL_DEPLOYMENT: &str = "greenlight.deployment";
+pub const LABEL_DIGEST: &str = "greenlight.digest";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_files_skip_comments_and_blank_lines() {
+        let env = parse_env_file("# c\nA=1\n\nexport B=two words\nnonsense\n");
+        assert_eq!(env, vec!["A=1", "B=two words"]);
+    }
+}
