@@ -4,7 +4,7 @@
 //! cargo run --release -p greenlight-bench -- [ingest] [footprint] [deploy] [many] [options]
 //! ```
 //!
-//! With no suite named, runs `ingest footprint deploy many` in that order. `deploy` also
+//! With no suite named, runs `ingest footprint deploy many replicas` in that order. `deploy` also
 //! prints the switch overhead. See [`USAGE`] for the options and their defaults.
 
 use std::fmt::Write as _;
@@ -17,15 +17,18 @@ mod deploy;
 mod gl;
 mod ingest;
 mod many;
+mod replicas;
 
 const USAGE: &str = "\
 greenlight-bench [SUITE ...] [OPTIONS]
 
-Prints Markdown tables. Suites (default: all four, in this order):
+Prints Markdown tables. Suites (default: all five, in this order):
   ingest      webhook ingestion: greenlight vs adnanh/webhook, Rust client and wrk
   footprint   binary size, start-up time, idle RSS
   deploy      deploys under load (greenlight, classic script, recreate) and the switch overhead
   many        K services deployed at once by one greenlight vs one alone
+  replicas    a 3-replica service: greenlight blue-green, greenlight rolling, and
+              docker-rollout's double-then-stop-old, N deploys each
 
 Options:
   --duration S         ingestion seconds per server and load tool (default 10)
@@ -83,7 +86,7 @@ fn parse_args() -> Result<Opts> {
                     other => bail!("--keepalive on|off|both, not {other:?}"),
                 }
             }
-            "ingest" | "footprint" | "deploy" | "many" => opts.suites.push(arg),
+            "ingest" | "footprint" | "deploy" | "many" | "replicas" => opts.suites.push(arg),
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -92,7 +95,7 @@ fn parse_args() -> Result<Opts> {
         }
     }
     if opts.suites.is_empty() {
-        opts.suites = ["ingest", "footprint", "deploy", "many"]
+        opts.suites = ["ingest", "footprint", "deploy", "many", "replicas"]
             .map(String::from)
             .to_vec();
     }
@@ -118,6 +121,7 @@ async fn main() -> Result<()> {
             "ingest" => ingest::run(&opts, &binary, &mut section).await,
             "footprint" => footprint(&binary, &mut section).await,
             "deploy" => deploy::run(&opts, &binary, &mut section).await,
+            "replicas" => replicas::run(&opts, &binary, &mut section).await,
             "many" => many::run(&opts, &binary, &mut section).await,
             _ => unreachable!(),
         };

@@ -1,5 +1,6 @@
 //! The demo's routes: what each request gets back. No I/O except `/slow`'s sleep.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,8 @@ pub const MAX_SLOW: Duration = Duration::from_secs(60);
 pub struct App {
     config: Config,
     started: Instant,
+    /// App requests answered so far (for `DEMO_ERROR_PERCENT`).
+    served: AtomicU64,
 }
 
 impl App {
@@ -21,6 +24,7 @@ impl App {
         App {
             config,
             started: Instant::now(),
+            served: AtomicU64::new(0),
         }
     }
 
@@ -43,6 +47,9 @@ impl App {
         } else {
             head.method.as_str()
         };
+        if head.path != "/healthz" && self.fails_this_one() {
+            return Response::text(500, "failing on purpose (DEMO_ERROR_PERCENT)\n");
+        }
         match (method, head.path.as_str()) {
             ("GET", "/") => Response::json(200, self.identity_json(&[])),
             ("GET", "/healthz") => self.health(),
@@ -55,9 +62,34 @@ impl App {
         }
     }
 
+    /// Whether this app request is one of the `DEMO_ERROR_PERCENT` that fail:
+    /// request n fails when n * percent / 100 moves to the next whole number,
+    /// so failures are spread evenly from the first request on.
+    fn fails_this_one(&self) -> bool {
+        let percent = self.config.error_percent;
+        if percent == 0 {
+            return false;
+        }
+        let n = self.served.fetch_add(1, Ordering::Relaxed);
+        (n + 1) * percent / 100 > n * percent / 100
+    }
+
+    /// Whether this replica is one `DEMO_UNHEALTHY_REPLICAS` names.
+    fn unhealthy_replica(&self) -> bool {
+        let k = self
+            .config
+            .replica
+            .rsplit('-')
+            .next()
+            .and_then(|k| k.parse::<u32>().ok());
+        k.is_some_and(|k| self.config.unhealthy_replicas.contains(&k))
+    }
+
     fn health(&self) -> Response {
         if self.config.unhealthy {
             Response::text(503, "unhealthy (DEMO_UNHEALTHY=1)\n")
+        } else if self.unhealthy_replica() {
+            Response::text(503, "unhealthy (DEMO_UNHEALTHY_REPLICAS)\n")
         } else if self
             .config
             .unhealthy_after
@@ -157,6 +189,31 @@ mod tests {
                 std::process::id()
             )
         );
+    }
+
+    #[test]
+    fn a_share_of_app_requests_fails_evenly_and_health_is_spared() {
+        let app = app(Config {
+            error_percent: 25,
+            ..Config::default()
+        });
+        let statuses: Vec<u16> = (0..8).map(|_| get(&app, "/").status).collect();
+        assert_eq!(statuses, [200, 200, 200, 500, 200, 200, 200, 500]);
+        assert!((0..10).all(|_| get(&app, "/healthz").status == 200));
+    }
+
+    #[test]
+    fn only_the_named_replicas_are_unhealthy() {
+        let replica = |name: &str| {
+            app(Config {
+                unhealthy_replicas: vec![2],
+                replica: name.into(),
+                ..Config::default()
+            })
+        };
+        assert_eq!(get(&replica("web-green-2"), "/healthz").status, 503);
+        assert_eq!(get(&replica("web-green-1"), "/healthz").status, 200);
+        assert_eq!(get(&replica("web-green-12"), "/healthz").status, 200);
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub struct Config {
     pub exit_after: Option<Duration>,
     /// `DEMO_EXIT_CODE`: the code of that exit, default 3.
     pub exit_code: i32,
+    /// `DEMO_ERROR_PERCENT`: this share of the app's requests (everything but
+    /// `/healthz`) answer 500, spread evenly (0 to 100).
+    pub error_percent: u64,
+    /// `DEMO_UNHEALTHY_REPLICAS`: comma-separated replica numbers (the `k` of
+    /// `GREENLIGHT_REPLICA=<service>-<colour>-<k>`) whose `/healthz` answers 503.
+    pub unhealthy_replicas: Vec<u32>,
+    /// `GREENLIGHT_REPLICA` (set by the deployer), default "none".
+    pub replica: String,
 }
 
 impl Default for Config {
@@ -39,6 +47,9 @@ impl Default for Config {
             unhealthy_after: None,
             exit_after: None,
             exit_code: DEFAULT_EXIT_CODE,
+            error_percent: 0,
+            unhealthy_replicas: Vec::new(),
+            replica: "none".to_string(),
         }
     }
 }
@@ -76,6 +87,26 @@ impl Config {
         config.start_delay = Duration::from_millis(number("DEMO_START_DELAY_MS")?.unwrap_or(0));
         config.unhealthy_after = number("DEMO_UNHEALTHY_AFTER_MS")?.map(Duration::from_millis);
         config.exit_after = number("DEMO_EXIT_AFTER_MS")?.map(Duration::from_millis);
+        config.error_percent = number("DEMO_ERROR_PERCENT")?.unwrap_or(0);
+        if config.error_percent > 100 {
+            return Err(format!(
+                "DEMO_ERROR_PERCENT must be 0 to 100, got {}",
+                config.error_percent
+            ));
+        }
+        if let Some(list) = get("DEMO_UNHEALTHY_REPLICAS") {
+            config.unhealthy_replicas = list
+                .split(',')
+                .map(|n| {
+                    n.trim().parse().map_err(|_| {
+                        format!("DEMO_UNHEALTHY_REPLICAS must list replica numbers, got {list:?}")
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(replica) = get("GREENLIGHT_REPLICA") {
+            config.replica = replica.to_string();
+        }
         if let Some(code) = get("DEMO_EXIT_CODE") {
             config.exit_code = code
                 .parse()
@@ -112,8 +143,14 @@ mod tests {
             ("DEMO_UNHEALTHY_AFTER_MS", "900"),
             ("DEMO_EXIT_AFTER_MS", "200"),
             ("DEMO_EXIT_CODE", "7"),
+            ("DEMO_ERROR_PERCENT", "5"),
+            ("DEMO_UNHEALTHY_REPLICAS", "2, 3"),
+            ("GREENLIGHT_REPLICA", "web-green-2"),
         ]))
         .unwrap();
+        assert_eq!(config.error_percent, 5);
+        assert_eq!(config.unhealthy_replicas, [2, 3]);
+        assert_eq!(config.replica, "web-green-2");
         assert_eq!(config.port, 9000);
         assert_eq!(config.version, "v2");
         assert_eq!(config.colour, "blue");

@@ -482,8 +482,14 @@ async fn history(
 
 /// `history --steps`: one deployment's steps and notification attempts, in full.
 fn print_timeline(d: &Value) {
+    let shape = match (d["strategy"].as_str(), d["replicas"].as_u64()) {
+        (Some(strategy), Some(n)) => {
+            format!(", {strategy}, {n} replica{}", if n == 1 { "" } else { "s" })
+        }
+        _ => String::new(),
+    };
     println!(
-        "\n#{} {} {} (started {})",
+        "\n#{} {} {} (started {}{shape})",
         d["id"],
         text(&d["service"]),
         text(&d["state"]),
@@ -492,15 +498,28 @@ fn print_timeline(d: &Value) {
             .map(output::timestamp)
             .unwrap_or_default()
     );
+    let mut batch = None;
     for s in d["steps"].as_array().into_iter().flatten() {
+        // A rolling update's batches, each under its own heading.
+        if s["batch"].as_u64() != batch {
+            batch = s["batch"].as_u64();
+            if let Some(b) = batch {
+                println!("  batch {b}");
+            }
+        }
         let took = match (s["started_at"].as_i64(), s["finished_at"].as_i64()) {
             (Some(a), Some(b)) => output::duration(b - a),
             _ => "...".into(),
         };
+        let indent = if batch.is_some() { "  " } else { "" };
         println!(
-            "  {:<13} {:>7}  {}",
+            "  {indent}{:<13} {:>7}  {}{}",
             text(&s["step"]),
             took,
+            s["replicas"]
+                .as_str()
+                .map(|r| format!("[{r}] "))
+                .unwrap_or_default(),
             s["detail"].as_str().unwrap_or("")
         );
     }

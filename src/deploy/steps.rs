@@ -684,13 +684,24 @@ impl<'a> Run<'a> {
                 .collect(),
         };
         let interval = self.service.health.interval;
+        // The first failure ends the whole watch (and so does an operator's stop).
+        let done = stop.child_token();
         let this = &*self;
-        let gates = join_all(
-            replicas
-                .iter()
-                .map(|r| async move { (r, this.health(r).soak(phase, duration, stop).await) }),
-        );
-        let errors = watch_errors(traffic.as_mut(), &sides, interval, duration, stop);
+        let done_ref = &done;
+        let gates = join_all(replicas.iter().map(|r| async move {
+            let outcome = this.health(r).soak(phase, duration, done_ref).await;
+            if outcome.is_err() {
+                done_ref.cancel();
+            }
+            (r, outcome)
+        }));
+        let errors = async {
+            let outcome = watch_errors(traffic.as_mut(), &sides, interval, duration, &done).await;
+            if outcome.is_err() {
+                done.cancel();
+            }
+            outcome
+        };
         let (gates, errors) = tokio::join!(gates, errors);
         self.traffic = traffic;
         let mut probes = 0;

@@ -21,9 +21,12 @@ pub use control::NginxControl;
 
 /// Poll interval while waiting for workers to change.
 const POLL: Duration = Duration::from_millis(100);
-/// First poll interval while waiting for a reload to take (doubling up to
-/// `POLL`): the new workers start within milliseconds.
+/// Poll interval while waiting for a reload to take: the new workers start
+/// within milliseconds, and each poll is one request through nginx.
 const VERIFY_POLL: Duration = Duration::from_millis(5);
+/// After this long without the new render answering, polls back off
+/// (doubling up to `POLL`).
+const VERIFY_FAST_FOR: Duration = Duration::from_millis(500);
 /// One verify request; a slower answer counts as a failed attempt.
 const VERIFY_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Header the verify server adds with nginx's `$upstream_addr`.
@@ -114,17 +117,25 @@ impl Nginx {
         }
     }
 
-    /// Makes nginx route by `routing`: writes its file, tests the whole
-    /// configuration and reloads. Returns the workers that ran before the
-    /// reload (they may still route by the previous file until they exit). On
-    /// any failure the previous file is put back and nginx is left as it was.
+    /// Makes nginx route by `routing`: writes its file and reloads. Returns
+    /// the workers that ran before the reload (they may still route by the
+    /// previous file until they exit). On any failure the previous file is put
+    /// back and nginx is left as it was.
+    ///
+    /// `nginx -s reload` parses the whole configuration before it signals the
+    /// master and refuses one it cannot parse, so a separate `nginx -t` first
+    /// would only parse it twice; when the reload is refused, `nginx -t` says
+    /// why. What parsing cannot catch, the verify after the reload does.
     pub async fn apply(&self, routing: &Routing) -> Result<Vec<u32>> {
         let old_workers = self.control.workers().await?;
         let path = self.upstream_path(&routing.service);
         let previous = self.write(routing)?;
-        let outcome = match self.control.test().await {
-            Ok(_) => self.control.reload().await,
-            Err(e) => Err(e),
+        let outcome = match self.control.reload().await {
+            Ok(()) => Ok(()),
+            Err(refused) => match self.control.test().await {
+                Err(test) => Err(test),
+                Ok(_) => Err(refused),
+            },
         };
         if let Err(e) = outcome {
             // A failed reload leaves the master on its old config: so must the file.
@@ -207,13 +218,13 @@ impl Nginx {
         let url = format!("{}{}", self.cfg.verify_url.trim_end_matches('/'), path);
         let mut wait = VERIFY_POLL;
         loop {
-            let seen = match self
+            let answer = self
                 .http
                 .get(&url)
                 .header(SERVICE_HEADER, upstream)
                 .send()
-                .await
-            {
+                .await;
+            let seen = match answer {
                 Ok(resp) => {
                     let addr = resp
                         .headers()
@@ -256,7 +267,9 @@ impl Nginx {
                 });
             }
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(POLL);
+            if start.elapsed() > VERIFY_FAST_FOR {
+                wait = (wait * 2).min(POLL);
+            }
         }
     }
 

@@ -847,7 +847,8 @@ pub const NGINX_BINARY: &str = "/usr/sbin/nginx";
 /// others through `proxy_pass http://$greenlight_upstream` (a variable, so nginx starts
 /// before any upstream file exists and answers 502 until one does). The verify server
 /// proxies to the upstream named by the request's `X-Greenlight-Service` header. Both
-/// add `X-Greenlight-Upstream: $upstream_addr` to responses.
+/// add `X-Greenlight-Upstream: $upstream_addr` to responses. The site logs each
+/// request to `access.json` in the shipped format (`nginx/greenlight-log.conf`).
 pub struct Nginx {
     dir: TempDir,
     port: u16,
@@ -903,8 +904,12 @@ http {{
     include {root}/conf.d/*.conf;
 
     server {{
-        listen {listen};
+        # reuseport: after a reload the new workers take connections at once,
+        # not only once the master has let the old ones go (100 ms later).
+        listen {listen} reuseport;
         keepalive_timeout 65;
+        # The shipped format (nginx/greenlight-log.conf, copied into conf.d/).
+        access_log {root}/access.json greenlight;
 ",
         pid = site.pid,
         listen = site.listen,
@@ -933,7 +938,7 @@ http {{
         "    }}
 
     server {{
-        listen {verify_listen};
+        listen {verify_listen} reuseport;
 
         location / {{
             proxy_pass http://$http_x_greenlight_service;
@@ -952,6 +957,10 @@ http {{
 fn write_nginx_dir(dir: &Path, site: &ConfigSite) -> Result<()> {
     fs::create_dir_all(dir.join("upstreams"))?;
     fs::create_dir_all(dir.join("conf.d"))?;
+    fs::copy(
+        workspace_root().join("nginx/greenlight-log.conf"),
+        dir.join("conf.d/greenlight-log.conf"),
+    )?;
     fs::write(dir.join("nginx.conf"), nginx_config(site))?;
     Ok(())
 }
@@ -1170,6 +1179,12 @@ impl Nginx {
     /// The contents of nginx's error log (level info) so far.
     pub fn error_log(&self) -> String {
         read_lossy(&self.dir.path().join("error.log"))
+    }
+
+    /// The site's JSON access log (nginx/greenlight-log.conf's format), as
+    /// greenlight on this host reads it.
+    pub fn access_log_path(&self) -> PathBuf {
+        self.dir.path().join("access.json")
     }
 }
 

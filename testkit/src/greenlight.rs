@@ -184,9 +184,11 @@ state = "{{state}}"
 verify_url = "{}"
 verify_timeout = "10s"
 drain_timeout = "20s"
+access_log = "{}"
 "#,
         nginx.upstreams_dir().display(),
-        nginx.verify_url()
+        nginx.verify_url(),
+        nginx.access_log_path().display()
     );
     for s in services {
         text.push_str(&format!(

@@ -507,6 +507,47 @@ impl World {
         &self.digests[version]
     }
 
+    /// Adds `service_lines` to the service's `[[service]]` table and
+    /// `rollout_lines` to its `[service.rollout]`, then restarts greenlight.
+    pub fn configure(&mut self, service_lines: &str, rollout_lines: &str) {
+        self.gl.edit_config(|c| {
+            c.replacen(
+                "port = 8080\n",
+                &format!("port = 8080\n{service_lines}\n"),
+                1,
+            )
+            .replacen(
+                "keep_images = 2\n",
+                &format!("keep_images = 2\n{rollout_lines}\n"),
+                1,
+            )
+        });
+        self.gl.restart();
+    }
+
+    /// The versions of the replicas the API says nginx routes to, in order,
+    /// each running.
+    pub async fn replica_versions(&self) -> Vec<String> {
+        let s = self
+            .gl
+            .get(&format!("/api/services/{}", self.service))
+            .await;
+        s["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                assert_eq!(r["running"], true, "{s:#}");
+                let digest = r["digest"].as_str().unwrap();
+                self.digests
+                    .iter()
+                    .find(|(_, d)| d.as_str() == digest)
+                    .map(|(v, _)| v.clone())
+                    .unwrap_or_else(|| digest.to_string())
+            })
+            .collect()
+    }
+
     /// Pushes built image `version` to `repo_path` (default: the service's
     /// repository) under `tag`; returns the manifest digest.
     pub fn push_as(&mut self, version: &str, repo_path: Option<&str>, tag: &str) -> String {
@@ -683,4 +724,37 @@ pub fn recorded_steps(d: &Value) -> Vec<String> {
         .iter()
         .map(|s| s["step"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Counts a service's containers every 100 ms until stopped; reports the most
+/// seen at once.
+pub struct ContainerCounter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl ContainerCounter {
+    pub fn start(service: &str) -> ContainerCounter {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let label = format!("label=greenlight.service={service}");
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut most = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(out) = greenlight_testkit::env::docker(&["ps", "-q", "--filter", &label])
+                {
+                    most = most.max(out.lines().filter(|l| !l.trim().is_empty()).count());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            most
+        });
+        ContainerCounter { stop, thread }
+    }
+
+    /// The most containers running at once.
+    pub fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
