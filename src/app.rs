@@ -1,5 +1,6 @@
 //! Wires the real adapters (SQLite, Docker, nginx) and runs the HTTP server and
-//! the deploy workers until SIGINT/SIGTERM.
+//! the deploy workers until SIGINT/SIGTERM (a graceful stop); SIGHUP is logged
+//! and ignored, never fatal.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use crate::runtime::{Containers, Runtime};
 use crate::store::Store;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // First: from here on no signal can kill greenlight halfway through a step.
+    let mut signals = Signals::install().context("installing signal handlers")?;
     let listener = TcpListener::bind(&config.server.listen).with_context(|| {
         format!(
             "cannot listen on {} (server.listen): is another greenlight running?",
@@ -33,8 +36,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let handle = server.handle();
     info!(listen = %config.server.listen, services = config.services.len(), "greenlight serving");
     tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutting down");
+        let signal = signals.stop().await;
+        info!(
+            signal,
+            "shutting down: no new requests; those in flight finish (a deployment in \
+             progress is finished or undone on the next start)"
+        );
         handle.stop(true).await;
     });
     server.await?;
@@ -62,11 +69,37 @@ fn spawn_ledger_pruning(store: Store, retention: std::time::Duration) {
     });
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// The signals `serve` handles. SIGHUP (a closed terminal, `systemctl
+/// reload`, a log rotation script) would end the process by default, in the
+/// middle of a deployment; greenlight cannot take a new config while running,
+/// so it says so and carries on. SIGINT and SIGTERM stop it gracefully.
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for SIGINT or SIGTERM (its name), logging every SIGHUP meanwhile.
+    async fn stop(&mut self) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.hangup.recv() => info!(
+                    "SIGHUP ignored: greenlight reads its config at start; restart it to apply a change \
+                     (a deployment in progress carries on)"
+                ),
+                _ = self.interrupt.recv() => return "SIGINT",
+                _ = self.terminate.recv() => return "SIGTERM",
+            }
+        }
     }
 }

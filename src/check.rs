@@ -84,6 +84,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             ),
         },
     );
+    let mut nginx = None;
     if let Some(engine) = engine {
         if config.nginx.mode == NginxMode::Container {
             let name = config.nginx.container.as_deref().unwrap_or_default();
@@ -102,8 +103,8 @@ pub async fn run(config: &Config) -> Vec<Finding> {
                 Err(e) => bad("nginx container", e.to_string(), "check the Docker engine"),
             });
         }
-        let nginx = Nginx::new(config.nginx.clone(), engine.clone());
-        out.push(match nginx.test().await {
+        let checked = Nginx::new(config.nginx.clone(), engine.clone());
+        out.push(match checked.test().await {
             Ok(_) => ok("nginx -t", "configuration is valid"),
             Err(e) => bad(
                 "nginx -t",
@@ -113,25 +114,11 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         });
         let runtime = Runtime::Docker(Containers::new(engine.clone()));
         for svc in &config.services {
-            out.push(live_replicas(&runtime, &nginx, svc).await);
+            out.push(live_replicas(&runtime, &checked, svc).await);
         }
+        nginx = Some(checked);
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("static reqwest client config");
-    out.push(match http.get(&config.nginx.verify_url).send().await {
-        Ok(r) => ok("verify server", format!("{} answers HTTP {}", config.nginx.verify_url, r.status())),
-        Err(e) => bad(
-            "verify server",
-            format!(
-                "{} does not answer: {}",
-                config.nginx.verify_url,
-                crate::display::error_chain(&e)
-            ),
-            "include nginx/greenlight-verify.conf in nginx's http block, and set [nginx] verify_url to its address",
-        ),
-    });
+    out.push(verify_server(config, nginx.as_ref()).await);
     out
 }
 
@@ -199,4 +186,132 @@ async fn live_replicas(runtime: &Runtime, nginx: &Nginx, svc: &ServiceConfig) ->
         ),
         fixes.join(", or "),
     )
+}
+
+/// The verify server (nginx/greenlight-verify.conf): it answers, refuses an
+/// address that is not a service name, and proves a live service.
+async fn verify_server(config: &Config, nginx: Option<&Nginx>) -> Finding {
+    const WHAT: &str = "verify server";
+    let url = &config.nginx.verify_url;
+    let fix =
+        "include the shipped nginx/greenlight-verify.conf in nginx's http block (replacing an \
+               older copy), reload nginx, and set [nginx] verify_url to its address";
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("static reqwest client config");
+    // A harmless target: a listener of our own on loopback that answers nothing.
+    // A verify server that connects to it (or says it tried) proxies to any
+    // address it is given.
+    let trap = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(e) => {
+            return bad(
+                WHAT,
+                format!("cannot open a local port to test it: {e}"),
+                fix,
+            )
+        }
+    };
+    let target = trap.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let probe = http
+        .get(url)
+        .header(crate::proxy::SERVICE_HEADER, &target)
+        .send();
+    let (answer, reached) = tokio::join!(probe, async {
+        tokio::time::timeout(Duration::from_secs(3), trap.accept())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    });
+    let resp = match answer {
+        Ok(r) => r,
+        Err(e) => {
+            return bad(
+                WHAT,
+                format!("{url} does not answer: {}", crate::display::error_chain(&e)),
+                fix,
+            )
+        }
+    };
+    let tried = resp
+        .headers()
+        .get(crate::proxy::UPSTREAM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    if reached || tried.is_some() {
+        return bad(
+            WHAT,
+            format!(
+                "{url} proxied a request to {target}, an address that is not a service name: \
+                 it is an open proxy (to greenlight's API, a Docker socket, cloud metadata...)"
+            ),
+            fix,
+        );
+    }
+    if resp.status() != reqwest::StatusCode::BAD_REQUEST {
+        return bad(
+            WHAT,
+            format!(
+                "{url} answers HTTP {} to an address that is not a service name, not the \
+                 shipped file's 400",
+                resp.status()
+            ),
+            fix,
+        );
+    }
+    // A live service proves the way greenlight will use it.
+    let live = nginx
+        .into_iter()
+        .flat_map(|n| config.services.iter().filter_map(|s| n.current(&s.name)))
+        .next();
+    let Some(live) = live else {
+        return ok(
+            WHAT,
+            format!("{url} refuses addresses; no service is live to prove"),
+        );
+    };
+    let path = config
+        .service(&live.service)
+        .map_or("/", |s| s.health.path.as_str());
+    match http
+        .get(format!("{}{path}", url.trim_end_matches('/')))
+        .header(crate::proxy::SERVICE_HEADER, &live.service)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_server_error() => bad(
+            WHAT,
+            format!(
+                "{url} answers HTTP {} for service {}",
+                r.status(),
+                live.service
+            ),
+            fix,
+        ),
+        Ok(r) => match r.headers().get(crate::proxy::UPSTREAM_HEADER) {
+            Some(addr) => ok(
+                WHAT,
+                format!(
+                    "{url} refuses addresses and routes {} to {}",
+                    live.service,
+                    addr.to_str().unwrap_or("?")
+                ),
+            ),
+            None => bad(
+                WHAT,
+                format!(
+                    "{url} answers {} without {}",
+                    r.status(),
+                    crate::proxy::UPSTREAM_HEADER
+                ),
+                fix,
+            ),
+        },
+        Err(e) => bad(
+            WHAT,
+            format!("{url} does not answer: {}", crate::display::error_chain(&e)),
+            fix,
+        ),
+    }
 }

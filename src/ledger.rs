@@ -1,11 +1,23 @@
 //! The delivery ledger: every authenticated webhook delivery with its raw body,
 //! its non-secret headers and what became of it, so any delivery can be looked
 //! at and redelivered.
+//!
+//! One path writes it: [`GroupCommit`], a writer thread that takes every
+//! delivery waiting, decides what each means ([`intake::admit`]) and records
+//! it, its deployments and its verdict in one transaction. A repeated delivery
+//! costs what a new one costs: its attempt number is a counter (never a count
+//! of earlier rows), and a body already stored is referenced, not stored again.
+
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
-use crate::store::{now_ms, Result, Store};
+use crate::config::Config;
+use crate::deploy::intake::{self, Admitted};
+use crate::store::{Result, Store};
+use crate::webhook::{Item, Source};
 
 /// Headers never stored: they carry secrets.
 const SECRET_HEADERS: [&str; 4] = [
@@ -22,32 +34,35 @@ pub fn storable_header(name: &str) -> bool {
 /// A delivery ready for the ledger.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
-    pub source: String,
+    pub source: Source,
     pub delivery_id: String,
     pub redelivery_of: Option<i64>,
     /// The non-secret headers as the JSON object stored.
     headers: String,
     body: PackedBody,
+    /// SHA-256 of the raw body: a body already stored is not stored again.
+    digest: [u8; 32],
 }
 
 impl NewDelivery {
     /// Prepares a delivery on the caller's thread (the request's worker): the
-    /// secret headers dropped, the rest as JSON, the body packed. The ledger's
-    /// writer thread, which every concurrent delivery waits for, then only
-    /// copies bytes.
+    /// secret headers dropped, the rest as JSON, the body hashed and packed.
+    /// The ledger's writer thread, which every concurrent delivery waits for,
+    /// then only copies bytes.
     pub fn new(
-        source: &str,
+        source: Source,
         delivery_id: String,
         redelivery_of: Option<i64>,
         headers: &[(String, String)],
         raw_body: &[u8],
     ) -> NewDelivery {
         NewDelivery {
-            source: source.to_string(),
+            source,
             delivery_id,
             redelivery_of,
             headers: headers_json(headers),
             body: PackedBody::pack(raw_body),
+            digest: Sha256::digest(raw_body).into(),
         }
     }
 }
@@ -123,7 +138,18 @@ pub struct Delivery {
     pub body_error: Option<String>,
 }
 
-const COLUMNS: &str = "id, source, delivery_id, attempt, redelivery_of, received_at, verdict, detail, services, events, headers, body, body_codec";
+/// A row's columns; the body is kept inline by rows of schema 1 and 2, in
+/// `delivery_bodies` (shared by identical bodies) from schema 3 on.
+const COLUMNS: &str = "d.id, d.source, d.delivery_id, d.attempt, d.redelivery_of, d.received_at, \
+     d.verdict, d.detail, d.services, d.events, d.headers, \
+     CASE WHEN d.body_ref IS NULL THEN d.body ELSE b.body END, \
+     CASE WHEN d.body_ref IS NULL THEN d.body_codec ELSE b.codec END \
+     FROM deliveries d LEFT JOIN delivery_bodies b ON b.id = d.body_ref";
+
+/// The same without bodies, for listings.
+const LIST_COLUMNS: &str = "d.id, d.source, d.delivery_id, d.attempt, d.redelivery_of, \
+     d.received_at, d.verdict, d.detail, d.services, d.events, d.headers, NULL, NULL \
+     FROM deliveries d";
 
 fn from_row(row: &Row, with_body: bool) -> rusqlite::Result<Delivery> {
     let services: Option<String> = row.get(8)?;
@@ -131,7 +157,8 @@ fn from_row(row: &Row, with_body: bool) -> rusqlite::Result<Delivery> {
     let headers: String = row.get(10)?;
     let (body, body_error) = if with_body {
         let codec: Option<String> = row.get(12)?;
-        match unpack(row.get(11)?, codec.as_deref()) {
+        let stored: Option<Vec<u8>> = row.get(11)?;
+        match unpack(stored.unwrap_or_default(), codec.as_deref()) {
             Ok(body) => (body, None),
             Err(why) => (Vec::new(), Some(why)),
         }
@@ -164,17 +191,6 @@ fn from_row(row: &Row, with_body: bool) -> rusqlite::Result<Delivery> {
     })
 }
 
-/// What became of a delivery, written together with it.
-#[derive(Debug, Clone, Default)]
-pub struct Verdict {
-    pub verdict: String,
-    pub detail: String,
-    /// The outcomes of its events, as JSON text.
-    pub events: String,
-    pub services: Vec<String>,
-    pub deployments: Vec<i64>,
-}
-
 /// The non-secret headers as a JSON object with lowercased names.
 fn headers_json(headers: &[(String, String)]) -> String {
     let map: std::collections::BTreeMap<String, &str> = headers
@@ -185,44 +201,96 @@ fn headers_json(headers: &[(String, String)]) -> String {
     serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
 }
 
-/// Inserts one delivery with its verdict (`received` when `verdict` is `None`) and
-/// its links to deployments, in one statement per row, on `conn` (the caller
-/// owns the transaction). The attempt number counts earlier deliveries with the
-/// same id (GitHub redelivers with the same GUID). Returns (row, attempt).
-fn insert(
-    conn: &Connection,
-    d: &NewDelivery,
-    received_at: i64,
-    verdict: Option<&Verdict>,
-) -> rusqlite::Result<(i64, i64)> {
-    let (row, attempt) = conn
+/// An authenticated, parsed delivery waiting for the writer.
+#[derive(Debug)]
+pub struct Entry {
+    pub delivery: NewDelivery,
+    pub received_at: i64,
+    pub items: Vec<Item>,
+    /// GitHub's hello: recorded, answered `pong`.
+    pub ping: bool,
+}
+
+/// A delivery as recorded, with what it came to.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub delivery_id: String,
+    pub row: i64,
+    pub attempt: i64,
+    pub admitted: Admitted,
+}
+
+/// The next attempt number of a delivery id (GitHub redelivers with the same
+/// GUID): a counter per id, one index lookup however many attempts came before.
+fn next_attempt(conn: &Connection, delivery_id: &str) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO delivery_attempts (delivery_id, attempts) VALUES (?1, 1) \
+         ON CONFLICT(delivery_id) DO UPDATE SET attempts = attempts + 1 RETURNING attempts",
+    )?
+    .query_row([delivery_id], |r| r.get(0))
+}
+
+/// The row of `body` in `delivery_bodies`, stored now unless an identical body
+/// (same SHA-256) already is: a replayed delivery adds no body.
+fn body_row(conn: &Connection, d: &NewDelivery) -> rusqlite::Result<i64> {
+    let found = conn
+        .prepare_cached("SELECT id FROM delivery_bodies WHERE digest = ?1")?
+        .query_row([&d.digest[..]], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO delivery_bodies (digest, body, codec) VALUES (?1, ?2, ?3)")?
+        .execute(params![&d.digest[..], d.body.0, LZ4])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Records one delivery on `conn` (the caller's transaction): its row, what
+/// intake decides about each of its pushes (and the deployments that
+/// creates), its verdict and its links.
+fn record_on(conn: &rusqlite::Transaction, config: &Config, e: &Entry) -> Result<Recorded> {
+    let d = &e.delivery;
+    let attempt = next_attempt(conn, &d.delivery_id)?;
+    let body = body_row(conn, d)?;
+    // The row first: the deployments a push creates refer to it.
+    let row: i64 = conn
         .prepare_cached(
             "INSERT INTO deliveries (source, delivery_id, attempt, redelivery_of, received_at, \
-             headers, body, body_codec, verdict, detail, events, services) \
-             SELECT ?1, ?2, COUNT(*) + 1, ?3, ?4, ?5, ?6, ?11, ?7, ?8, ?9, ?10 \
-             FROM deliveries WHERE delivery_id = ?2 \
-             RETURNING id, attempt",
+             headers, body, body_ref, verdict) VALUES (?1, ?2, ?3, ?4, ?5, ?6, X'', ?7, 'received') \
+             RETURNING id",
         )?
         .query_row(
             params![
-                d.source,
+                d.source.as_str(),
                 d.delivery_id,
+                attempt,
                 d.redelivery_of,
-                received_at,
+                e.received_at,
                 d.headers,
-                d.body.0,
-                verdict.map_or("received", |v| v.verdict.as_str()),
-                verdict.map(|v| v.detail.as_str()),
-                verdict.map(|v| v.events.as_str()),
-                verdict.map(|v| v.services.join(",")),
-                LZ4,
+                body
             ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )?;
-    for deployment in verdict.map(|v| v.deployments.as_slice()).unwrap_or(&[]) {
+    let admitted = intake::admit(config, conn, &e.items, e.ping, row, e.received_at)?;
+    conn.prepare_cached(
+        "UPDATE deliveries SET verdict = ?2, detail = ?3, events = ?4, services = ?5 WHERE id = ?1",
+    )?
+    .execute(params![
+        row,
+        admitted.verdict.as_str(),
+        admitted.detail,
+        serde_json::to_string(&admitted.outcomes).unwrap_or_else(|_| "null".into()),
+        admitted.services.join(","),
+    ])?;
+    for deployment in &admitted.deployments {
         link(conn, row, *deployment)?;
     }
-    Ok((row, attempt))
+    Ok(Recorded {
+        delivery_id: d.delivery_id.clone(),
+        row,
+        attempt,
+        admitted,
+    })
 }
 
 fn link(conn: &Connection, delivery: i64, deployment: i64) -> rusqlite::Result<()> {
@@ -233,24 +301,21 @@ fn link(conn: &Connection, delivery: i64, deployment: i64) -> rusqlite::Result<(
     Ok(())
 }
 
-/// A decided delivery waiting for its group commit.
-#[derive(Debug)]
-pub struct Entry {
-    pub delivery: NewDelivery,
-    pub received_at: i64,
-    pub verdict: Verdict,
-}
-
 /// Most deliveries written in one transaction.
 const MAX_BATCH: usize = 128;
 
 struct Job {
     entry: Entry,
-    done: tokio::sync::oneshot::Sender<Result<(i64, i64)>>,
+    done: tokio::sync::oneshot::Sender<Result<Recorded>>,
 }
 
-/// Group commit of the ledger: one writer thread takes every delivery waiting
-/// while it wrote the previous batch and writes them in one transaction, then
+/// What runs after a delivery's transaction committed, on the writer thread
+/// (in the Tokio runtime's context): hands the deployments it created to their
+/// service queues, so none is lost when the request that brought it is gone.
+pub type AfterCommit = Box<dyn Fn(&Recorded) + Send>;
+
+/// The ledger's writer: one thread takes every delivery waiting while it wrote
+/// the previous batch, decides and records them in one transaction, then
 /// answers each. Concurrent requests share a commit instead of queueing for
 /// one each; each still gets its answer only after its row is committed.
 pub struct GroupCommit {
@@ -263,12 +328,19 @@ pub struct GroupCommit {
 pub struct WriterGone;
 
 impl GroupCommit {
-    /// Starts the writer thread; it ends when the `GroupCommit` is dropped.
-    pub fn start(store: Store) -> std::io::Result<GroupCommit> {
+    /// Starts the writer thread (from within a Tokio runtime, whose context
+    /// `after_commit` runs in); it ends when the `GroupCommit` is dropped.
+    pub fn start(
+        store: Store,
+        config: Arc<Config>,
+        after_commit: AfterCommit,
+    ) -> std::io::Result<GroupCommit> {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let runtime = tokio::runtime::Handle::try_current().ok();
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || {
+                let _context = runtime.as_ref().map(|r| r.enter());
                 while let Ok(first) = queue.recv() {
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
@@ -279,8 +351,11 @@ impl GroupCommit {
                     }
                     let (entries, answers): (Vec<Entry>, Vec<_>) =
                         batch.into_iter().map(|j| (j.entry, j.done)).unzip();
-                    let results = store.record_deliveries(&entries);
+                    let results = store.record_deliveries(&config, &entries);
                     for (done, result) in answers.into_iter().zip(results) {
+                        if let Ok(recorded) = &result {
+                            after_commit(recorded);
+                        }
                         // The request may have gone away; its row stays recorded.
                         let _ = done.send(result);
                     }
@@ -290,10 +365,7 @@ impl GroupCommit {
     }
 
     /// Records `entry` and waits until its transaction has committed.
-    pub async fn record(
-        &self,
-        entry: Entry,
-    ) -> std::result::Result<Result<(i64, i64)>, WriterGone> {
+    pub async fn record(&self, entry: Entry) -> std::result::Result<Result<Recorded>, WriterGone> {
         let (done, committed) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Job { entry, done })
@@ -303,38 +375,18 @@ impl GroupCommit {
 }
 
 impl Store {
-    /// Records a delivery as `received`, before anything is decided about it;
-    /// [`Store::set_delivery_verdict`] completes it. Returns (row, attempt).
-    pub fn insert_delivery(&self, d: &NewDelivery) -> Result<(i64, i64)> {
-        Ok(insert(&self.conn(), d, now_ms(), None)?)
-    }
-
-    /// Records a delivery that is already decided, with its verdict and links,
-    /// in one transaction. Returns (row, attempt).
-    pub fn record_delivery(
-        &self,
-        d: &NewDelivery,
-        received_at: i64,
-        verdict: &Verdict,
-    ) -> Result<(i64, i64)> {
+    /// Group commit: decides and records deliveries in one transaction, in
+    /// order. When that fails, each is tried again in its own transaction, so
+    /// one bad entry cannot fail the others. A result is only `Ok` once
+    /// committed.
+    pub fn record_deliveries(&self, config: &Config, batch: &[Entry]) -> Vec<Result<Recorded>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let recorded = insert(&tx, d, received_at, Some(verdict))?;
-        tx.commit()?;
-        Ok(recorded)
-    }
-
-    /// Group commit: records decided deliveries in one transaction, in order.
-    /// When that fails, each is tried again in its own transaction, so one bad
-    /// entry cannot fail the others. A result is only `Ok` once committed.
-    pub fn record_deliveries(&self, batch: &[Entry]) -> Vec<Result<(i64, i64)>> {
-        let mut conn = self.conn();
-        let together = (|| -> rusqlite::Result<Vec<(i64, i64)>> {
+        let together = (|| -> Result<Vec<Recorded>> {
             let tx = conn.transaction()?;
             let rows = batch
                 .iter()
-                .map(|e| insert(&tx, &e.delivery, e.received_at, Some(&e.verdict)))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                .map(|e| record_on(&tx, config, e))
+                .collect::<Result<Vec<_>>>()?;
             tx.commit()?;
             Ok(rows)
         })();
@@ -344,49 +396,13 @@ impl Store {
                 .iter()
                 .map(|e| {
                     let tx = conn.transaction()?;
-                    let row = insert(&tx, &e.delivery, e.received_at, Some(&e.verdict))?;
+                    let row = record_on(&tx, config, e)?;
                     tx.commit()?;
                     Ok(row)
                 })
                 .collect(),
-            Err(e) => vec![Err(e.into())],
+            Err(e) => vec![Err(e)],
         }
-    }
-
-    pub fn set_delivery_verdict(
-        &self,
-        row: i64,
-        verdict: &str,
-        detail: &str,
-        events: &serde_json::Value,
-        services: &[String],
-        deployments: &[i64],
-    ) -> Result<()> {
-        self.complete_delivery(
-            row,
-            &Verdict {
-                verdict: verdict.into(),
-                detail: detail.into(),
-                events: events.to_string(),
-                services: services.to_vec(),
-                deployments: deployments.to_vec(),
-            },
-        )
-    }
-
-    /// Writes the verdict of a delivery recorded as `received`, with its links.
-    pub fn complete_delivery(&self, row: i64, v: &Verdict) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.prepare_cached(
-            "UPDATE deliveries SET verdict = ?2, detail = ?3, events = ?4, services = ?5 WHERE id = ?1",
-        )?
-        .execute(params![row, v.verdict, v.detail, v.events, v.services.join(",")])?;
-        for d in &v.deployments {
-            link(&tx, row, *d)?;
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     fn attach_deployments(&self, deliveries: &mut [Delivery]) -> Result<()> {
@@ -406,9 +422,9 @@ impl Store {
         let mut list: Vec<Delivery> = {
             let conn = self.conn();
             let mut stmt = conn.prepare(&format!(
-                "SELECT {COLUMNS} FROM deliveries \
-                 WHERE (?1 IS NULL OR ',' || services || ',' LIKE '%,' || ?1 || ',%') \
-                 ORDER BY id DESC LIMIT ?2"
+                "SELECT {LIST_COLUMNS} \
+                 WHERE (?1 IS NULL OR ',' || d.services || ',' LIKE '%,' || ?1 || ',%') \
+                 ORDER BY d.id DESC LIMIT ?2"
             ))?;
             let rows = stmt
                 .query_map(params![service, limit as i64], |r| from_row(r, false))?
@@ -420,13 +436,25 @@ impl Store {
     }
 
     /// Drops the raw body and headers of deliveries received before `before`
-    /// (epoch ms); their rows, verdicts and links stay. Returns how many.
+    /// (epoch ms), and the stored bodies no delivery refers to any more; their
+    /// rows, verdicts and links stay. Returns how many deliveries lost theirs.
     pub fn prune_bodies(&self, before: i64) -> Result<usize> {
-        Ok(self.conn().execute(
-            "UPDATE deliveries SET body = X'', body_codec = NULL, headers = '{}' \
-             WHERE received_at < ?1 AND length(body) > 0",
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE deliveries SET body = X'', body_codec = NULL, body_ref = NULL, headers = '{}' \
+             WHERE received_at < ?1 AND (length(body) > 0 OR body_ref IS NOT NULL)",
             params![before],
-        )?)
+        )?;
+        if n > 0 {
+            tx.execute(
+                "DELETE FROM delivery_bodies WHERE NOT EXISTS \
+                 (SELECT 1 FROM deliveries WHERE body_ref = delivery_bodies.id)",
+                [],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
     }
 
     /// The newest attempt of a delivery id (or a ledger row number), with its body.
@@ -435,7 +463,9 @@ impl Store {
             let conn = self.conn();
             let by_id = conn
                 .query_row(
-                    &format!("SELECT {COLUMNS} FROM deliveries WHERE delivery_id = ?1 ORDER BY id DESC LIMIT 1"),
+                    &format!(
+                        "SELECT {COLUMNS} WHERE d.delivery_id = ?1 ORDER BY d.id DESC LIMIT 1"
+                    ),
                     [id],
                     |r| from_row(r, true),
                 )
@@ -443,11 +473,9 @@ impl Store {
             match (by_id, id.parse::<i64>()) {
                 (Some(d), _) => Some(d),
                 (None, Ok(row)) => conn
-                    .query_row(
-                        &format!("SELECT {COLUMNS} FROM deliveries WHERE id = ?1"),
-                        [row],
-                        |r| from_row(r, true),
-                    )
+                    .query_row(&format!("SELECT {COLUMNS} WHERE d.id = ?1"), [row], |r| {
+                        from_row(r, true)
+                    })
                     .optional()?,
                 (None, Err(_)) => None,
             }
@@ -465,13 +493,41 @@ impl Store {
     }
 }
 
+/// For tests of what reads the ledger: deliveries recorded through the one path.
+#[cfg(test)]
+impl Store {
+    /// A delivery of `source` with body `body` and no events (`ignored`).
+    pub(crate) fn record_for_test(&self, source: Source, id: &str, body: &[u8]) -> Recorded {
+        let entry = Entry {
+            delivery: NewDelivery::new(source, id.into(), None, &[], body),
+            received_at: crate::store::now_ms(),
+            items: Vec::new(),
+            ping: false,
+        };
+        self.record_deliveries(&crate::webhook::tests::config(), &[entry])
+            .remove(0)
+            .expect("recorded")
+    }
+
+    /// Sets a recorded delivery's verdict, as metrics would read it.
+    pub(crate) fn set_verdict_for_test(&self, row: i64, verdict: &str) {
+        self.conn()
+            .execute(
+                "UPDATE deliveries SET verdict = ?2 WHERE id = ?1",
+                params![row, verdict],
+            )
+            .expect("updated");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook::tests::config;
 
     fn new(id: &str) -> NewDelivery {
         NewDelivery::new(
-            "github",
+            Source::Github,
             id.into(),
             None,
             &[
@@ -483,16 +539,35 @@ mod tests {
         )
     }
 
+    fn entry(delivery: NewDelivery) -> Entry {
+        Entry {
+            delivery,
+            received_at: 1,
+            items: vec![Item::Ignored("a blob".into())],
+            ping: false,
+        }
+    }
+
+    fn record(store: &Store, delivery: NewDelivery) -> Recorded {
+        store
+            .record_deliveries(&config(), &[entry(delivery)])
+            .remove(0)
+            .unwrap()
+    }
+
     #[test]
     fn bodies_are_stored_packed_and_read_back_byte_for_byte() {
         let store = Store::in_memory().unwrap();
         let raw = include_bytes!("../tests/fixtures/webhooks/github-package-published.json");
-        let d = NewDelivery::new("github", "packed".into(), None, &[], raw);
-        store.insert_delivery(&d).unwrap();
+        record(
+            &store,
+            NewDelivery::new(Source::Github, "packed".into(), None, &[], raw),
+        );
         let (stored, codec): (i64, String) = store
             .conn()
             .query_row(
-                "SELECT length(body), body_codec FROM deliveries WHERE delivery_id = 'packed'",
+                "SELECT length(b.body), b.codec FROM deliveries d \
+                 JOIN delivery_bodies b ON b.id = d.body_ref WHERE d.delivery_id = 'packed'",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -527,173 +602,142 @@ mod tests {
     }
 
     #[test]
-    fn deliveries_keep_their_body_but_not_their_secrets() {
+    fn a_delivery_is_one_row_with_its_verdict_its_body_and_no_secrets() {
         let store = Store::in_memory().unwrap();
-        let (row, attempt) = store.insert_delivery(&new("guid")).unwrap();
-        assert_eq!(attempt, 1);
-        store
-            .set_delivery_verdict(
-                row,
-                "ignored",
-                "why",
-                &serde_json::json!([]),
-                &["web".into()],
-                &[],
-            )
-            .unwrap();
+        let r = record(&store, new("guid"));
+        assert_eq!(r.attempt, 1);
         let d = store.delivery("guid").unwrap().unwrap();
+        assert_eq!(d.row, r.row);
+        assert_eq!(d.verdict, "ignored");
+        assert_eq!(d.detail.as_deref(), Some("a blob"));
         assert_eq!(d.body.as_deref(), Some("{\"a\":1}"));
-        let headers = d.headers.unwrap();
-        assert_eq!(headers["x-github-delivery"], "guid");
-        assert!(headers.get("x-hub-signature-256").is_none());
-        assert!(headers.get("authorization").is_none());
-        assert_eq!(store.delivery(&row.to_string()).unwrap().unwrap().row, row);
-    }
-
-    fn decided(verdict: &str, services: &[&str], deployments: &[i64]) -> Verdict {
-        Verdict {
-            verdict: verdict.into(),
-            detail: format!("{verdict} because"),
-            events: r#"[{"verdict":"ignored"}]"#.into(),
-            services: services.iter().map(|s| s.to_string()).collect(),
-            deployments: deployments.to_vec(),
-        }
-    }
-
-    fn deployment(store: &Store) -> i64 {
-        store
-            .create_deployment(&crate::store::NewDeployment {
-                tag: Some("v1".into()),
-                ..crate::store::NewDeployment::operator("web", "deploy")
-            })
-            .unwrap()
-    }
-
-    #[test]
-    fn a_decided_delivery_is_one_row_with_its_verdict_and_links() {
-        let store = Store::in_memory().unwrap();
-        let dep = deployment(&store);
-        let (row, attempt) = store
-            .record_delivery(&new("guid"), 1234, &decided("duplicate", &["web"], &[dep]))
-            .unwrap();
-        assert_eq!(attempt, 1);
-        let d = store.delivery("guid").unwrap().unwrap();
-        assert_eq!(d.row, row);
-        assert_eq!(d.received_at, 1234);
-        assert_eq!(d.verdict, "duplicate");
-        assert_eq!(d.detail.as_deref(), Some("duplicate because"));
-        assert_eq!(d.services, vec!["web".to_string()]);
-        assert_eq!(d.deployments, vec![dep]);
         assert_eq!(d.events.unwrap()[0]["verdict"], "ignored");
-        assert_eq!(d.body.as_deref(), Some("{\"a\":1}"));
         let headers = d.headers.unwrap();
         assert_eq!(headers["x-github-delivery"], "guid");
         assert!(headers.get("x-hub-signature-256").is_none());
         assert!(headers.get("authorization").is_none());
-        let (_, again) = store
-            .record_delivery(&new("guid"), 1235, &decided("ignored", &[], &[]))
-            .unwrap();
-        assert_eq!(again, 2, "a redelivery with the same GUID is attempt 2");
+        assert_eq!(
+            store.delivery(&r.row.to_string()).unwrap().unwrap().row,
+            r.row
+        );
+        let again = record(&store, new("guid"));
+        assert_eq!(
+            again.attempt, 2,
+            "a redelivery with the same GUID is attempt 2"
+        );
     }
 
     #[test]
     fn a_group_commit_writes_its_batch_in_order_and_counts_attempts_within_it() {
         let store = Store::in_memory().unwrap();
-        let entry = |id: &str| Entry {
-            delivery: new(id),
-            received_at: 1,
-            verdict: decided("ignored", &[], &[]),
-        };
-        let results = store.record_deliveries(&[entry("a"), entry("b"), entry("a")]);
-        let rows: Vec<(i64, i64)> = results.into_iter().map(|r| r.unwrap()).collect();
+        let results = store.record_deliveries(
+            &config(),
+            &[entry(new("a")), entry(new("b")), entry(new("a"))],
+        );
+        let rows: Vec<(i64, i64)> = results
+            .into_iter()
+            .map(|r| r.map(|r| (r.row, r.attempt)).unwrap())
+            .collect();
         assert_eq!(rows[0].1, 1);
         assert_eq!(rows[1].1, 1);
         assert_eq!(rows[2], (rows[1].0 + 1, 2));
         assert_eq!(store.deliveries(None, 10).unwrap().len(), 3);
-        // A link to a deployment that does not exist fails its entry alone.
-        let mut bad = entry("c");
-        bad.verdict.deployments = vec![999_999];
-        let results = store.record_deliveries(&[entry("d"), bad, entry("e")]);
-        assert!(results[0].is_ok() && results[2].is_ok());
-        assert!(results[1].is_err());
+    }
+
+    /// Replays of one signed delivery (finding 10): each is recorded as an
+    /// attempt, costs what a new delivery costs, and adds no body.
+    #[test]
+    fn a_replayed_delivery_costs_what_a_new_one_costs_and_stores_no_body_again() {
+        const N: usize = 4000;
+        let timed = |ids: &dyn Fn(usize) -> String| {
+            let store = Store::in_memory().unwrap();
+            let config = config();
+            let entries: Vec<Entry> = (0..N).map(|i| entry(new(&ids(i)))).collect();
+            let started = std::time::Instant::now();
+            for chunk in entries.chunks(MAX_BATCH) {
+                for r in store.record_deliveries(&config, chunk) {
+                    r.unwrap();
+                }
+            }
+            (started.elapsed(), store)
+        };
+        let (distinct, _) = timed(&|i| format!("guid-{i}"));
+        let (replayed, store) = timed(&|_| "guid-replayed".to_string());
+        let newest = store.delivery("guid-replayed").unwrap().unwrap();
+        assert_eq!(newest.attempt, N as i64);
+        assert_eq!(newest.raw_body, b"{\"a\":1}");
+        let (bodies, inline): (i64, i64) = store
+            .conn()
+            .query_row(
+                "SELECT (SELECT count(*) FROM delivery_bodies), \
+                 (SELECT coalesce(sum(length(body)), 0) FROM deliveries)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((bodies, inline), (1, 0), "one body for {N} attempts");
+        // Counting earlier attempts would make this quadratic: ~30x at N = 4000.
         assert!(
-            store.delivery("c").unwrap().is_none(),
-            "nothing half-written"
+            replayed < distinct * 3,
+            "{N} replays took {replayed:?}, {N} distinct deliveries {distinct:?}"
         );
-        assert_eq!(store.deliveries(None, 10).unwrap().len(), 5);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_deliveries_through_the_writer_are_each_answered_after_their_commit() {
         let store = Store::in_memory().unwrap();
-        let writer = std::sync::Arc::new(GroupCommit::start(store.clone()).unwrap());
+        let committed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = committed.clone();
+        let writer = Arc::new(
+            GroupCommit::start(
+                store.clone(),
+                Arc::new(config()),
+                Box::new(move |_| {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }),
+            )
+            .unwrap(),
+        );
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..200 {
             let writer = writer.clone();
             let store = store.clone();
             tasks.spawn(async move {
                 let id = format!("d{i}");
-                let (row, attempt) = writer
-                    .record(Entry {
-                        delivery: new(&id),
-                        received_at: i,
-                        verdict: decided("ignored", &[], &[]),
-                    })
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let mut e = entry(new(&id));
+                e.received_at = i;
+                let r = writer.record(e).await.unwrap().unwrap();
                 // Answered only once it is there to be read.
                 let d = store.delivery(&id).unwrap().unwrap();
-                assert_eq!((d.row, attempt, d.received_at), (row, 1, i));
+                assert_eq!((d.row, r.attempt, d.received_at), (r.row, 1, i));
             });
         }
         while let Some(t) = tasks.join_next().await {
             t.unwrap();
         }
         assert_eq!(store.deliveries(None, 500).unwrap().len(), 200);
-    }
-
-    #[test]
-    fn the_same_delivery_id_counts_attempts_and_lists_filter_by_service() {
-        let store = Store::in_memory().unwrap();
-        let (a, _) = store.insert_delivery(&new("guid")).unwrap();
-        let (b, attempt) = store.insert_delivery(&new("guid")).unwrap();
-        assert_eq!(attempt, 2);
-        let (c, _) = store.insert_delivery(&new("other")).unwrap();
-        for (row, svc) in [(a, "web"), (b, "web"), (c, "api")] {
-            store
-                .set_delivery_verdict(
-                    row,
-                    "queued",
-                    "",
-                    &serde_json::json!([]),
-                    &[svc.to_string()],
-                    &[],
-                )
-                .unwrap();
-        }
-        assert_eq!(store.delivery("guid").unwrap().unwrap().row, b);
-        let web: Vec<_> = store
-            .deliveries(Some("web"), 10)
-            .unwrap()
-            .iter()
-            .map(|d| d.row)
-            .collect();
-        assert_eq!(web, vec![b, a]);
-        assert_eq!(store.deliveries(None, 10).unwrap().len(), 3);
-        assert_eq!(store.deliveries(Some("we"), 10).unwrap().len(), 0);
+        assert_eq!(committed.load(std::sync::atomic::Ordering::SeqCst), 200);
     }
 
     #[test]
     fn pruning_drops_old_bodies_and_keeps_the_record() {
         let store = Store::in_memory().unwrap();
-        let (old, _) = store.insert_delivery(&new("old")).unwrap();
-        let (fresh, _) = store.insert_delivery(&new("fresh")).unwrap();
+        let old = record(&store, new("old")).row;
+        let shared = record(&store, new("shared-body")).row;
+        let other = NewDelivery::new(Source::Github, "fresh".into(), None, &[], b"{\"b\":2}");
+        let fresh = record(&store, other).row;
         store
             .conn()
             .execute(
                 "UPDATE deliveries SET received_at = received_at - 3600000 WHERE id = ?1",
                 params![old],
+            )
+            .unwrap();
+        store
+            .conn()
+            .execute(
+                "UPDATE deliveries SET received_at = ?2 WHERE id IN (?1, ?3)",
+                params![shared, crate::store::now_ms(), fresh],
             )
             .unwrap();
         let cutoff = crate::store::now_ms() - 60_000;
@@ -702,8 +746,11 @@ mod tests {
         let d = store.delivery("old").unwrap().unwrap();
         assert!(d.raw_body.is_empty());
         assert_eq!(d.row, old);
+        // The body it shared with a newer delivery stays for that one.
+        let s = store.delivery("shared-body").unwrap().unwrap();
+        assert_eq!(s.body.as_deref(), Some("{\"a\":1}"));
         let f = store.delivery("fresh").unwrap().unwrap();
         assert_eq!(f.row, fresh);
-        assert_eq!(f.body.as_deref(), Some("{\"a\":1}"));
+        assert_eq!(f.body.as_deref(), Some("{\"b\":2}"));
     }
 }

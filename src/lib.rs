@@ -10,7 +10,7 @@
 //! - [`display`]: how digests, durations, instants and errors read to people.
 //! - [`config`]: `greenlight.toml` -> validated, typed configuration.
 //! - [`store`]: SQLite state: deployments with their steps and plan, what is live.
-//! - [`ledger`]: the webhook deliveries, with their bodies and verdicts.
+//! - [`ledger`]: the delivery ledger and its one writer (intake runs there).
 //! - [`webhook`]: pure: signature checks and one parser per source -> `PushEvent`.
 //! - [`registry`]: image references; resolving a tag to a digest at the registry.
 //! - [`retry`]: backoff with jitter (pure), for registries and notifications.
@@ -21,6 +21,8 @@
 //! - [`traffic`]: what nginx's access log says about each backend.
 //! - [`deploy`]: per-service queues, strategies as plans, the driver that walks them.
 //! - [`notify`]: deployment notifications by email and Slack, off the deploy path.
+//! - [`secret`]: comparing presented secrets (digests, constant time).
+//! - [`telemetry`]: logging, with untrusted fields escaped and colour only on a terminal.
 //! - [`metrics`]: Prometheus text derived from the store at scrape time.
 //! - [`http`]: the actix-web server: hooks, admin API, status page, `/metrics`.
 //! - [`check`]: `greenlight check`: every prerequisite, with how to fix it.
@@ -43,6 +45,8 @@ pub mod proxy;
 pub mod registry;
 pub mod retry;
 pub mod runtime;
+pub mod secret;
 pub mod store;
+pub mod telemetry;
 pub mod traffic;
 pub mod webhook;

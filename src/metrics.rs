@@ -608,7 +608,6 @@ mod tests {
     use super::*;
     use crate::domain::deployment::FailureKind;
     use crate::domain::plan::{Step, Strategy};
-    use crate::ledger::NewDelivery;
     use crate::notify::record::Outcome as Sent;
     use crate::store::{Failure, NewDeployment};
 
@@ -645,20 +644,10 @@ mod tests {
     }
 
     fn delivery(store: &Store, source: &str, verdict: Option<&str>) -> i64 {
-        let (row, _) = store
-            .insert_delivery(&NewDelivery::new(
-                source,
-                format!("d-{}", crate::store::now_ms()),
-                None,
-                &[],
-                b"{}",
-            ))
-            .unwrap();
-        if let Some(v) = verdict {
-            store
-                .set_delivery_verdict(row, v, "", &serde_json::json!([]), &[], &[])
-                .unwrap();
-        }
+        let source = source.parse().unwrap();
+        let id = format!("d-{}-{}", crate::store::now_ms(), rand::random::<u32>());
+        let row = store.record_for_test(source, &id, b"{}").row;
+        store.set_verdict_for_test(row, verdict.unwrap_or("received"));
         row
     }
 
@@ -781,9 +770,7 @@ mod tests {
             .unwrap();
         let d = store.create_deployment(&new("api")).unwrap();
         assert!(store.supersede(c, d).unwrap());
-        store
-            .set_delivery_verdict(queued, "queued", "", &serde_json::json!([]), &[], &[])
-            .unwrap();
+        store.set_verdict_for_test(queued, "queued");
         store
             .record_notification(a, "slack", "succeeded", 2, Sent::Sent, None)
             .unwrap();

@@ -58,16 +58,104 @@ impl Repository {
         if self.host == DOCKER_HUB {
             return "https://registry-1.docker.io".into();
         }
-        let loopback = self.host.starts_with("localhost")
-            || self.host.starts_with("127.")
-            || self.host.starts_with("[::1]");
-        let insecure = cfg.and_then(|c| c.insecure).unwrap_or(loopback);
         format!(
             "{}://{}",
-            if insecure { "http" } else { "https" },
+            if self.insecure(cfg) { "http" } else { "https" },
             self.host
         )
     }
+
+    /// Whether greenlight talks plain HTTP to this registry: as `[[registry]]
+    /// insecure` says, else only for a loopback host (`localhost`, 127.0.0.0/8,
+    /// `[::1]`), the Docker daemon's default. `localhost.corp` is not loopback.
+    pub fn insecure(&self, cfg: Option<&RegistryConfig>) -> bool {
+        self.host != DOCKER_HUB
+            && cfg
+                .and_then(|c| c.insecure)
+                .unwrap_or_else(|| is_loopback_host(&self.host))
+    }
+}
+
+/// Whether `host[:port]` can be a registry's address in a URL (a DNS name, an
+/// IPv4 or a bracketed IPv6 address, an optional port). `.0` or `a b` cannot.
+pub fn valid_host(host_port: &str) -> bool {
+    !host_port.is_empty()
+        && !host_port.contains(['/', '?', '#', '@', '\\'])
+        && reqwest::Url::parse(&format!("https://{host_port}/"))
+            .is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()) && u.path() == "/")
+}
+
+/// Whether `host[:port]` names this machine: `localhost` or a loopback IP.
+pub fn is_loopback_host(host_port: &str) -> bool {
+    let host = match host_port.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => match host_port.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host_port,
+        },
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Docker's tag grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`. Every tag from a
+/// webhook, the admin API or the CLI is checked against it.
+pub fn valid_tag(tag: &str) -> bool {
+    let mut bytes = tag.bytes();
+    matches!(bytes.next(), Some(c) if c.is_ascii_alphanumeric() || c == b'_')
+        && tag.len() <= 128
+        && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
+}
+
+/// The Distribution spec's repository name: `/`-separated components of
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` (lowercase; greenlight lowercases names
+/// from webhooks before matching), at most 255 characters.
+pub fn valid_repository_path(path: &str) -> bool {
+    fn component(c: &str) -> bool {
+        let b = c.as_bytes();
+        let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+        if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+            return false;
+        }
+        let mut i = 0;
+        while i < b.len() {
+            if alnum(b[i]) {
+                i += 1;
+                continue;
+            }
+            // A separator: ".", "_", "__" or a run of "-", between alphanumerics.
+            let start = i;
+            while i < b.len() && !alnum(b[i]) {
+                i += 1;
+            }
+            let sep = &c[start..i];
+            if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+                return false;
+            }
+        }
+        true
+    }
+    !path.is_empty() && path.len() <= 255 && path.split('/').all(component)
+}
+
+/// `<base>/v2/<repository>/manifests/<reference>`, every segment
+/// percent-encoded: nothing a name holds can change the path it asks for.
+pub fn manifest_url(
+    base: &str,
+    path: &str,
+    reference: &str,
+) -> Result<reqwest::Url, url::ParseError> {
+    let mut url = reqwest::Url::parse(base)?;
+    url.path_segments_mut()
+        .map_err(|()| url::ParseError::RelativeUrlWithCannotBeABaseBase)?
+        .clear()
+        .push("v2")
+        .extend(path.split('/'))
+        .push("manifests")
+        .push(reference);
+    Ok(url)
 }
 
 pub fn is_digest(s: &str) -> bool {
@@ -107,16 +195,24 @@ pub async fn resolve_tag(
     tag: &str,
     cfg: Option<&RegistryConfig>,
 ) -> Result<String, RegistryError> {
-    let http = reqwest::Client::builder()
-        .timeout(REGISTRY_TIMEOUT)
-        .build()
-        .map_err(|e| unavailable(repo, e))?;
-    let url = format!("{}/v2/{}/manifests/{}", repo.api_base(cfg), repo.path, tag);
+    let http = client(cfg).map_err(|message| RegistryError::Refused {
+        host: repo.host.clone(),
+        what: format!("{}:{}", repo.path, tag),
+        message,
+    })?;
+    let url =
+        manifest_url(&repo.api_base(cfg), &repo.path, tag).map_err(|e| RegistryError::Refused {
+            host: repo.host.clone(),
+            what: format!("{}:{}", repo.path, tag),
+            message: format!("cannot build the manifest URL: {e}"),
+        })?;
     let what = format!("{}:{}", repo.path, tag);
     let mut auth: Option<Auth> = None;
     for _ in 0..2 {
         let request = |method: reqwest::Method| {
-            let req = http.request(method, &url).header("Accept", MANIFEST_ACCEPT);
+            let req = http
+                .request(method, url.clone())
+                .header("Accept", MANIFEST_ACCEPT);
             match &auth {
                 Some(Auth::Basic(user, pass)) => req.basic_auth(user, pass.as_ref()),
                 Some(Auth::Bearer(token)) => req.bearer_auth(token),
@@ -219,8 +315,56 @@ enum Auth {
     Bearer(String),
 }
 
+/// The HTTP client for a registry: the system's root certificates and the
+/// bundled ones, plus `[[registry]] ca_file` when set (a registry behind a
+/// private CA).
+fn client(cfg: Option<&RegistryConfig>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(REGISTRY_TIMEOUT);
+    if let Some(file) = cfg.and_then(|c| c.ca_file.as_ref()) {
+        for cert in crate::config::read_certificates(file)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| crate::display::error_chain(&e))
+}
+
+/// Whether the registry's credentials may go to token service `realm`: only
+/// over HTTPS (plain HTTP only to the registry's own host when it is an
+/// insecure registry), and only to the registry's host, Docker Hub's token
+/// service for Docker Hub, or a realm the operator allowed
+/// (`[[registry]] token_realms`).
+pub fn credentials_allowed(
+    repo: &Repository,
+    cfg: Option<&RegistryConfig>,
+    realm: &reqwest::Url,
+) -> bool {
+    let Some(host) = realm.host_str() else {
+        return false;
+    };
+    let authority = match realm.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let own = authority.eq_ignore_ascii_case(&repo.host)
+        || (repo.host == DOCKER_HUB && host.eq_ignore_ascii_case("auth.docker.io"));
+    match realm.scheme() {
+        "https" => {
+            own || cfg.is_some_and(|c| {
+                c.token_realms.iter().any(|allowed| {
+                    reqwest::Url::parse(allowed).is_ok_and(|a| {
+                        a.origin() == realm.origin() && realm.path().starts_with(a.path())
+                    })
+                })
+            })
+        }
+        "http" => own && repo.insecure(cfg),
+        _ => false,
+    }
+}
+
 /// Answers a `WWW-Authenticate` challenge: Basic with the configured credentials, or
-/// a Bearer token fetched from the challenge's realm.
+/// a Bearer token fetched from the challenge's realm (with the credentials only
+/// where [`credentials_allowed`] says so, else anonymously).
 async fn authorize(
     http: &reqwest::Client,
     repo: &Repository,
@@ -234,15 +378,22 @@ async fn authorize(
         return Ok(Auth::Basic(user.unwrap_or_default(), pass));
     }
     let params = parse_challenge(challenge);
+    let refused = |message: String| RegistryError::Refused {
+        host: repo.host.clone(),
+        what: repo.path.clone(),
+        message,
+    };
     let realm = params
         .iter()
         .find(|(k, _)| k == "realm")
         .map(|(_, v)| v.clone())
-        .ok_or_else(|| RegistryError::Refused {
-            host: repo.host.clone(),
-            what: repo.path.clone(),
-            message: format!("unsupported authentication challenge {challenge:?}"),
+        .ok_or_else(|| {
+            refused(format!(
+                "unsupported authentication challenge {challenge:?}"
+            ))
         })?;
+    let realm_url = reqwest::Url::parse(&realm)
+        .map_err(|e| refused(format!("token realm {realm:?} is not a URL: {e}")))?;
     let mut query: Vec<(String, String)> = params
         .into_iter()
         .filter(|(k, _)| k == "service" || k == "scope")
@@ -250,32 +401,47 @@ async fn authorize(
     if !query.iter().any(|(k, _)| k == "scope") {
         query.push(("scope".into(), format!("repository:{}:pull", repo.path)));
     }
-    let mut req = http.get(&realm).query(&query);
+    let mut req = http.get(realm_url.clone()).query(&query);
+    let mut withheld = false;
     if let Some(u) = user {
-        req = req.basic_auth(u, pass);
+        if credentials_allowed(repo, cfg, &realm_url) {
+            req = req.basic_auth(u, pass);
+        } else {
+            withheld = true;
+            tracing::warn!(
+                registry = %repo.host,
+                realm = %realm_url,
+                "registry credentials withheld from a token realm that is not the registry's host or not HTTPS"
+            );
+        }
     }
     let resp = req.send().await.map_err(|e| unavailable(repo, e))?;
+    let hint = if withheld {
+        format!(
+            " (the credentials for {} were not sent to {realm_url}: not the registry's host, or not \
+             HTTPS; allow it with [[registry]] token_realms)",
+            repo.host
+        )
+    } else {
+        String::new()
+    };
     if !resp.status().is_success() {
-        return Err(RegistryError::Refused {
-            host: repo.host.clone(),
-            what: repo.path.clone(),
-            message: format!("token endpoint answered HTTP {}", resp.status()),
-        });
+        return Err(refused(format!(
+            "token endpoint answered HTTP {}{hint}",
+            resp.status()
+        )));
     }
     let body: serde_json::Value = resp.json().await.map_err(|e| unavailable(repo, e))?;
     let token = body
         .get("token")
         .or_else(|| body.get("access_token"))
         .and_then(|t| t.as_str())
-        .ok_or_else(|| RegistryError::Refused {
-            host: repo.host.clone(),
-            what: repo.path.clone(),
-            message: "token endpoint returned no token".into(),
-        })?;
+        .ok_or_else(|| refused(format!("token endpoint returned no token{hint}")))?;
     Ok(Auth::Bearer(token.to_string()))
 }
 
-fn parse_challenge(challenge: &str) -> Vec<(String, String)> {
+/// The parameters of a `WWW-Authenticate` challenge, keys lowercased.
+pub fn parse_challenge(challenge: &str) -> Vec<(String, String)> {
     let rest = challenge
         .split_once(' ')
         .map(|(_, r)| r)
@@ -290,13 +456,16 @@ fn parse_challenge(challenge: &str) -> Vec<(String, String)> {
         if key.is_empty() {
             break;
         }
+        let key = key.trim().to_ascii_lowercase();
         let value: String = if chars.peek() == Some(&'"') {
             chars.next();
             chars.by_ref().take_while(|c| *c != '"').collect()
         } else {
             chars.by_ref().take_while(|c| *c != ',').collect()
         };
-        out.push((key.trim().to_ascii_lowercase(), value));
+        if !key.is_empty() {
+            out.push((key, value));
+        }
     }
     out
 }
@@ -332,6 +501,153 @@ mod tests {
             "https://ghcr.io"
         );
         assert_eq!(Repository::parse("localhost/x").host, "localhost");
+    }
+
+    /// Found by greenlight-fuzz: `.0/a` parsed as host `.0`, which no URL can
+    /// hold; the config now refuses such an image (see config.rs).
+    #[test]
+    fn registry_hosts_must_fit_in_a_url() {
+        for ok in [
+            "ghcr.io",
+            "127.0.0.1:5000",
+            "localhost",
+            "[::1]:5000",
+            "docker.io",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [".0", "", "a b", "h:x", "a/b", "x@y"] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+        assert_eq!(Repository::parse(".0/a").host, ".0");
+        assert!(!valid_host(&Repository::parse(".0/a").host));
+    }
+
+    #[test]
+    fn tags_follow_dockers_grammar() {
+        assert!(valid_tag("v1.2.3-rc_1"));
+        assert!(!valid_tag("-v1"));
+        assert!(!valid_tag("a:b"));
+        assert!(!valid_tag(""));
+        assert!(!valid_tag("../../../../_catalog"));
+        assert!(!valid_tag(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn repository_names_follow_the_distribution_grammar() {
+        for ok in ["library/nginx", "a", "a-b/c__d/e.f", "x--y"] {
+            assert!(valid_repository_path(ok), "{ok}");
+        }
+        for bad in [
+            "", "A/b", "a//b", "../x", "a/", "-a", "a_", "a/.b", "a b", "a___b",
+        ] {
+            assert!(!valid_repository_path(bad), "{bad}");
+        }
+    }
+
+    /// Finding 3: every segment greenlight puts in a registry URL is encoded.
+    #[test]
+    fn manifest_urls_encode_each_segment() {
+        let url = manifest_url("http://127.0.0.1:5000", "acme/web", "v1").unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:5000/v2/acme/web/manifests/v1"
+        );
+        let url = manifest_url("http://r", "a/b", "../../../../_catalog").unwrap();
+        assert_eq!(url.path(), "/v2/a/b/manifests/..%2F..%2F..%2F..%2F_catalog");
+        let url = manifest_url("http://r", "a/b", "x?y#z").unwrap();
+        assert_eq!(
+            (url.path(), url.query()),
+            ("/v2/a/b/manifests/x%3Fy%23z", None)
+        );
+    }
+
+    /// Finding 9: "insecure" is loopback only by default, as the Docker daemon's.
+    #[test]
+    fn only_loopback_registries_are_insecure_by_default() {
+        for host in [
+            "localhost:5000",
+            "localhost",
+            "127.0.0.1:5000",
+            "127.8.0.1",
+            "[::1]:5000",
+        ] {
+            assert!(
+                Repository::parse(&format!("{host}/x")).insecure(None),
+                "{host}"
+            );
+        }
+        for host in [
+            "localhost.corp:5000",
+            "127.example.com",
+            "10.0.0.1:5000",
+            "ghcr.io",
+        ] {
+            let r = Repository::parse(&format!("{host}/x"));
+            assert!(!r.insecure(None), "{host}");
+            assert!(r.api_base(None).starts_with("https://"), "{host}");
+        }
+    }
+
+    fn registry_cfg(host: &str, realms: &[&str]) -> RegistryConfig {
+        RegistryConfig {
+            host: host.into(),
+            username: Some("bot".into()),
+            password: Some("s3cret-password".into()),
+            insecure: None,
+            ca_file: None,
+            token_realms: realms.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// Finding 8: credentials follow only an HTTPS realm on the registry's host
+    /// (Docker Hub's own token service) or one the operator allowed.
+    #[test]
+    fn credentials_go_only_to_the_registrys_own_or_an_allowed_realm() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        let ghcr = Repository::parse("ghcr.io/a/b");
+        let cfg = registry_cfg("ghcr.io", &["https://auth.example.com/"]);
+        assert!(credentials_allowed(
+            &ghcr,
+            Some(&cfg),
+            &url("https://ghcr.io/token")
+        ));
+        assert!(credentials_allowed(
+            &ghcr,
+            Some(&cfg),
+            &url("https://auth.example.com/token")
+        ));
+        assert!(
+            !credentials_allowed(&ghcr, Some(&cfg), &url("http://ghcr.io/token")),
+            "plain HTTP"
+        );
+        assert!(!credentials_allowed(
+            &ghcr,
+            Some(&cfg),
+            &url("https://evil.example/token")
+        ));
+        assert!(!credentials_allowed(
+            &ghcr,
+            Some(&cfg),
+            &url("https://auth.example.com.evil/t")
+        ));
+        let hub = Repository::parse("nginx");
+        assert!(credentials_allowed(
+            &hub,
+            None,
+            &url("https://auth.docker.io/token")
+        ));
+        let local = Repository::parse("127.0.0.1:5000/x");
+        assert!(credentials_allowed(
+            &local,
+            None,
+            &url("http://127.0.0.1:5000/token")
+        ));
+        assert!(!credentials_allowed(
+            &local,
+            None,
+            &url("http://127.0.0.2:5000/token")
+        ));
     }
 
     #[test]

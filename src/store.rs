@@ -40,7 +40,9 @@ const WAL_AUTOCHECKPOINT: i64 = 128;
 /// 2: `deliveries.body_codec` (bodies are kept LZ4-compressed).
 /// 3: replicas and plans: `deployments.{step, strategy, replicas, plan,
 ///    failure_kind, resume_of, resume_depth}`, `steps.{batch, replicas}`, and
-///    `live.routing` (every backend) in place of one container and address.
+///    `live.routing` (every backend) in place of one container and address;
+///    `delivery_bodies` (one row per distinct body, `deliveries.body_ref`) and
+///    `delivery_attempts` (the attempt counter per delivery id).
 const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
@@ -133,9 +135,27 @@ CREATE TABLE IF NOT EXISTS deliveries (
     verdict       TEXT NOT NULL,
     detail        TEXT,
     events        TEXT,
-    services      TEXT
+    services      TEXT,
+    -- From schema 3 on the body is in delivery_bodies (body is then empty).
+    body_ref      INTEGER REFERENCES delivery_bodies(id)
 );
 CREATE INDEX IF NOT EXISTS deliveries_delivery_id ON deliveries(delivery_id);
+CREATE INDEX IF NOT EXISTS deliveries_body_ref ON deliveries(body_ref);
+
+-- Each distinct delivery body once (a replayed delivery refers to it again).
+CREATE TABLE IF NOT EXISTS delivery_bodies (
+    id     INTEGER PRIMARY KEY,
+    digest BLOB NOT NULL UNIQUE,  -- SHA-256 of the raw body
+    body   BLOB NOT NULL,
+    codec  TEXT                   -- as deliveries.body_codec
+);
+
+-- How many attempts of each delivery id were recorded: the next one's number
+-- without counting rows.
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    delivery_id TEXT PRIMARY KEY,
+    attempts    INTEGER NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS delivery_deployments (
     delivery      INTEGER NOT NULL REFERENCES deliveries(id),
@@ -169,7 +189,8 @@ CREATE TABLE IF NOT EXISTS notify_outbox (
 "#;
 
 /// From schema 2: one column per fact that rode in `trigger_detail`, the step
-/// apart from the state, and the routing in place of one container.
+/// apart from the state, the routing in place of one container, and each
+/// delivery body referred to instead of stored again.
 const UPGRADE_2_TO_3: &str = r#"
 ALTER TABLE deployments ADD COLUMN step TEXT;
 ALTER TABLE deployments ADD COLUMN strategy TEXT;
@@ -188,6 +209,7 @@ UPDATE deployments SET
 ALTER TABLE deployments DROP COLUMN container_id;
 ALTER TABLE deployments DROP COLUMN address;
 ALTER TABLE deployments DROP COLUMN previous_address;
+ALTER TABLE deliveries ADD COLUMN body_ref INTEGER REFERENCES delivery_bodies(id);
 ALTER TABLE steps ADD COLUMN batch INTEGER;
 ALTER TABLE steps ADD COLUMN replicas TEXT;
 CREATE TABLE live_v3 (
@@ -471,15 +493,20 @@ impl Store {
             // One transaction: a crash half way leaves the file as it was. A new
             // file (version 0) gets the schema as it is; an older one each
             // upgrade from its version on.
-            let mut upgrade = String::new();
+            let mut before = String::new();
+            let mut after = String::new();
             if version == 1 {
-                upgrade.push_str("ALTER TABLE deliveries ADD COLUMN body_codec TEXT;");
+                before.push_str("ALTER TABLE deliveries ADD COLUMN body_codec TEXT;");
             }
             if (1..=2).contains(&version) {
-                upgrade.push_str(UPGRADE_2_TO_3);
+                before.push_str(UPGRADE_2_TO_3);
+                after.push_str(
+                    "INSERT INTO delivery_attempts (delivery_id, attempts) \
+                     SELECT delivery_id, MAX(attempt) FROM deliveries GROUP BY delivery_id;",
+                );
             }
             conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {upgrade} {SCHEMA}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN IMMEDIATE; {before} {SCHEMA}; {after} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))?;
         }
         Ok(Store {
@@ -493,33 +520,7 @@ impl Store {
     }
 
     pub fn create_deployment(&self, new: &NewDeployment) -> Result<i64> {
-        let conn = self.conn();
-        let now = now_ms();
-        conn.execute(
-            "INSERT INTO deployments (service, state, trigger, trigger_detail, requested_tag, \
-             requested_digest, tag, digest, pushed_at, delivery, resume_of, resume_depth, \
-             created_at, updated_at) \
-             VALUES (?1, 'received', ?2, ?3, ?4, ?5, COALESCE(?4, ?6), ?5, ?7, ?8, ?9, ?10, ?11, ?11)",
-            params![
-                new.service,
-                new.trigger.as_str(),
-                new.trigger_detail.as_ref().map(|v| v.to_string()),
-                new.tag,
-                new.digest,
-                new.shown_tag,
-                new.pushed_at,
-                new.delivery,
-                new.resume_of,
-                new.resume_depth,
-                now
-            ],
-        )?;
-        let id = conn.last_insert_rowid();
-        conn.execute(
-            "INSERT INTO steps (deployment_id, seq, step, started_at) VALUES (?1, 0, 'received', ?2)",
-            params![id, now],
-        )?;
-        Ok(id)
+        create_deployment_on(&self.conn(), new)
     }
 
     /// Closes the deployment's open step as `ok`.
@@ -823,50 +824,18 @@ impl Store {
     pub fn supersede(&self, id: i64, by: i64) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let now = now_ms();
-        let error = format!("superseded by deployment {by} (a newer push)");
-        let n = tx.execute(
-            "UPDATE deployments SET state = 'superseded', error = ?2, updated_at = ?3, finished_at = ?3 \
-             WHERE id = ?1 AND state = 'received'",
-            params![id, error, now],
-        )?;
-        if n == 1 {
-            Self::close_step(&tx, id, now)?;
-            Self::open_step(
-                &tx,
-                id,
-                State::Superseded.as_str(),
-                None,
-                None,
-                now,
-                Some((State::Superseded.as_str(), Some(&error))),
-            )?;
-        }
+        let done = supersede_on(&tx, id, by)?;
         tx.commit()?;
-        Ok(n == 1)
+        Ok(done)
     }
 
     /// Deployments of a service not yet finished, oldest first.
     pub fn active(&self, service: &str) -> Result<Vec<Deployment>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE service = ?1 AND finished_at IS NULL ORDER BY id"
-        ))?;
-        let rows = stmt
-            .query_map([service], deployment_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        active_on(&self.conn(), service)
     }
 
     pub fn live(&self, service: &str) -> Result<Option<Live>> {
-        Ok(self
-            .conn()
-            .query_row(
-                &format!("SELECT {LIVE_COLUMNS} FROM live WHERE service = ?1"),
-                [service],
-                live_from_row,
-            )
-            .optional()?)
+        live_on(&self.conn(), service)
     }
 
     pub fn set_live(&self, live: &Live) -> Result<()> {
@@ -916,6 +885,83 @@ impl Store {
             .execute("DELETE FROM live WHERE service = ?1", [service])?;
         Ok(())
     }
+}
+
+/// See [`Store::create_deployment`]; on the caller's connection (intake
+/// creates a delivery's deployments in the transaction that records it).
+pub fn create_deployment_on(conn: &Connection, new: &NewDeployment) -> Result<i64> {
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO deployments (service, state, trigger, trigger_detail, requested_tag, \
+         requested_digest, tag, digest, pushed_at, delivery, resume_of, resume_depth, \
+         created_at, updated_at) \
+         VALUES (?1, 'received', ?2, ?3, ?4, ?5, COALESCE(?4, ?6), ?5, ?7, ?8, ?9, ?10, ?11, ?11)",
+        params![
+            new.service,
+            new.trigger.as_str(),
+            new.trigger_detail.as_ref().map(|v| v.to_string()),
+            new.tag,
+            new.digest,
+            new.shown_tag,
+            new.pushed_at,
+            new.delivery,
+            new.resume_of,
+            new.resume_depth,
+            now
+        ],
+    )?;
+    let id = conn.last_insert_rowid();
+    conn.execute(
+        "INSERT INTO steps (deployment_id, seq, step, started_at) VALUES (?1, 0, 'received', ?2)",
+        params![id, now],
+    )?;
+    Ok(id)
+}
+
+/// See [`Store::supersede`]; on the caller's transaction.
+pub fn supersede_on(tx: &rusqlite::Transaction, id: i64, by: i64) -> Result<bool> {
+    let now = now_ms();
+    let error = format!("superseded by deployment {by} (a newer push)");
+    let n = tx.execute(
+        "UPDATE deployments SET state = 'superseded', error = ?2, updated_at = ?3, finished_at = ?3 \
+         WHERE id = ?1 AND state = 'received'",
+        params![id, error, now],
+    )?;
+    if n == 1 {
+        Store::close_step(tx, id, now)?;
+        Store::open_step(
+            tx,
+            id,
+            State::Superseded.as_str(),
+            None,
+            None,
+            now,
+            Some((State::Superseded.as_str(), Some(&error))),
+        )?;
+    }
+    Ok(n == 1)
+}
+
+/// See [`Store::active`]; on the caller's connection.
+pub fn active_on(conn: &Connection, service: &str) -> Result<Vec<Deployment>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE service = ?1 AND finished_at IS NULL ORDER BY id"
+    ))?;
+    let rows = stmt
+        .query_map([service], deployment_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// See [`Store::live`]; on the caller's connection.
+pub fn live_on(conn: &Connection, service: &str) -> Result<Option<Live>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {LIVE_COLUMNS} FROM live WHERE service = ?1"),
+            [service],
+            live_from_row,
+        )
+        .optional()?)
 }
 
 /// A finished deployment of `web` for tests of what shows one (the page, the
@@ -1105,28 +1151,57 @@ CREATE TABLE IF NOT EXISTS notify_outbox (
         assert_eq!(version, SCHEMA_VERSION);
         let old = store.delivery("old-guid").unwrap().unwrap();
         assert_eq!(old.raw_body, raw);
-        store
-            .insert_delivery(&crate::ledger::NewDelivery::new(
-                "github",
-                "new-guid".into(),
-                None,
-                &[],
-                raw,
-            ))
-            .unwrap();
+        store.record_for_test(crate::webhook::Source::Github, "new-guid", raw);
         assert_eq!(store.delivery("new-guid").unwrap().unwrap().raw_body, raw);
-        let codecs: Vec<Option<String>> = store
+        let stored: Vec<(Option<String>, bool)> = store
             .conn()
-            .prepare("SELECT body_codec FROM deliveries ORDER BY id")
+            .prepare("SELECT body_codec, body_ref IS NOT NULL FROM deliveries ORDER BY id")
             .unwrap()
-            .query_map([], |r| r.get(0))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(codecs, [None, Some("lz4".to_string())]);
+        assert_eq!(stored, [(None, false), (None, true)]);
         drop(store);
         // Opening it again changes nothing (no second ALTER).
         Store::open(&path).unwrap();
+    }
+
+    /// A version 2 state file (bodies packed inline, attempts counted by rows)
+    /// opens: its bodies read back, and the next attempt of a delivery id
+    /// continues its count.
+    #[test]
+    fn a_version_2_state_file_opens_and_its_attempts_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let raw = br#"{"action":"published"}"#;
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_2).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            for attempt in [1, 2] {
+                conn.execute(
+                    "INSERT INTO deliveries (source, delivery_id, attempt, received_at, headers, \
+                     body, body_codec, verdict) VALUES ('github', 'guid', ?1, 1, '{}', ?2, 'lz4', 'stale')",
+                    params![attempt, lz4_flex::compress_prepend_size(raw)],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        let old = store.delivery("guid").unwrap().unwrap();
+        assert_eq!((old.attempt, old.raw_body.as_slice()), (2, &raw[..]));
+        let next = store.record_for_test(crate::webhook::Source::Github, "guid", raw);
+        assert_eq!(next.attempt, 3);
+        let (bodies, version): (i64, i64) = store
+            .conn()
+            .query_row(
+                "SELECT (SELECT count(*) FROM delivery_bodies), (SELECT user_version FROM pragma_user_version)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((bodies, version), (1, SCHEMA_VERSION));
     }
 
     /// Deployments and live state written by version 2 (one container, control

@@ -43,6 +43,7 @@ impl Drop for Compose {
         }
         // The demo containers kept the app network (named explicitly) alive.
         let _ = docker(&["network", "rm", &format!("{}-app", self.project)]);
+        let _ = docker(&["network", "rm", &format!("{}-control", self.project)]);
     }
 }
 

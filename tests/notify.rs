@@ -222,8 +222,14 @@ const FAST_RETRY: &str = "[notify]\nretry_base = \"100ms\"\nmax_attempts = 5\nti
 
 /// A deployment of `service` recorded the way the pipeline records one, ending in `end`.
 fn deployment(store: &Store, service: &str, end: State) -> i64 {
+    deployment_by(store, service, end, "operator")
+}
+
+/// The same, asked for by `trigger` (`operator`, or a webhook source).
+fn deployment_by(store: &Store, service: &str, end: State, trigger: &str) -> i64 {
     let id = store
         .create_deployment(&NewDeployment {
+            trigger: trigger.parse().expect("a trigger"),
             tag: Some("v2".into()),
             ..NewDeployment::operator(service, "deploy")
         })
@@ -294,6 +300,47 @@ fn assert_no_secret(text: &str) {
         !text.contains(SMTP_PASSWORD),
         "the SMTP password leaked: {text}"
     );
+}
+
+/// Finding 9: a sender whose pushes keep failing cannot message the team for
+/// each: past 3 webhook-caused failures of a service in 10 minutes they are
+/// held back; an operator's deployment and another service still notify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_failures_do_not_flood_the_channels() {
+    let slack = SlackReceiver::start(vec![]).await;
+    let store = Store::in_memory().unwrap();
+    let cfg = config(
+        "",
+        &format!("{FAST_RETRY}{}", slack_section(&slack.url(), "")),
+    );
+    let notifier = Notifier::new(&cfg, store.clone());
+    let pushed: Vec<i64> = (0..8)
+        .map(|_| deployment_by(&store, "web", State::Failed, "dockerhub"))
+        .collect();
+    for id in &pushed {
+        notifier.finished(*id);
+    }
+    let operator = deployment(&store, "web", State::Failed);
+    notifier.finished(operator);
+    let other = deployment_by(&store, "api", State::Failed, "registry");
+    notifier.finished(other);
+    attempts_until(&store, operator, ended("slack")).await;
+    attempts_until(&store, other, ended("slack")).await;
+    for id in &pushed[..3] {
+        attempts_until(&store, *id, ended("slack")).await;
+    }
+    let got = slack.wait_for(5).await;
+    assert_eq!(
+        got.len(),
+        5,
+        "3 webhook failures of web, the operator's, api's: {got:#?}"
+    );
+    for id in &pushed[3..] {
+        assert!(
+            store.notifications(*id).unwrap().is_empty(),
+            "deployment {id} was notified"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -321,14 +321,25 @@ async fn the_page_needs_a_login_and_cookie_requests_need_csrf_from_this_site() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_delivery_says_is_shown_escaped() {
     let w = World::with_hooks("pe", &[], false);
-    let guid = r#"<script>alert("x")</script>&"#;
-    // A signed delivery without a tag (a platform manifest): stored and ignored.
+    let hostile = r#"<script>alert("x")</script>&"#;
+    // A delivery id is refused at the door when it is not one (SECURITY.md)...
     let body = w.github_payload(
         "",
         &format!("sha256:{}", "e".repeat(64)),
         "2026-01-01T00:00:00Z",
     );
-    let (status, answer) = w.github(guid, &body).await;
+    let (status, _) = w.github(hostile, &body).await;
+    assert_eq!(status, 400);
+    // ...but what a sender writes still reaches the page: a tag, stored in
+    // the delivery's detail (ignored: invalid tag).
+    let body = w
+        .github_payload(
+            "v1",
+            &format!("sha256:{}", "e".repeat(64)),
+            "2026-01-01T00:00:00Z",
+        )
+        .replace("\"v1\"", &serde_json::to_string(hostile).unwrap());
+    let (status, answer) = w.github("guid-pe", &body).await;
     assert_eq!(
         (status, answer["outcome"].as_str()),
         (202, Some("ignored")),
@@ -337,7 +348,7 @@ async fn what_a_delivery_says_is_shown_escaped() {
     let (cookie, _) = session(&w).await;
     let html = page(&w, &cookie).await;
     assert!(
-        html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;"),
+        html.contains(r#"&lt;script&gt;alert(\&quot;x\&quot;)&lt;/script&gt;&amp;"#),
         "{html}"
     );
     assert!(!html.contains("<script>alert"), "{html}");

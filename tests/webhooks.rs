@@ -265,7 +265,14 @@ async fn bad_deliveries_get_their_status_and_change_nothing() {
         path: "/hooks/github".into(),
         headers: vec![
             ("X-GitHub-Event", event.to_string()),
-            ("X-GitHub-Delivery", format!("guid-{what}")),
+            (
+                "X-GitHub-Delivery",
+                if what == "a delivery id that is a path" {
+                    "../services/x/rollback?from=".to_string()
+                } else {
+                    format!("guid-{}", what.replace(' ', "-"))
+                },
+            ),
             ("X-Hub-Signature-256", sig),
             ("Content-Type", ct.to_string()),
         ],
@@ -354,6 +361,15 @@ async fn bad_deliveries_get_their_status_and_change_nothing() {
             json_ct,
             huge.clone(),
             413,
+            false,
+        ),
+        gh(
+            "a delivery id that is a path",
+            "package",
+            good_sig.clone(),
+            json_ct,
+            published.clone(),
+            400,
             false,
         ),
         gh(
@@ -468,6 +484,27 @@ async fn bad_deliveries_get_their_status_and_change_nothing() {
             huge.clone(),
             413,
             false,
+        ),
+        reg(
+            "registry: 65 events in one notification",
+            Some(bearer.clone()),
+            dist_ct,
+            {
+                let doc: Value = serde_json::from_slice(&dist).unwrap();
+                serde_json::json!({ "events": vec![doc["events"][1].clone(); 65] })
+                    .to_string()
+                    .into_bytes()
+            },
+            400,
+            false,
+        ),
+        reg(
+            "registry: lower-case bearer scheme",
+            Some(format!("bearer {REGISTRY_TOKEN}")),
+            dist_ct,
+            dist.clone(),
+            202,
+            true,
         ),
         reg(
             "registry: the fixture (no such service)",
@@ -653,8 +690,9 @@ async fn a_stored_body_that_no_longer_unpacks_is_reported_not_redelivered_as_som
     db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
     let changed = db
         .execute(
-            "UPDATE deliveries SET body = substr(body, 1, length(body) - 7) \
-             WHERE delivery_id = 'guid-dmg' AND body_codec = 'lz4'",
+            "UPDATE delivery_bodies SET body = substr(body, 1, length(body) - 7) \
+             WHERE codec = 'lz4' AND id = \
+             (SELECT body_ref FROM deliveries WHERE delivery_id = 'guid-dmg')",
             [],
         )
         .unwrap();
@@ -699,4 +737,194 @@ async fn store_ignored(w: &World, id: &str, c: char) -> String {
     let (status, answer) = w.github(id, &body).await;
     assert_eq!((status, answer["outcome"].as_str()), (202, Some("ignored")));
     body
+}
+
+/// Finding 2: a payload's push time is a claim. A Docker Hub delivery claiming
+/// the year 3000 does not pin its version (its image's creation time counts),
+/// and a GitHub one is held to its receipt time: later real pushes still deploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_push_time_pins_nothing() {
+    let mut w = World::with_hooks(
+        "fut",
+        &[("v1", NO_ENV), ("v2", NO_ENV), ("v3", NO_ENV)],
+        false,
+    );
+    let d1 = w.push("v1");
+    let mut doc: Value =
+        serde_json::from_str(include_str!("fixtures/webhooks/dockerhub-push.json")).unwrap();
+    doc["repository"]["repo_name"] = format!("{}/demo", w.prefix).into();
+    doc["push_data"]["tag"] = "v1".into();
+    doc["push_data"]["pushed_at"] = 32_503_680_000_i64.into(); // 3000-01-01
+    let url = format!("{}/hooks/dockerhub/{DOCKERHUB_TOKEN}", w.gl.url());
+    let (status, answer) = post(
+        &url,
+        &[("Content-Type", "application/json")],
+        doc.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (202, Some("queued")),
+        "{answer}"
+    );
+    let live = w.wait_live("v1").await;
+    assert_eq!(live["live"]["digest"], d1);
+    assert!(
+        live["live"]["pushed_at"].is_null(),
+        "the claim was not stored: {live}"
+    );
+    // A real push after it deploys.
+    let d2 = w.push("v2");
+    let (_, a) = w
+        .github(
+            "guid-fut-2",
+            &w.github_payload("v2", &d2, "3000-01-01T00:00:00Z"),
+        )
+        .await;
+    assert_eq!(a["outcome"], "queued", "{a}");
+    let live = w.wait_live("v2").await;
+    let pushed = live["live"]["pushed_at"].as_i64().unwrap();
+    assert!(
+        pushed <= greenlight::store::now_ms() + 5_000,
+        "GitHub's year-3000 claim was held to its receipt: {pushed}"
+    );
+    // ...and so does the next one, with an honest time once the clamped claim
+    // (receipt + 5 s at most) is past.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while greenlight::store::now_ms() <= pushed {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d3 = w.push("v3");
+    let now = jiff::Timestamp::now().to_string();
+    let (_, b) = w
+        .github("guid-fut-3", &w.github_payload("v3", &d3, &now))
+        .await;
+    assert_eq!(b["outcome"], "queued", "not stale: {b}");
+    w.wait_live("v3").await;
+}
+
+/// Finding 3: a webhook's tag meets the tag grammar: `../../../../_catalog`
+/// is ignored as invalid (202, stored), nothing asks the registry for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_outside_the_grammar_is_ignored_and_never_reaches_the_registry() {
+    let w = World::with_hooks("tag", &[("v1", NO_ENV)], false);
+    let json = [("Content-Type", "application/json")];
+    let url = format!("{}/hooks/dockerhub/{DOCKERHUB_TOKEN}", w.gl.url());
+    for tag in [
+        "../../../../_catalog",
+        "v1\nforged",
+        "v1%2F..%2F_catalog",
+        "-rm",
+    ] {
+        let mut doc: Value =
+            serde_json::from_str(include_str!("fixtures/webhooks/dockerhub-push.json")).unwrap();
+        doc["repository"]["repo_name"] = format!("{}/demo", w.prefix).into();
+        doc["push_data"]["tag"] = tag.into();
+        let (status, answer) = post(&url, &json, doc.to_string().into_bytes()).await;
+        assert_eq!(status, 202, "{tag:?}: {answer}");
+        assert_eq!(answer["outcome"], "ignored", "{tag:?}: {answer}");
+        assert!(
+            answer["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid tag"),
+            "{answer}"
+        );
+    }
+    assert!(deployments(&w).await.is_empty());
+    assert_eq!(deliveries(&w).await.len(), 4, "each is stored");
+    let log = w.registry.log();
+    assert!(!log.contains("_catalog"), "the registry was asked: {log}");
+}
+
+/// Finding 10: replays of one signed delivery are each recorded as an attempt,
+/// at the cost of a new delivery, without storing the body again; a
+/// redelivery of a failed deployment still runs (see the GitHub test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_delivery_stores_its_body_once() {
+    let w = World::with_hooks("rep", &[], false);
+    // A body of ~200 KB that does not compress (a replay stored anew would show).
+    let mut doc: Value = serde_json::from_str(&w.github_payload(
+        "",
+        &format!("sha256:{}", "e".repeat(64)),
+        "2026-01-01T00:00:00Z",
+    ))
+    .unwrap();
+    // xorshift64: hex of pseudo-random bytes, which LZ4 cannot shrink.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: String = (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{:02x}", x as u8)
+        })
+        .collect();
+    doc["package"]["description"] = noise.into();
+    let body = doc.to_string();
+    let db = w.gl.dir.path().join("state.db");
+    let size = || {
+        ["", "-wal"]
+            .iter()
+            .map(|s| std::fs::metadata(format!("{}{s}", db.display())).map_or(0, |m| m.len()))
+            .sum::<u64>()
+    };
+    let (_, first) = w.github("guid-replayed", &body).await;
+    assert_eq!(first["attempt"], 1, "{first}");
+    let before = size();
+    for n in 2..=100 {
+        let (status, answer) = w.github("guid-replayed", &body).await;
+        assert_eq!(
+            (status, answer["attempt"].as_i64()),
+            (202, Some(n)),
+            "{answer}"
+        );
+    }
+    let grown = size().saturating_sub(before);
+    assert!(
+        grown < 2 * 1024 * 1024,
+        "99 replays of a {} byte body grew the state by {grown} bytes",
+        body.len()
+    );
+    let stored = w.gl.get("/api/deliveries/guid-replayed").await;
+    assert_eq!(stored["attempt"], 100);
+    assert_eq!(
+        stored["body"].as_str(),
+        Some(body.as_str()),
+        "each attempt reads its body"
+    );
+}
+
+/// Finding 5: what a sender writes cannot forge a log line or colour the log,
+/// and a log that is not a terminal gets no escape codes at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_fields_cannot_forge_log_lines() {
+    let w = World::with_hooks("log", &[], false);
+    let forged = "2026-11-30T00:00:00.000000Z  INFO greenlight: admin logged in";
+    let body = w
+        .github_payload(
+            "v1",
+            &format!("sha256:{}", "f".repeat(64)),
+            "2026-01-01T00:00:00Z",
+        )
+        .replace(
+            "\"v1\"",
+            &serde_json::to_string(&format!("v1\n{forged}\u{1b}[31m")).unwrap(),
+        );
+    let (status, answer) = w.github("guid-log", &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let log = w.gl.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log file:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with(forged)),
+        "a forged line:\n{log}"
+    );
+    assert!(
+        log.contains("\\n2026-11-30"),
+        "the newline is shown escaped:\n{log}"
+    );
 }

@@ -30,6 +30,52 @@ pub enum ApiError {
     },
 }
 
+/// An admin API path built from segments and query pairs, each
+/// percent-encoded where the URL is made: an argument (a service name, a
+/// delivery id chosen by a webhook sender) can never change which endpoint is
+/// called (`redeliver '../services/core/rollback?from='` stays a delivery id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiPath {
+    segments: Vec<String>,
+    query: Vec<(String, String)>,
+}
+
+impl ApiPath {
+    /// `/api/<segments...>`.
+    pub fn api(segments: &[&str]) -> ApiPath {
+        ApiPath {
+            segments: std::iter::once("api")
+                .chain(segments.iter().copied())
+                .map(str::to_string)
+                .collect(),
+            query: Vec::new(),
+        }
+    }
+
+    pub fn query(mut self, key: &str, value: impl ToString) -> ApiPath {
+        self.query.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The URL of this path on `base` (`http://host:port`, maybe with a path prefix).
+    pub fn url(&self, base: &str) -> Result<reqwest::Url, String> {
+        let mut url = reqwest::Url::parse(base).map_err(|e| format!("--url {base:?}: {e}"))?;
+        url.path_segments_mut()
+            .map_err(|()| format!("--url {base:?} cannot take a path"))?
+            .pop_if_empty()
+            .extend(&self.segments);
+        if !self.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&self.query);
+        }
+        Ok(url)
+    }
+
+    /// `/api/...` for messages.
+    fn display(&self) -> String {
+        format!("/{}", self.segments.join("/"))
+    }
+}
+
 pub struct Client {
     base: String,
     token: String,
@@ -70,23 +116,29 @@ impl Client {
         })
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
+    pub async fn get(&self, path: &ApiPath) -> Result<Value, ApiError> {
         self.call(Method::GET, path, None).await
     }
 
-    pub async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, ApiError> {
+    pub async fn post(&self, path: &ApiPath, body: Option<Value>) -> Result<Value, ApiError> {
         self.call(Method::POST, path, body).await
     }
 
     async fn call(
         &self,
         method: Method,
-        path: &str,
+        path: &ApiPath,
         body: Option<Value>,
     ) -> Result<Value, ApiError> {
+        let url = path
+            .url(&self.base)
+            .map_err(|reason| ApiError::Unreachable {
+                base: self.base.clone(),
+                reason,
+            })?;
         let mut req = self
             .http
-            .request(method.clone(), format!("{}{}", self.base, path))
+            .request(method.clone(), url)
             .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -110,7 +162,7 @@ impl Client {
             format!(
                 ": {} does not offer {method} {}; is it older than this client?",
                 self.base,
-                path.split('?').next().unwrap_or(path)
+                path.display()
             )
         } else {
             String::new()
@@ -140,4 +192,30 @@ fn reason(e: &reqwest::Error) -> String {
         parts.push(e.to_string());
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 4: arguments are segments, never path or query syntax.
+    #[test]
+    fn arguments_cannot_change_the_endpoint() {
+        let url = ApiPath::api(&["deliveries", "../services/core/rollback?from=", "redeliver"])
+            .url("http://127.0.0.1:8787")
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8787/api/deliveries/..%2Fservices%2Fcore%2Frollback%3Ffrom=/redeliver"
+        );
+        let url = ApiPath::api(&["deployments"])
+            .query("service", "web&limit=1#x")
+            .query("limit", 20)
+            .url("http://gl.example/prefix/")
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://gl.example/prefix/api/deployments?service=web%26limit%3D1%23x&limit=20"
+        );
+    }
 }

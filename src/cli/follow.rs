@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::Value;
 
-use super::client::{ApiError, Client};
+use super::client::{ApiError, ApiPath, Client};
 use super::output::{duration, now_ms, short_digest, state_tone, text, truncate, Term, Tone};
 use super::{pretty, EXIT_FAILED, EXIT_NOT_RUN};
 use crate::domain::State;
@@ -43,7 +43,11 @@ pub async fn deployment(client: &Client, id: i64, term: Term, json: bool) -> Res
     let mut header_shown = false;
     loop {
         let d = match patience
-            .get(client, &format!("/api/deployments/{id}"), &progress)
+            .get(
+                client,
+                &ApiPath::api(&["deployments", &id.to_string()]),
+                &progress,
+            )
             .await
         {
             Ok(Some(d)) => d,
@@ -104,7 +108,9 @@ pub async fn service(
     term: Term,
     json: bool,
 ) -> Result<i32, ApiError> {
-    let path = format!("/api/deployments?service={service}&limit=20");
+    let path = ApiPath::api(&["deployments"])
+        .query("service", service)
+        .query("limit", 20);
     let first = client.get(&path).await?;
     if let Some(id) = in_progress(&first) {
         return deployment(client, id, term, json).await;
@@ -173,7 +179,7 @@ impl Patience {
     async fn get(
         &mut self,
         client: &Client,
-        path: &str,
+        path: &ApiPath,
         progress: &Progress,
     ) -> Result<Option<Value>, ApiError> {
         match client.get(path).await {

@@ -19,7 +19,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::config::Config;
-use client::{ApiError, Client};
+use client::{ApiError, ApiPath, Client};
 use output::{now_ms, text, Term};
 
 /// The deployment succeeded (or its digest was already live); the command did what it said.
@@ -229,7 +229,10 @@ async fn run(cli: Cli) -> i32 {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(cli.log_format);
+            crate::telemetry::init(match cli.log_format {
+                LogFormat::Human => crate::telemetry::Format::Human,
+                LogFormat::Json => crate::telemetry::Format::Json,
+            });
             match crate::app::serve(config).await {
                 Ok(()) => EXIT_OK,
                 Err(e) => {
@@ -283,18 +286,6 @@ async fn run(cli: Cli) -> i32 {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// A command that talks to the admin API. An error the server answered with is
 /// printed as-is on stderr (and its JSON on stdout under `--json`).
 async fn client_command(client: &Client, cli: &Cli, term: Term) -> i32 {
@@ -326,7 +317,7 @@ async fn client_command(client: &Client, cli: &Cli, term: Term) -> i32 {
 }
 
 async fn status(client: &Client, json: bool, term: Term) -> Result<i32, ApiError> {
-    let services = client.get("/api/services").await?;
+    let services = client.get(&ApiPath::api(&["services"])).await?;
     if json {
         println!("{}", pretty(&services));
     } else {
@@ -372,7 +363,7 @@ async fn deploy(
     let body = serde_json::json!({"tag": args.tag, "digest": args.digest});
     let accepted = client
         .post(
-            &format!("/api/services/{}/deploy", args.service),
+            &ApiPath::api(&["services", &args.service, "deploy"]),
             Some(body),
         )
         .await?;
@@ -388,7 +379,7 @@ async fn rollback(
     // 202 {deployment, url} like deploy; 409 when there is nothing to roll back.
     let accepted = client
         .post(
-            &format!("/api/services/{}/rollback", args.service),
+            &ApiPath::api(&["services", &args.service, "rollback"]),
             Some(serde_json::json!({})),
         )
         .await?;
@@ -409,9 +400,9 @@ async fn deliveries(
     json: bool,
     term: Term,
 ) -> Result<i32, ApiError> {
-    let mut path = format!("/api/deliveries?limit={}", args.limit);
+    let mut path = ApiPath::api(&["deliveries"]).query("limit", args.limit);
     if let Some(s) = &args.service {
-        path.push_str(&format!("&service={s}"));
+        path = path.query("service", s);
     }
     let list = client.get(&path).await?;
     if json {
@@ -424,7 +415,7 @@ async fn deliveries(
 
 async fn redeliver(client: &Client, delivery: &str, json: bool) -> Result<i32, ApiError> {
     let v = client
-        .post(&format!("/api/deliveries/{delivery}/redeliver"), None)
+        .post(&ApiPath::api(&["deliveries", delivery, "redeliver"]), None)
         .await?;
     if json {
         println!("{}", pretty(&v));
@@ -453,9 +444,9 @@ async fn history(
     json: bool,
     term: Term,
 ) -> Result<i32, ApiError> {
-    let mut path = format!("/api/deployments?limit={}", args.limit);
+    let mut path = ApiPath::api(&["deployments"]).query("limit", args.limit);
     if let Some(s) = &args.service {
-        path.push_str(&format!("&service={s}"));
+        path = path.query("service", s);
     }
     let list = client.get(&path).await?;
     let mut items = list.as_array().cloned().unwrap_or_default();
@@ -463,7 +454,9 @@ async fn history(
     if args.steps || json {
         for item in items.iter_mut() {
             if let Some(id) = item["id"].as_i64() {
-                *item = client.get(&format!("/api/deployments/{id}")).await?;
+                *item = client
+                    .get(&ApiPath::api(&["deployments", &id.to_string()]))
+                    .await?;
             }
         }
     }

@@ -1,7 +1,8 @@
 //! `greenlight.toml` -> validated, typed configuration.
 //!
-//! Loading is two passes: `${VAR}` references are expanded in the raw text (so a
-//! secret never has to live in the file), then the TOML is parsed with unknown keys
+//! Loading is two passes: `${VAR}` references are expanded inside the file's
+//! string values (so a secret never has to live in the file, and arrives exactly
+//! as the environment holds it), then the TOML is parsed with unknown keys
 //! refused. Every error names the key it is about, so `greenlight check` can print
 //! one line an operator can act on.
 
@@ -76,6 +77,15 @@ pub struct ServerConfig {
     /// older ones keep their row, verdict and deployments, not their body.
     #[serde(default = "default_ledger_retention", deserialize_with = "duration")]
     pub ledger_retention: Duration,
+    /// Longest a request body may take to arrive (a webhook's before its
+    /// signature can be checked too).
+    #[serde(default = "default_body_timeout", deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// Reverse proxies (IP addresses or CIDR ranges) whose `X-Forwarded-For`,
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are believed; from anyone
+    /// else those headers are ignored.
+    #[serde(default, deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,6 +223,9 @@ impl std::fmt::Debug for EnvVars {
     }
 }
 
+/// Shortest admin token, webhook secret or webhook token accepted.
+pub const MIN_SECRET: usize = 16;
+
 // Debug never shows a secret: configs may end up in logs and error reports.
 const REDACTED: &str = "<redacted>";
 
@@ -228,6 +241,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("state", &self.state)
             .field("body_limit", &self.body_limit)
             .field("ledger_retention", &self.ledger_retention)
+            .field("body_timeout", &self.body_timeout)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -251,6 +266,8 @@ impl std::fmt::Debug for RegistryConfig {
             .field("username", &self.username)
             .field("password", &redacted(&self.password))
             .field("insecure", &self.insecure)
+            .field("ca_file", &self.ca_file)
+            .field("token_realms", &self.token_realms)
             .finish()
     }
 }
@@ -269,8 +286,16 @@ pub struct RegistryConfig {
     pub host: String,
     pub username: Option<String>,
     pub password: Option<String>,
-    /// Talk plain HTTP to this registry (default: only for loopback hosts).
+    /// Talk plain HTTP to this registry (default: only for loopback hosts,
+    /// `localhost`, 127.0.0.0/8 and `[::1]`, as the Docker daemon does).
     pub insecure: Option<bool>,
+    /// PEM file of the CA(s) that signed the registry's certificate, trusted
+    /// besides the system's roots (a registry behind a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Token services other than the registry's own host that may receive its
+    /// credentials, as HTTPS URL prefixes (`https://auth.example.com/`).
+    #[serde(default)]
+    pub token_realms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -419,6 +444,9 @@ fn default_state() -> PathBuf {
 fn default_ledger_retention() -> Duration {
     Duration::from_secs(30 * 24 * 3600)
 }
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_body_limit() -> usize {
     1024 * 1024
 }
@@ -489,6 +517,32 @@ fn default_pull_timeout() -> Duration {
     Duration::from_secs(10 * 60)
 }
 
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is not an IP address or a CIDR range like \"10.0.0.0/8\""
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// The certificates of a PEM file, or why it cannot be used.
+pub fn read_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(text.trim()).map_err(|e| {
@@ -498,43 +552,94 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
-/// Replaces `${VAR}` with the environment's value; `$$` is a literal `$`.
-pub fn expand_env(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, (usize, String)> {
+/// Expands `${VAR}` (and `$$`, a literal `$`) inside one string value.
+pub fn expand_env(text: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
-    for (n, line) in text.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            let after = &rest[i + 1..];
-            if let Some(stripped) = after.strip_prefix('$') {
-                out.push('$');
-                rest = stripped;
-            } else if let Some(body) = after.strip_prefix('{') {
-                let Some(end) = body.find('}') else {
-                    out.push('$');
-                    rest = after;
-                    continue;
-                };
-                let var = &body[..end];
-                // Comments may mention `${VAR}` freely.
-                let in_comment = line[..line.len() - rest.len() + i].contains('#');
-                match lookup(var) {
-                    Some(v) => out.push_str(&v),
-                    None if in_comment => out.push_str(&rest[i..i + 3 + end]),
-                    None => return Err((n + 1, var.to_string())),
-                }
-                rest = &body[end + 1..];
-            } else {
-                out.push('$');
-                rest = after;
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some((var, tail)) = after
+            .strip_prefix('{')
+            .and_then(|body| body.split_once('}'))
+        {
+            out.push_str(&lookup(var).ok_or_else(|| var.to_string())?);
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The file with `${VAR}` expanded inside its string values only: a secret
+/// holding `"`, `\n` or `#` arrives exactly as the environment holds it, and a
+/// reference in a comment or a key is left alone. A file that is not TOML is
+/// returned as it is, for the parser to report.
+fn expand_strings(
+    path: &Path,
+    raw: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    if !raw.contains('$') {
+        return Ok(raw.to_string());
+    }
+    let Ok(mut doc) = raw.parse::<toml_edit::DocumentMut>() else {
+        return Ok(raw.to_string());
+    };
+    let mut unset = None;
+    walk_strings(doc.as_item_mut(), &mut |v| {
+        let Some(text) = v.as_str().filter(|t| t.contains('$')) else {
+            return;
+        };
+        match expand_env(text, &lookup) {
+            Ok(expanded) => {
+                let decor = v.decor().clone();
+                *v = expanded.into();
+                *v.decor_mut() = decor;
+            }
+            Err(var) => {
+                unset.get_or_insert(var);
             }
         }
-        out.push_str(rest);
+    });
+    if let Some(var) = unset {
+        let needle = format!("${{{var}}}");
+        let line = raw
+            .lines()
+            .position(|l| !l.trim_start().starts_with('#') && l.contains(&needle))
+            .map_or(0, |n| n + 1);
+        return Err(ConfigError::UnsetVar {
+            path: path.to_path_buf(),
+            line,
+            var,
+        });
     }
-    Ok(out)
+    Ok(doc.to_string())
+}
+
+/// Calls `f` on every value (strings in arrays and inline tables too).
+fn walk_strings(item: &mut toml_edit::Item, f: &mut impl FnMut(&mut toml_edit::Value)) {
+    fn value(v: &mut toml_edit::Value, f: &mut impl FnMut(&mut toml_edit::Value)) {
+        match v {
+            toml_edit::Value::Array(a) => a.iter_mut().for_each(|v| value(v, f)),
+            toml_edit::Value::InlineTable(t) => t.iter_mut().for_each(|(_, v)| value(v, f)),
+            other => f(other),
+        }
+    }
+    match item {
+        toml_edit::Item::Value(v) => value(v, f),
+        toml_edit::Item::Table(t) => t.iter_mut().for_each(|(_, i)| walk_strings(i, f)),
+        toml_edit::Item::ArrayOfTables(a) => a
+            .iter_mut()
+            .for_each(|t| t.iter_mut().for_each(|(_, i)| walk_strings(i, f))),
+        toml_edit::Item::None => {}
+    }
 }
 
 impl Config {
@@ -551,11 +656,7 @@ impl Config {
         raw: &str,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let text = expand_env(raw, lookup).map_err(|(line, var)| ConfigError::UnsetVar {
-            path: path.to_path_buf(),
-            line,
-            var,
-        })?;
+        let text = expand_strings(path, raw, lookup)?;
         let de = toml::Deserializer::new(&text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
@@ -585,11 +686,55 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        if self.server.admin_token.len() < 16 {
+        if self.server.admin_token.chars().count() < MIN_SECRET {
             return Err(bad(
                 "server.admin_token",
                 "must be at least 16 characters (generate one with `openssl rand -hex 32`)".into(),
             ));
+        }
+        let short = |s: &str| s.chars().count() < MIN_SECRET;
+        let secrets = self
+            .webhooks
+            .github_secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("webhooks.github_secrets[{i}]"), Some(s)))
+            .chain([
+                (
+                    "webhooks.dockerhub_token".to_string(),
+                    self.webhooks.dockerhub_token.as_ref(),
+                ),
+                (
+                    "webhooks.registry_token".to_string(),
+                    self.webhooks.registry_token.as_ref(),
+                ),
+            ]);
+        for (key, secret) in secrets {
+            if secret.is_some_and(|s| short(s)) {
+                return Err(bad(
+                    &key,
+                    format!(
+                        "must be at least {MIN_SECRET} characters, like the admin token \
+                         (generate one with `openssl rand -hex 32`)"
+                    ),
+                ));
+            }
+        }
+        if self.server.body_timeout.is_zero() {
+            return Err(bad("server.body_timeout", "must be longer than 0s".into()));
+        }
+        for (i, r) in self.registries.iter().enumerate() {
+            if let Some(file) = &r.ca_file {
+                read_certificates(file).map_err(|e| bad(&format!("registry[{i}].ca_file"), e))?;
+            }
+            for realm in &r.token_realms {
+                if !realm.starts_with("https://") || reqwest::Url::parse(realm).is_err() {
+                    return Err(bad(
+                        &format!("registry[{i}].token_realms"),
+                        format!("{realm:?} must be an https:// URL (credentials never go over plain HTTP)"),
+                    ));
+                }
+            }
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(bad(
@@ -651,6 +796,18 @@ impl Config {
                 return Err(bad(
                     &key("name"),
                     format!("service {:?} is defined twice", s.name),
+                ));
+            }
+            let repo = crate::registry::Repository::parse(&s.image);
+            if !crate::registry::valid_host(&repo.host)
+                || !crate::registry::valid_repository_path(&repo.path.to_ascii_lowercase())
+            {
+                return Err(bad(
+                    &key("image"),
+                    format!(
+                        "{:?} is not an image repository like \"ghcr.io/acme/web\" (registry host {:?}, path {:?})",
+                        s.image, repo.host, repo.path
+                    ),
                 ));
             }
             if s.image.is_empty() || s.image.contains('@') || last_segment_has_tag(&s.image) {
@@ -763,7 +920,8 @@ impl ServiceConfig {
 /// Most replicas of one service.
 pub const MAX_REPLICAS: u32 = 64;
 
-fn valid_name(name: &str) -> bool {
+/// The service-name grammar (also the verify server's, nginx/greenlight-verify.conf).
+pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
         && name.len() <= 40
@@ -863,8 +1021,64 @@ interval = "250ms"
 
     #[test]
     fn variables_in_comments_are_left_alone_and_dollars_escape() {
-        let out = expand_env("# uses ${UNSET}\nx = \"a$$b ${TOKEN}\"\n", env).unwrap();
-        assert_eq!(out, "# uses ${UNSET}\nx = \"a$b 0123456789abcdef0123\"\n");
+        let out = expand_strings(
+            Path::new("g.toml"),
+            "# uses ${UNSET}\nx = \"a$$b ${TOKEN}\" # and ${UNSET}\n",
+            env,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "# uses ${UNSET}\nx = \"a$b 0123456789abcdef0123\" # and ${UNSET}\n"
+        );
+    }
+
+    /// Finding 9: a secret arrives exactly as the environment holds it; a `#`
+    /// earlier on the line does not hide an unset variable.
+    #[test]
+    fn a_secret_with_quotes_newlines_and_hashes_arrives_exactly() {
+        let secret = "a\"b\\c\nd\te#f ${NOT_A_VAR} \u{1b}";
+        let text = GOOD.replace("password = \"${TOKEN}\"", "password = \"${SECRET}\"");
+        let c = Config::parse(Path::new("g.toml"), &text, |v| match v {
+            "SECRET" => Some(secret.to_string()),
+            other => env(other),
+        })
+        .unwrap();
+        assert_eq!(c.registries[0].password.as_deref(), Some(secret));
+        let hidden = GOOD.replace(
+            "admin_token = \"${TOKEN}\"",
+            "admin_token = \"#${TOKEN}${UNSET_ONE}\"",
+        );
+        let e = parse(&hidden).unwrap_err();
+        assert!(
+            e.contains("${UNSET_ONE} is not set") && e.contains("line 4"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn webhook_secrets_are_as_long_as_the_admin_token() {
+        let short =
+            format!("{GOOD}\n[webhooks]\ngithub_secrets = [\"0123456789abcdef\", \"tooshort\"]\n");
+        let e = parse(&short).unwrap_err();
+        assert!(
+            e.contains("webhooks.github_secrets[1]") && e.contains("16"),
+            "{e}"
+        );
+        let e = parse(&format!("{GOOD}\n[webhooks]\ndockerhub_token = \"abc\"\n")).unwrap_err();
+        assert!(e.contains("webhooks.dockerhub_token"), "{e}");
+        assert!(parse(&format!(
+            "{GOOD}\n[webhooks]\nregistry_token = \"0123456789abcdef\"\n"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn an_image_whose_host_or_path_is_not_one_is_refused() {
+        for image in [".0/a", "ghcr.io/a b", "ghcr.io/../x"] {
+            let e = parse(&GOOD.replace("ghcr.io/acme/web\"", &format!("{image}\""))).unwrap_err();
+            assert!(e.contains("service[0].image"), "{image}: {e}");
+        }
     }
 
     #[test]

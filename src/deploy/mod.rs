@@ -75,8 +75,6 @@ pub enum RollbackError {
 pub struct Deployer {
     inner: Arc<Inner>,
     queues: Arc<HashMap<String, mpsc::UnboundedSender<i64>>>,
-    /// Serialises decisions about incoming pushes (see `intake`).
-    intake: Arc<std::sync::Mutex<()>>,
 }
 
 impl Deployer {
@@ -114,7 +112,6 @@ impl Deployer {
         let deployer = Deployer {
             inner,
             queues: Arc::new(queues),
-            intake: Arc::new(std::sync::Mutex::new(())),
         };
         for id in requeue {
             if let Ok(Some(d)) = deployer.inner.store.deployment(id) {
@@ -138,6 +135,22 @@ impl Deployer {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    pub fn shared_config(&self) -> Arc<Config> {
+        self.inner.config.clone()
+    }
+
+    /// A webhook delivery was recorded (ledger.rs, after its commit): its new
+    /// deployments go to their queues, and the queued ones it superseded are
+    /// over (their outcome is notified).
+    pub fn admitted(&self, admitted: &intake::Admitted) {
+        for id in &admitted.superseded {
+            self.inner.notifier.finished(*id);
+        }
+        for (service, id) in &admitted.queued {
+            self.enqueue(service, *id);
+        }
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -175,7 +188,7 @@ impl Deployer {
                     "{d:?} is not a digest like sha256:<64 hex digits>"
                 )))
             }
-            (Some(t), _) if !valid_tag(t) => {
+            (Some(t), _) if !registry::valid_tag(t) => {
                 return Err(SubmitError::BadRequest(format!(
                     "{t:?} is not a valid tag (letters, digits, '_', '.', '-'; at most 128)"
                 )))
@@ -242,25 +255,5 @@ impl From<crate::webhook::Source> for Trigger {
             crate::webhook::Source::Dockerhub => Trigger::Dockerhub,
             crate::webhook::Source::Registry => Trigger::Registry,
         }
-    }
-}
-
-/// Docker's tag grammar: `[\w][\w.-]{0,127}`.
-pub fn valid_tag(tag: &str) -> bool {
-    let mut chars = tag.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
-        && tag.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tags_follow_dockers_grammar() {
-        assert!(super::valid_tag("v1.2.3-rc_1"));
-        assert!(!super::valid_tag("-v1"));
-        assert!(!super::valid_tag("a:b"));
-        assert!(!super::valid_tag(""));
-        assert!(!super::valid_tag(&"a".repeat(129)));
     }
 }

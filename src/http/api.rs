@@ -269,6 +269,16 @@ async fn deliveries(
     state: web::Data<AppState>,
     q: web::Query<ListQuery>,
 ) -> HttpResponse {
+    if let Some(s) = q
+        .service
+        .as_deref()
+        .filter(|s| !crate::config::valid_name(s))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("{s:?} is not a service name"),
+        );
+    }
     let limit = q.limit.unwrap_or(20).clamp(1, 500);
     match state
         .deployer
@@ -280,8 +290,28 @@ async fn deliveries(
     }
 }
 
+/// A delivery id (or ledger row) as the API takes it: anything else is refused
+/// before it is looked up or logged.
+fn refuse_delivery_id(id: &str) -> Option<HttpResponse> {
+    if crate::webhook::valid_delivery_id(id) {
+        None
+    } else {
+        Some(error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "{:?} is not a delivery id or ledger row",
+                crate::telemetry::escape_controls(&id.chars().take(140).collect::<String>())
+            ),
+        ))
+    }
+}
+
 async fn delivery(_: Admin, state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
-    match state.deployer.store().delivery(&id) {
+    if let Some(refused) = refuse_delivery_id(&id) {
+        return refused;
+    }
+    let id = id.as_str();
+    match state.deployer.store().delivery(id) {
         Ok(Some(d)) => HttpResponse::Ok().json(d),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no delivery {id:?}")),
         Err(e) => internal(e),
@@ -291,7 +321,11 @@ async fn delivery(_: Admin, state: web::Data<AppState>, id: web::Path<String>) -
 /// Runs a stored delivery through the same path again, as a new attempt linked
 /// to the original.
 async fn redeliver(_: Admin, state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
-    let d = match state.deployer.store().delivery(&id) {
+    if let Some(refused) = refuse_delivery_id(&id) {
+        return refused;
+    }
+    let id = id.as_str();
+    let d = match state.deployer.store().delivery(id) {
         Ok(Some(d)) => d,
         Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no delivery {id:?}")),
         Err(e) => return internal(e),
@@ -349,4 +383,5 @@ async fn redeliver(_: Admin, state: web::Data<AppState>, id: web::Path<String>) 
         parsed,
         Some(original),
     )
+    .await
 }

@@ -1,10 +1,13 @@
 //! The webhook endpoints. Each answers within milliseconds: authenticate over the
-//! raw bytes, parse, record the delivery in the ledger, decide, answer `202`;
-//! the deployment itself runs after the answer.
+//! raw bytes, parse, hand the delivery to the ledger's writer (which decides
+//! what it means and records it, see `ledger.rs`), answer `202`; the
+//! deployment itself runs after the answer.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, Scope};
@@ -13,19 +16,16 @@ use serde_json::json;
 
 use super::AppState;
 use crate::config::Config;
-use crate::deploy::intake::{overall, Outcome, Verdict as IntakeVerdict};
-use crate::ledger::{Entry, GroupCommit, NewDelivery, Verdict};
-use crate::store::{now_ms, StoreError};
+use crate::ledger::{Entry, NewDelivery, Recorded};
+use crate::store::now_ms;
 use crate::webhook::{self, distribution, dockerhub, github, Item, Parsed, Source, Unreadable};
 
-/// Rejected deliveries by source, for `/metrics`; and the ledger's group commit,
-/// which the webhook endpoints share.
+/// Rejected deliveries by source, for `/metrics`.
 #[derive(Default)]
 pub struct HookCounters {
     pub github_unauthorized: AtomicU64,
     pub dockerhub_unauthorized: AtomicU64,
     pub registry_unauthorized: AtomicU64,
-    ledger: OnceLock<Option<GroupCommit>>,
 }
 
 impl HookCounters {
@@ -49,13 +49,18 @@ fn answer(status: StatusCode, body: serde_json::Value) -> HttpResponse {
     HttpResponse::build(status).json(body)
 }
 
-fn unauthorized(state: &AppState, source: Source, why: &str) -> HttpResponse {
+fn unauthorized(state: &AppState, req: &HttpRequest, source: Source, why: &str) -> HttpResponse {
     state
         .hooks
         .unauthorized(source)
         .fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(source = source.as_str(), reason = why, "webhook refused");
-    answer(StatusCode::UNAUTHORIZED, json!({ "error": why }))
+    tracing::warn!(source = source.as_str(), peer = %super::auth::peer_for_log(req), reason = why, "webhook refused");
+    let challenge = match source {
+        Source::Github => "X-Hub-Signature-256 realm=\"greenlight webhooks\"",
+        Source::Dockerhub => "Token realm=\"greenlight webhooks\"",
+        Source::Registry => "Bearer realm=\"greenlight webhooks\"",
+    };
+    super::auth::unauthorized(challenge, why)
 }
 
 fn unreadable(source: Source, e: &Unreadable) -> HttpResponse {
@@ -70,11 +75,83 @@ fn too_large(limit: usize) -> HttpResponse {
     )
 }
 
-/// Reads the whole body, refusing at once past `limit` bytes.
+/// Most bytes reserved for a body before any arrived: the buffer grows with
+/// what is received, never with what a `Content-Length` claims.
+const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
+
+/// Bodies read before they can be authenticated (GitHub signs the body, so
+/// all of it must arrive first), in all and per client address. Past either, a
+/// delivery is answered 503 at once instead of holding a connection and its
+/// buffer: slow senders cannot exhaust the server, nor one address the rest.
+/// The per-address bound stays above what one real sender does at once (the
+/// ingestion benchmark sends 50 concurrent deliveries from one address), since
+/// GitHub never retries a delivery that was refused.
+pub const MAX_UNAUTHENTICATED_READS: usize = 256;
+pub const MAX_UNAUTHENTICATED_READS_PER_ADDRESS: usize = 64;
+
+/// The unauthenticated body reads in progress (see [`MAX_UNAUTHENTICATED_READS`]).
+#[derive(Default)]
+pub struct ReadSlots(Mutex<(usize, HashMap<IpAddr, usize>)>);
+
+/// One unauthenticated read in progress; freed when dropped.
+pub struct ReadSlot<'a> {
+    slots: &'a ReadSlots,
+    addr: Option<IpAddr>,
+}
+
+impl ReadSlots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpAddr, usize>)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a read from `addr`, when there is room.
+    pub fn take(&self, addr: Option<IpAddr>) -> Option<ReadSlot<'_>> {
+        let mut guard = self.lock();
+        let (total, by_addr) = &mut *guard;
+        if *total >= MAX_UNAUTHENTICATED_READS {
+            return None;
+        }
+        if let Some(a) = addr {
+            let n = by_addr.entry(a).or_insert(0);
+            if *n >= MAX_UNAUTHENTICATED_READS_PER_ADDRESS {
+                return None;
+            }
+            *n += 1;
+        }
+        *total += 1;
+        Some(ReadSlot { slots: self, addr })
+    }
+}
+
+impl Drop for ReadSlot<'_> {
+    fn drop(&mut self) {
+        let mut guard = self.slots.lock();
+        let (total, by_addr) = &mut *guard;
+        *total -= 1;
+        if let Some(a) = self.addr {
+            if let Some(n) = by_addr.get_mut(&a) {
+                *n -= 1;
+                if *n == 0 {
+                    by_addr.remove(&a);
+                }
+            }
+        }
+    }
+}
+
+fn busy() -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .insert_header(("Retry-After", "1"))
+        .json(json!({ "error": "too many deliveries being received at once; try again" }))
+}
+
+/// Reads the whole body: refused at once past `limit` bytes, cut off when it
+/// has not all arrived within `deadline`.
 async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    deadline: Duration,
 ) -> Result<Vec<u8>, HttpResponse> {
     let declared = req
         .headers()
@@ -84,16 +161,31 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large(limit));
+    let read = async move {
+        let mut body = Vec::with_capacity(declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk
+                .map_err(|e| answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        Ok(body)
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::info!(peer = %super::auth::peer_for_log(req), "webhook body too slow; cut off");
+            Err(answer(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({ "error": format!(
+                    "the body did not arrive within {}s (server.body_timeout)",
+                    deadline.as_secs_f64()
+                ) }),
+            ))
+        }
     }
-    Ok(body)
 }
 
 fn headers_of(req: &HttpRequest) -> Vec<(String, String)> {
@@ -112,14 +204,19 @@ async fn github_hook(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let limit = state.deployer.config().server.body_limit;
-    let body = match read_body(&req, payload, limit).await {
+    let server = &state.deployer.config().server;
+    let client = super::auth::client_addr(&req, &state.trusted_proxies);
+    let Some(_slot) = state.unauthenticated.take(client) else {
+        tracing::warn!(peer = %super::auth::peer_for_log(&req), "webhook refused: too many unauthenticated bodies being read");
+        return busy();
+    };
+    let body = match read_body(&req, payload, server.body_limit, server.body_timeout).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
     let secrets = &state.deployer.config().webhooks.github_secrets;
     if let Err(e) = github::verify(secrets, &body, header(&req, "x-hub-signature-256")) {
-        return unauthorized(&state, Source::Github, e.0);
+        return unauthorized(&state, &req, Source::Github, e.0);
     }
     accept(&req, &state, Source::Github, body).await
 }
@@ -132,9 +229,15 @@ async fn dockerhub_hook(
 ) -> HttpResponse {
     let expected = state.deployer.config().webhooks.dockerhub_token.as_deref();
     if !webhook::token_matches(&token, expected) {
-        return unauthorized(&state, Source::Dockerhub, "wrong or unset Docker Hub token");
+        return unauthorized(
+            &state,
+            &req,
+            Source::Dockerhub,
+            "wrong or unset Docker Hub token",
+        );
     }
-    match read_body(&req, payload, state.deployer.config().server.body_limit).await {
+    let server = &state.deployer.config().server;
+    match read_body(&req, payload, server.body_limit, server.body_timeout).await {
         Ok(body) => accept(&req, &state, Source::Dockerhub, body).await,
         Err(resp) => resp,
     }
@@ -146,23 +249,25 @@ async fn registry_hook(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let presented = header(&req, "authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::secret::bearer)
         .unwrap_or("");
     let expected = state.deployer.config().webhooks.registry_token.as_deref();
     if !webhook::token_matches(presented, expected) {
         return unauthorized(
             &state,
+            &req,
             Source::Registry,
             "missing or wrong Authorization: Bearer token",
         );
     }
-    match read_body(&req, payload, state.deployer.config().server.body_limit).await {
+    let server = &state.deployer.config().server;
+    match read_body(&req, payload, server.body_limit, server.body_timeout).await {
         Ok(body) => accept(&req, &state, Source::Registry, body).await,
         Err(resp) => resp,
     }
 }
 
-/// An authenticated delivery: parse it, decide, record it, answer.
+/// An authenticated delivery: parse it, then record it through the ledger's writer.
 async fn accept(
     req: &HttpRequest,
     state: &AppState,
@@ -175,44 +280,7 @@ async fn accept(
             Ok(p) => p,
             Err(e) => return unreadable(source, &e),
         };
-    let delivery = NewDelivery::new(source.as_str(), delivery_id, None, &headers, &body);
-    let received_at = now_ms();
-    let decision = match decide(state, &delivery, parsed) {
-        Ok(d) => d,
-        Err(e) => return super::errors::internal(e),
-    };
-    let Some(writer) = writer(state).filter(|_| decision.row.is_none()) else {
-        return record(state, source, &delivery, received_at, &decision);
-    };
-    // Nothing was queued, so nothing is recorded yet: one row with its verdict,
-    // committed together with the concurrent requests' rows.
-    let delivery_id = delivery.delivery_id.clone();
-    let entry = Entry {
-        delivery,
-        received_at,
-        verdict: decision.ledger.clone(),
-    };
-    match writer.record(entry).await {
-        Ok(Ok((_, attempt))) => answer_delivery(source, &delivery_id, attempt, &decision),
-        Ok(Err(e)) => super::errors::internal(e),
-        Err(gone) => super::errors::internal(gone),
-    }
-}
-
-/// The ledger's group commit, started with the first delivery; `None` when its
-/// thread could not be started (deliveries are then written one at a time).
-fn writer(state: &AppState) -> Option<&GroupCommit> {
-    state
-        .hooks
-        .ledger
-        .get_or_init(|| match GroupCommit::start(state.deployer.store().clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the ledger writer; writing deliveries one by one");
-                None
-            }
-        })
-        .as_ref()
+    ingest(state, source, delivery_id, headers, body, parsed, None).await
 }
 
 fn lowercase(headers: &[(String, String)]) -> HashMap<String, String> {
@@ -223,8 +291,25 @@ fn lowercase(headers: &[(String, String)]) -> HashMap<String, String> {
 }
 
 /// Parses an authenticated delivery (fresh, or stored in the ledger for a
-/// redelivery): its delivery id and what it holds.
+/// redelivery): its delivery id and what it holds. A delivery id outside
+/// [`webhook::valid_delivery_id`]'s grammar is refused.
 pub fn parse_delivery(
+    config: &Config,
+    source: Source,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<(String, Parsed), Unreadable> {
+    let (id, parsed) = parse_source(config, source, headers, body)?;
+    if !webhook::valid_delivery_id(&id) {
+        return Err(Unreadable(format!(
+            "delivery id {:?} is not a delivery id (1-128 of letters, digits, '.', '_', ':', '-')",
+            crate::telemetry::escape_controls(&id.chars().take(140).collect::<String>())
+        )));
+    }
+    Ok((id, parsed))
+}
+
+fn parse_source(
     config: &Config,
     source: Source,
     headers: &HashMap<String, String>,
@@ -235,13 +320,13 @@ pub fn parse_delivery(
         Source::Github => {
             let event = get("x-github-event");
             let delivery = get("x-github-delivery");
-            let doc = if event == Some("ping") {
-                serde_json::Value::Null
-            } else {
-                github::document(get("content-type"), body)?
-            };
-            let parsed =
-                github::parse(event, delivery, &doc, &config.webhooks.github_registry_host)?;
+            let parsed = github::parse(
+                event,
+                delivery,
+                get("content-type"),
+                body,
+                &config.webhooks.github_registry_host,
+            )?;
             let id = delivery
                 .map(str::to_string)
                 .unwrap_or_else(|| match &parsed {
@@ -281,104 +366,10 @@ pub fn parse_delivery(
     }
 }
 
-/// What was decided about a delivery, before or after it is recorded.
-struct Decision {
-    /// The ledger row, when a deployment it caused needed one (as `received`).
-    row: Option<(i64, i64)>,
-    ledger: Verdict,
-    ping: bool,
-}
-
-/// Decides what each event of a delivery means. The delivery is recorded first
-/// (as `received`) only when one of its events queues a deployment, which
-/// refers to its row; otherwise it is recorded afterwards with its verdict.
-fn decide(
-    state: &AppState,
-    delivery: &NewDelivery,
-    parsed: Parsed,
-) -> Result<Decision, StoreError> {
-    let store = state.deployer.store();
-    let (items, ping) = match parsed {
-        Parsed::Ping => (vec![Item::Ignored("ping".into())], true),
-        Parsed::Items(items) => (items, false),
-    };
-    let mut row: Option<(i64, i64)> = None;
-    let mut outcomes = Vec::with_capacity(items.len());
-    for item in items {
-        let outcome = match item {
-            Item::Push(mut event) => {
-                // A redelivery keeps the id it was first recorded under.
-                event.delivery_id = delivery.delivery_id.clone();
-                let mut ledger_row = || match row {
-                    Some((r, _)) => Ok(r),
-                    None => {
-                        let recorded = store.insert_delivery(delivery)?;
-                        row = Some(recorded);
-                        Ok(recorded.0)
-                    }
-                };
-                state.deployer.offer(&event, &mut ledger_row)?
-            }
-            Item::Ignored(why) => Outcome::ignored(why),
-        };
-        outcomes.push(outcome);
-    }
-    let verdict = overall(&outcomes);
-    let detail: Vec<&str> = outcomes
-        .iter()
-        .map(|o| o.detail.as_str())
-        .filter(|d| !d.is_empty())
-        .collect();
-    let detail = detail.join("; ");
-    let mut deployments: Vec<i64> = outcomes
-        .iter()
-        .filter(|o| matches!(o.verdict, IntakeVerdict::Queued | IntakeVerdict::Duplicate))
-        .filter_map(|o| o.deployment)
-        .collect();
-    deployments.dedup();
-    let mut services: Vec<String> = outcomes.iter().filter_map(|o| o.service.clone()).collect();
-    services.sort();
-    services.dedup();
-    Ok(Decision {
-        row,
-        ledger: Verdict {
-            verdict: verdict.as_str().into(),
-            detail,
-            events: serde_json::to_string(&outcomes).unwrap_or_else(|_| "null".into()),
-            services,
-            deployments,
-        },
-        ping,
-    })
-}
-
-/// Writes a decided delivery on this thread: its verdict onto the row recorded
-/// for its deployment, or a new row. The attempt number, or the error answer.
-fn record(
-    state: &AppState,
-    source: Source,
-    delivery: &NewDelivery,
-    received_at: i64,
-    decision: &Decision,
-) -> HttpResponse {
-    let store = state.deployer.store();
-    let recorded = match decision.row {
-        Some((row, attempt)) => store
-            .complete_delivery(row, &decision.ledger)
-            .map(|()| attempt),
-        None => store
-            .record_delivery(delivery, received_at, &decision.ledger)
-            .map(|(_, attempt)| attempt),
-    };
-    match recorded {
-        Ok(attempt) => answer_delivery(source, &delivery.delivery_id, attempt, decision),
-        Err(e) => super::errors::internal(e),
-    }
-}
-
-/// Records the delivery and decides what each of its events means (a
-/// redelivery by hand; webhooks go through [`accept`]).
-pub fn ingest(
+/// Records a parsed delivery (a webhook's, or a stored one an operator
+/// redelivers) through the ledger's writer, which decides what each of its
+/// events means; answers with the verdict.
+pub async fn ingest(
     state: &AppState,
     source: Source,
     delivery_id: String,
@@ -387,26 +378,44 @@ pub fn ingest(
     parsed: Parsed,
     redelivery_of: Option<i64>,
 ) -> HttpResponse {
-    let delivery = NewDelivery::new(source.as_str(), delivery_id, redelivery_of, &headers, &body);
-    let received_at = now_ms();
-    match decide(state, &delivery, parsed) {
-        Ok(decision) => record(state, source, &delivery, received_at, &decision),
-        Err(e) => super::errors::internal(e),
+    let (items, ping) = match parsed {
+        Parsed::Ping => (Vec::new(), true),
+        Parsed::Items(mut items) => {
+            // A redelivery keeps the id it was first recorded under.
+            for item in &mut items {
+                if let Item::Push(event) = item {
+                    event.delivery_id = delivery_id.clone();
+                }
+            }
+            (items, false)
+        }
+    };
+    let entry = Entry {
+        delivery: NewDelivery::new(source, delivery_id, redelivery_of, &headers, &body),
+        received_at: now_ms(),
+        items,
+        ping,
+    };
+    match state.ledger.record(entry).await {
+        Ok(Ok(recorded)) => answer_delivery(source, &recorded),
+        Ok(Err(e)) => super::errors::internal(e),
+        Err(gone) => super::errors::internal(gone),
     }
 }
 
 /// The log line and the answer for a recorded delivery.
-fn answer_delivery(source: Source, delivery_id: &str, attempt: i64, d: &Decision) -> HttpResponse {
-    let verdict = d.ledger.verdict.as_str();
+fn answer_delivery(source: Source, r: &Recorded) -> HttpResponse {
+    let a = &r.admitted;
     tracing::info!(
         source = source.as_str(),
-        delivery = %delivery_id,
-        attempt,
-        verdict,
-        detail = %d.ledger.detail,
+        delivery = %r.delivery_id,
+        row = r.row,
+        attempt = r.attempt,
+        verdict = a.verdict.as_str(),
+        detail = %a.detail,
         "delivery"
     );
-    let status = if d.ping {
+    let status = if a.ping {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
@@ -414,11 +423,39 @@ fn answer_delivery(source: Source, delivery_id: &str, attempt: i64, d: &Decision
     answer(
         status,
         json!({
-            "delivery": delivery_id,
-            "attempt": attempt,
-            "outcome": verdict,
-            "detail": if d.ping { "pong" } else { d.ledger.detail.as_str() },
-            "deployments": d.ledger.deployments,
+            "delivery": r.delivery_id,
+            "attempt": r.attempt,
+            "outcome": a.verdict.as_str(),
+            "detail": if a.ping { "pong" } else { a.detail.as_str() },
+            "deployments": a.deployments,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by greenlight-fuzz: the Distribution envelope's first event id
+    /// (the delivery id) is the sender's; one with a space (or anything outside
+    /// the grammar) is refused here, for every source.
+    #[test]
+    fn a_delivery_id_outside_the_grammar_is_refused_for_every_source() {
+        let config = crate::webhook::tests::config();
+        let body = include_str!("../../tests/fixtures/webhooks/distribution-push.json")
+            .replace("\"02db6a4f", "\" 02db6a4f");
+        let headers: HashMap<String, String> = [(
+            "content-type".to_string(),
+            distribution::CONTENT_TYPES[0].to_string(),
+        )]
+        .into();
+        let e = parse_delivery(&config, Source::Registry, &headers, body.as_bytes()).unwrap_err();
+        assert!(e.0.contains("is not a delivery id"), "{e}");
+        let github: HashMap<String, String> = [
+            ("x-github-event".to_string(), "ping".to_string()),
+            ("x-github-delivery".to_string(), "a/../b".to_string()),
+        ]
+        .into();
+        assert!(parse_delivery(&config, Source::Github, &github, b"{}").is_err());
+    }
 }

@@ -19,6 +19,14 @@ pub struct AppState {
     pub deployer: Deployer,
     pub admin_token: String,
     pub hooks: hooks::HookCounters,
+    /// The one writer of the delivery ledger (and of the deployments webhooks create).
+    pub ledger: crate::ledger::GroupCommit,
+    /// Failed admin-token attempts per client address.
+    pub throttle: auth::Throttle,
+    /// `[server] trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Bodies being read before they can be authenticated.
+    pub unauthenticated: hooks::ReadSlots,
 }
 
 /// Builds the server on an already bound listener (tests bind port 0).
@@ -28,10 +36,20 @@ pub fn server(
     workers: usize,
 ) -> std::io::Result<actix_web::dev::Server> {
     let body_limit = deployer.config().server.body_limit;
+    let queues = deployer.clone();
+    let ledger = crate::ledger::GroupCommit::start(
+        deployer.store().clone(),
+        deployer.shared_config(),
+        Box::new(move |recorded| queues.admitted(&recorded.admitted)),
+    )?;
     let state = web::Data::new(AppState {
         admin_token: deployer.config().server.admin_token.clone(),
+        trusted_proxies: deployer.config().server.trusted_proxies.clone(),
         deployer,
         hooks: hooks::HookCounters::default(),
+        ledger,
+        throttle: auth::Throttle::default(),
+        unauthenticated: hooks::ReadSlots::default(),
     });
     let metrics = web::Data::new(crate::metrics::Metrics::default());
     let sessions = web::Data::new(session::Sessions::default());

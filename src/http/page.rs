@@ -7,7 +7,6 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
 use super::api::{self, ServiceView};
 use super::errors;
@@ -78,11 +77,8 @@ async fn login(
     form: web::Form<LoginForm>,
 ) -> HttpResponse {
     let nonce = session::random_token();
-    let peer = req
-        .connection_info()
-        .realip_remote_addr()
-        .unwrap_or("?")
-        .to_string();
+    let peer = super::auth::peer_for_log(&req);
+    let client = super::auth::client_addr(&req, &state.trusted_proxies);
     if let Some(why) = session::cross_site(&req) {
         tracing::warn!(%peer, %why, "status page login refused: cross-site");
         let view = login_view(
@@ -91,9 +87,19 @@ async fn login(
         );
         return html_page(StatusCode::FORBIDDEN, &nonce, view);
     }
-    let ok: bool = !form.token.is_empty()
-        && bool::from(form.token.as_bytes().ct_eq(state.admin_token.as_bytes()));
-    if !ok {
+    if let Some(wait) = state.throttle.refused(client) {
+        tracing::warn!(%peer, "status page login refused: too many wrong tokens");
+        let view = login_view(
+            &nonce,
+            Some(&format!(
+                "Too many wrong tokens. Try again in {}s.",
+                wait.as_secs().max(1)
+            )),
+        );
+        return html_page(StatusCode::TOO_MANY_REQUESTS, &nonce, view);
+    }
+    if !crate::secret::matches(form.token.as_bytes(), state.admin_token.as_bytes()) {
+        state.throttle.failed(client);
         tracing::warn!(%peer, "status page login refused: wrong admin token");
         let view = login_view(&nonce, Some("Wrong token. Use the server's admin token."));
         return html_page(StatusCode::UNAUTHORIZED, &nonce, view);

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::{header, Method};
-use actix_web::HttpRequest;
+use actix_web::{web, HttpRequest};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "greenlight_session";
@@ -109,13 +108,38 @@ impl Sessions {
     }
 }
 
-/// The session cookie: `HttpOnly`, `SameSite=Strict`, `Path=/`, `Secure` over HTTPS.
+/// This server's scheme and host as the client addressed them: plain HTTP and
+/// the `Host` header, or what a trusted proxy (`[server] trusted_proxies`)
+/// says in `Forwarded` / `X-Forwarded-Proto` / `X-Forwarded-Host`. A
+/// forwarded header from anyone else is ignored: any client can set one.
+fn origin(req: &HttpRequest) -> (String, String) {
+    let trusted = req
+        .app_data::<web::Data<super::AppState>>()
+        .is_some_and(|s| {
+            req.peer_addr()
+                .is_some_and(|p| s.trusted_proxies.iter().any(|n| n.contains(&p.ip())))
+        });
+    if trusted {
+        let info = req.connection_info();
+        return (info.scheme().to_string(), info.host().to_string());
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    ("http".to_string(), host)
+}
+
+/// The session cookie: `HttpOnly`, `SameSite=Strict`, `Path=/`, `Secure` over
+/// HTTPS (as a trusted proxy says: greenlight itself serves plain HTTP).
 pub fn cookie(req: &HttpRequest, id: String) -> Cookie<'static> {
     Cookie::build(COOKIE, id)
         .http_only(true)
         .same_site(SameSite::Strict)
         .path("/")
-        .secure(req.connection_info().scheme() == "https")
+        .secure(origin(req).0 == "https")
         .max_age(actix_web::cookie::time::Duration::seconds(
             TTL.as_secs() as i64
         ))
@@ -151,11 +175,11 @@ pub fn cross_site(req: &HttpRequest) -> Option<String> {
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        let info = req.connection_info();
+        let (scheme, host) = self::origin(req);
         let ours = [
-            format!("{}://{}", info.scheme(), info.host()),
+            format!("{scheme}://{host}"),
             // Behind a TLS-terminating proxy that does not say so.
-            format!("https://{}", info.host()),
+            format!("https://{host}"),
         ];
         if !ours.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
             return Some(format!("Origin {origin:?} is not {:?}", ours[0]));
@@ -166,7 +190,7 @@ pub fn cross_site(req: &HttpRequest) -> Option<String> {
 
 /// Whether `presented` is the session's CSRF token (constant time).
 pub fn csrf_matches(session: &Session, presented: &str) -> bool {
-    !presented.is_empty() && bool::from(presented.as_bytes().ct_eq(session.csrf.as_bytes()))
+    crate::secret::matches(presented.as_bytes(), session.csrf.as_bytes())
 }
 
 /// Whether the request's CSRF header carries the session's token.
@@ -243,5 +267,21 @@ mod tests {
         assert!(cross_site(&req(&[("Origin", "null")])).is_some());
         assert!(cross_site(&req(&[("Sec-Fetch-Site", "cross-site")])).is_some());
         assert!(cross_site(&req(&[("Sec-Fetch-Site", "same-site")])).is_some());
+        // Forwarded headers are a claim any client can make: not believed
+        // without [server] trusted_proxies.
+        assert!(cross_site(&req(&[
+            ("X-Forwarded-Host", "evil.example"),
+            ("Origin", "http://evil.example")
+        ]))
+        .is_some());
+    }
+
+    #[test]
+    fn the_cookie_is_secure_only_when_https_is_known() {
+        let forged = TestRequest::post()
+            .insert_header(("Host", "gl.example"))
+            .insert_header(("X-Forwarded-Proto", "https"))
+            .to_http_request();
+        assert_eq!(cookie(&forged, "id".into()).secure(), Some(false));
     }
 }

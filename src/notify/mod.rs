@@ -157,6 +157,45 @@ struct Inner {
     /// Deployments whose outcome is being or was sent by this process: a second
     /// `finished` call must not overtake the first, which waits for `started`.
     finished: Mutex<HashSet<i64>>,
+    flood: Flood,
+}
+
+/// Webhook-caused failures of one service notified within [`FLOOD_WINDOW`]
+/// before its webhook deployments' messages are held back.
+pub const FLOOD_LIMIT: usize = 3;
+/// How long a notified webhook-caused failure counts.
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(600);
+
+/// Rate limit of what pushes can make greenlight send: a sender that keeps
+/// pushing tags that fail (or a replayed delivery) must not mail the team for
+/// each. Per service, after [`FLOOD_LIMIT`] failures of webhook-triggered
+/// deployments notified within [`FLOOD_WINDOW`], the messages of its
+/// webhook-triggered deployments (start and failure) are held back until the
+/// window has room again. An operator's deployments and successes are always
+/// notified, and every outcome stays in the store, `history` and `/metrics`.
+#[derive(Default)]
+pub struct Flood(Mutex<HashMap<String, std::collections::VecDeque<std::time::Instant>>>);
+
+impl Flood {
+    /// Whether a message about a webhook deployment of `service` is held back
+    /// at `now`; `failure`: it reports a failure (counted when let through).
+    pub fn held(&self, service: &str, failure: bool, now: std::time::Instant) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = map.entry(service.to_string()).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= FLOOD_WINDOW)
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= FLOOD_LIMIT {
+            return true;
+        }
+        if failure {
+            recent.push_back(now);
+        }
+        false
+    }
 }
 
 /// The `started` delivery of each route (by index) still in flight.
@@ -199,6 +238,7 @@ impl Notifier {
                 pending: Mutex::new(HashMap::new()),
                 sending: Mutex::new(HashSet::new()),
                 finished: Mutex::new(HashSet::new()),
+                flood: Flood::default(),
             }),
         }
     }
@@ -209,7 +249,7 @@ impl Notifier {
 
     /// A deployment started (after it was queued). Returns at once.
     pub fn started(&self, deployment_id: i64) {
-        if !self.inner.wants_started {
+        if !self.inner.wants_started || self.inner.flooded(deployment_id, false) {
             return;
         }
         let inner = self.inner.clone();
@@ -224,6 +264,9 @@ impl Notifier {
             return;
         }
         if !self.inner.finished().insert(deployment_id) {
+            return;
+        }
+        if self.inner.flooded(deployment_id, true) {
             return;
         }
         // What is owed is on record before anything is tried: a crash from here
@@ -301,6 +344,34 @@ impl Inner {
 
     fn finished(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
         self.finished.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a message about deployment `id` is held back because webhook
+    /// pushes of its service keep failing (see [`Flood`]). `outcome`: its end,
+    /// else its start.
+    fn flooded(&self, id: i64, outcome: bool) -> bool {
+        let Some(d) = self.load(id) else { return false };
+        if d.trigger.is_operator() {
+            return false;
+        }
+        let failed = outcome
+            && matches!(
+                Event::outcome_of(d.state),
+                Some(Event::Failed | Event::Stale | Event::RolledBack)
+            );
+        let held = self
+            .flood
+            .held(&d.service, failed, std::time::Instant::now());
+        if held {
+            info!(
+                service = %d.service,
+                deployment = id,
+                "notification held back: webhook pushes of this service failed {} times within {}s",
+                FLOOD_LIMIT,
+                FLOOD_WINDOW.as_secs()
+            );
+        }
+        held
     }
 
     /// Records the outcome messages a finished deployment is owed.
@@ -561,6 +632,28 @@ pub async fn send_test(
             }
         });
     futures_util::future::join_all(sends).await
+}
+
+#[cfg(test)]
+mod flood_tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn webhook_failures_past_the_limit_are_held_back_until_the_window_has_room() {
+        let flood = Flood::default();
+        let t0 = Instant::now();
+        for _ in 0..FLOOD_LIMIT {
+            assert!(!flood.held("web", true, t0));
+        }
+        assert!(flood.held("web", true, t0), "the next failure");
+        assert!(flood.held("web", false, t0), "and the next start");
+        assert!(!flood.held("api", true, t0), "another service");
+        assert!(
+            !flood.held("web", true, t0 + FLOOD_WINDOW),
+            "the window moved on"
+        );
+    }
 }
 
 #[cfg(test)]

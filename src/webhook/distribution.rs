@@ -78,6 +78,13 @@ pub fn parse(body: &[u8]) -> Result<(String, Parsed), Unreadable> {
     let Some(first) = envelope.events.first() else {
         return Err(Unreadable("notification without events".into()));
     };
+    if envelope.events.len() > super::MAX_EVENTS {
+        return Err(Unreadable(format!(
+            "{} events in one notification; at most {} (set the registry's notification threshold lower)",
+            envelope.events.len(),
+            super::MAX_EVENTS
+        )));
+    }
     let delivery_id = first.id.clone();
     let items = envelope
         .events
@@ -153,6 +160,18 @@ mod tests {
         assert!(parse(b"{\"events\": [{\"id\": 1}]}").is_err());
         let harbor = include_bytes!("../../tests/fixtures/webhooks/harbor-push.json");
         assert!(parse(harbor).is_err());
+    }
+
+    #[test]
+    fn a_notification_of_too_many_events_is_refused_whole() {
+        let doc: serde_json::Value = serde_json::from_slice(FIXTURE).unwrap();
+        let event = doc["events"][1].clone();
+        let at_most =
+            serde_json::json!({ "events": vec![event.clone(); super::super::MAX_EVENTS] });
+        assert!(parse(at_most.to_string().as_bytes()).is_ok());
+        let more = serde_json::json!({ "events": vec![event; super::super::MAX_EVENTS + 1] });
+        let e = parse(more.to_string().as_bytes()).unwrap_err();
+        assert!(e.0.contains("at most 64"), "{e}");
     }
 
     #[test]

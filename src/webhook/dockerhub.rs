@@ -1,6 +1,8 @@
 //! Docker Hub webhooks. They are not signed and carry no digest or delivery id:
 //! authenticity is the unguessable token in the URL, and the payload is only a
-//! claim, so the tag is resolved to a digest at the registry before deploying.
+//! claim, so the tag is resolved to a digest at the registry before deploying,
+//! and its `pushed_at` is not trusted: the out-of-order guard compares the
+//! resolved image's creation time with the live one's instead (resolving).
 
 use serde_json::Value;
 
@@ -29,10 +31,6 @@ pub fn parse(body: &[u8], registry_host: &str) -> Result<Parsed, Unreadable> {
             "push without a tag".into(),
         )]));
     };
-    let pushed_at = push
-        .get("pushed_at")
-        .and_then(Value::as_i64)
-        .map(|s| s * 1000);
     Ok(Parsed::Items(vec![Item::Push(PushEvent {
         source: Source::Dockerhub,
         delivery_id: super::generated_id("dockerhub"),
@@ -41,7 +39,9 @@ pub fn parse(body: &[u8], registry_host: &str) -> Result<Parsed, Unreadable> {
         tag: Some(tag.to_string()),
         digest: None,
         media_type: None,
-        pushed_at,
+        // A claim anyone with the URL can make (a year-3000 time would pin
+        // the version it names): the image's creation time decides instead.
+        pushed_at: None,
         pusher: push
             .get("pusher")
             .and_then(Value::as_str)
@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(p.repository, "svendowideit/testhook");
         assert_eq!(p.tag.as_deref(), Some("latest"));
         assert_eq!(p.digest, None);
-        assert_eq!(p.pushed_at, Some(1_417_566_161_000));
+        assert_eq!(p.pushed_at, None, "the payload's time is not trusted");
         assert_eq!(p.pusher.as_deref(), Some("trustedbuilder"));
         assert!(p.delivery_id.starts_with("dockerhub-"));
     }

@@ -5,6 +5,7 @@
 pub mod distribution;
 pub mod dockerhub;
 pub mod github;
+mod lenient;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +68,7 @@ impl PushEvent {
             self.tag.as_deref().unwrap_or(""),
             self.digest
                 .as_deref()
-                .map(|d| format!("@{}", &d[..d.len().min(19)]))
+                .map(|d| format!("@{}", d.chars().take(19).collect::<String>()))
                 .unwrap_or_default()
         )
     }
@@ -109,13 +110,24 @@ pub fn media_type(content_type: Option<&str>) -> String {
         .to_ascii_lowercase()
 }
 
-/// Constant-time comparison of a presented token with the configured one.
+/// Whether a presented token is the configured one (unset refuses all):
+/// compared as digests, in constant time.
 pub fn token_matches(presented: &str, expected: Option<&str>) -> bool {
-    use subtle::ConstantTimeEq;
-    match expected {
-        Some(e) if !e.is_empty() => presented.as_bytes().ct_eq(e.as_bytes()).into(),
-        _ => false,
-    }
+    expected.is_some_and(|e| crate::secret::matches(presented.as_bytes(), e.as_bytes()))
+}
+
+/// Most events one delivery may carry; a larger one is refused whole (400).
+pub const MAX_EVENTS: usize = 64;
+
+/// The grammar of a delivery id (GitHub's GUID, a registry's event id,
+/// greenlight's own `gh-<hex>`): 1 to 128 of letters, digits, `.`, `_`, `:`,
+/// `-`, starting with a letter or digit. It appears in URLs and logs, so
+/// nothing else is accepted from a sender.
+pub fn valid_delivery_id(id: &str) -> bool {
+    let mut bytes = id.bytes();
+    matches!(bytes.next(), Some(c) if c.is_ascii_alphanumeric())
+        && id.len() <= 128
+        && bytes.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The service a push belongs to: same registry host and repository (case does
@@ -127,6 +139,21 @@ pub fn match_service<'a>(
     event: &PushEvent,
 ) -> Result<&'a ServiceConfig, String> {
     let pushed = Repository::parse(&format!("{}/{}", event.registry_host, event.repository));
+    // Names from a sender meet the same grammar as the admin API's before
+    // anything is matched, logged as a name or sent to a registry.
+    if !crate::registry::valid_repository_path(&pushed.path.to_ascii_lowercase()) {
+        return Err(format!(
+            "invalid repository {:?} (not a Distribution repository name)",
+            event.repository
+        ));
+    }
+    if let Some(tag) = event.tag.as_deref().filter(|t| !t.is_empty()) {
+        if !crate::registry::valid_tag(tag) {
+            return Err(format!(
+                "invalid tag {tag:?} (letters, digits, '_', '.', '-'; at most 128)"
+            ));
+        }
+    }
     let svc = config
         .services
         .iter()
@@ -156,10 +183,12 @@ pub fn match_service<'a>(
     Ok(svc)
 }
 
+/// An RFC 3339 time with its offset (`2018-08-14T15:30:44.5+08:00`: Gitea's and
+/// Distribution's times are in the server's zone) as Unix milliseconds.
+/// `None` for anything else, and for times at or before 1970 (GitHub writes
+/// `0001-01-01T00:00:00Z` for "unknown").
 pub fn parse_time(text: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).ok()?;
-    let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
-    // GitHub writes 0001-01-01T00:00:00Z for "unknown".
+    let ms = text.parse::<jiff::Timestamp>().ok()?.as_millisecond();
     (ms > 0).then_some(ms)
 }
 
@@ -170,11 +199,13 @@ pub fn generated_id(prefix: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::Path;
 
-    fn config() -> Config {
+    /// Services `www` (ghcr.io/TheRyanGeary/www, tags `[0-9a-f]*` and `v*`)
+    /// and `hub` (Docker Hub's nginx): the config of webhook and intake tests.
+    pub(crate) fn config() -> Config {
         Config::parse(
             Path::new("t.toml"),
             r#"
@@ -248,6 +279,64 @@ port = 80
         );
         assert_eq!(parse_time("0001-01-01T00:00:00Z"), None);
         assert_eq!(parse_time("yesterday"), None);
+    }
+
+    /// Finding 2: every offset counts (was: `+08:00` read as UTC, `-05:00` not at all).
+    #[test]
+    fn times_are_read_with_their_offset() {
+        let utc = parse_time("2026-11-30T04:00:00.5Z").unwrap();
+        assert_eq!(parse_time("2026-11-30T12:00:00.5+08:00"), Some(utc));
+        assert_eq!(parse_time("2026-11-29T23:00:00.5-05:00"), Some(utc));
+        assert_eq!(parse_time("2026-11-30T04:00:00.5+00:00"), Some(utc));
+        assert_eq!(
+            parse_time("2026-11-30T04:00:00"),
+            None,
+            "no offset: not RFC 3339"
+        );
+    }
+
+    #[test]
+    fn delivery_ids_are_guids_and_event_ids_only() {
+        for ok in [
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            "gh-00ff",
+            "a",
+            "x.y_z:1",
+        ] {
+            assert!(valid_delivery_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../services/core/rollback?from=",
+            "a/b",
+            "a b",
+            "-a",
+            "é",
+            &"a".repeat(129),
+        ] {
+            assert!(!valid_delivery_id(bad), "{bad}");
+        }
+    }
+
+    /// Finding 3: a webhook tag meets the tag grammar, whatever the globs say.
+    #[test]
+    fn a_tag_or_repository_outside_the_grammar_is_ignored_as_invalid() {
+        let c = config();
+        for tag in [
+            "../../../../_catalog",
+            "v1\nINFO forged",
+            "a\0b",
+            "-v1",
+            "a:b",
+        ] {
+            let e = event("docker.io", "nginx", Some(tag));
+            let why = match_service(&c, &e).unwrap_err();
+            assert!(why.starts_with("invalid tag"), "{tag:?}: {why}");
+        }
+        let e = event("ghcr.io", "theryangeary/../www", Some("v1"));
+        assert!(match_service(&c, &e)
+            .unwrap_err()
+            .starts_with("invalid repository"));
     }
 
     #[test]

@@ -846,9 +846,12 @@ pub const NGINX_BINARY: &str = "/usr/sbin/nginx";
 /// the `http` block. The site routes `/` to the first service and `/<service>/` to the
 /// others through `proxy_pass http://$greenlight_upstream` (a variable, so nginx starts
 /// before any upstream file exists and answers 502 until one does). The verify server
-/// proxies to the upstream named by the request's `X-Greenlight-Service` header. Both
-/// add `X-Greenlight-Upstream: $upstream_addr` to responses. The site logs each
-/// request to `access.json` in the shipped format (`nginx/greenlight-log.conf`).
+/// is the shipped `nginx/greenlight-verify.conf` on this nginx's own port (in a
+/// container: on all of the container's addresses, published on 127.0.0.1 only):
+/// it proxies to the upstream named by the request's `X-Greenlight-Service`
+/// header when that is a service name. Both add `X-Greenlight-Upstream:
+/// $upstream_addr` to responses. The site logs each request to `access.json` in
+/// the shipped format (`nginx/greenlight-log.conf`).
 pub struct Nginx {
     dir: TempDir,
     port: u16,
@@ -875,6 +878,9 @@ struct ConfigSite<'a> {
     listen: String,
     verify_listen: String,
     services: &'a [&'a str],
+    /// A verify server of the test's own instead of the shipped one, with
+    /// `{LISTEN}` where its address goes (to show what `check` says of it).
+    verify: Option<&'a str>,
 }
 
 fn nginx_config(site: &ConfigSite) -> String {
@@ -937,20 +943,29 @@ http {{
         config,
         "    }}
 
-    server {{
-        listen {verify_listen} reuseport;
-
-        location / {{
-            proxy_pass http://$http_x_greenlight_service;
-            proxy_connect_timeout 2s;
-            add_header X-Greenlight-Upstream $upstream_addr always;
-        }}
-    }}
+{}
 }}
 ",
-        verify_listen = site.verify_listen,
+        match site.verify {
+            Some(custom) => custom.replace("{LISTEN}", &site.verify_listen),
+            None => verify_server(&site.verify_listen),
+        },
     );
     config
+}
+
+/// The shipped verify server, `nginx/greenlight-verify.conf`, as the README
+/// tells users to include it; only its `listen` is this nginx's own.
+pub const SHIPPED_VERIFY_CONF: &str = include_str!("../../nginx/greenlight-verify.conf");
+
+/// [`SHIPPED_VERIFY_CONF`] listening on `listen` instead of 127.0.0.1:8099.
+pub fn verify_server(listen: &str) -> String {
+    let shipped = "listen 127.0.0.1:8099 reuseport;";
+    assert!(
+        SHIPPED_VERIFY_CONF.contains(shipped),
+        "nginx/greenlight-verify.conf no longer says {shipped}"
+    );
+    SHIPPED_VERIFY_CONF.replace(shipped, &format!("listen {listen} reuseport;"))
 }
 
 /// Creates the config directory layout: `upstreams/`, `conf.d/`, `nginx.conf`.
@@ -975,6 +990,17 @@ impl Nginx {
     /// DIR/error.log`, `daemon off`) with its config in a new temp dir named
     /// `<dir_prefix>...`; waits until both ports answer.
     pub fn host(dir_prefix: &str, services: &[&str]) -> Result<Nginx> {
+        Nginx::host_with(dir_prefix, services, None)
+    }
+
+    /// [`Nginx::host`] with `verify` (its address as `{LISTEN}`) as the verify
+    /// server instead of the shipped one: an old or broken setup, for tests of
+    /// what `greenlight check` says.
+    pub fn host_with_verify(dir_prefix: &str, services: &[&str], verify: &str) -> Result<Nginx> {
+        Nginx::host_with(dir_prefix, services, Some(verify))
+    }
+
+    fn host_with(dir_prefix: &str, services: &[&str], verify: Option<&str>) -> Result<Nginx> {
         anyhow::ensure!(!services.is_empty(), "nginx needs at least one service");
         let dir = shared_tempdir(dir_prefix)?;
         let root = dir
@@ -991,6 +1017,7 @@ impl Nginx {
                 listen: format!("127.0.0.1:{port}"),
                 verify_listen: format!("127.0.0.1:{verify_port}"),
                 services,
+                verify,
             };
             write_nginx_dir(dir.path(), &site)?;
             match start_host_nginx(dir.path(), port, verify_port) {
@@ -1030,6 +1057,7 @@ impl Nginx {
             listen: format!("0.0.0.0:{CONTAINER_PORT}"),
             verify_listen: format!("0.0.0.0:{CONTAINER_VERIFY_PORT}"),
             services,
+            verify: None,
         };
         write_nginx_dir(dir.path(), &site)?;
 
@@ -1449,12 +1477,16 @@ mod tests {
             listen: "0.0.0.0:8080".into(),
             verify_listen: "0.0.0.0:8099".into(),
             services: &services,
+            verify: None,
         });
         assert!(config.contains("include /etc/greenlight-nginx/upstreams/*.conf;"));
         assert!(config.contains("include /etc/greenlight-nginx/conf.d/*.conf;"));
         assert!(config.contains("location / {\n            set $greenlight_upstream app;"));
         assert!(config.contains("location /api/ {\n            set $greenlight_upstream api;"));
-        assert!(config.contains("proxy_pass http://$http_x_greenlight_service;"));
+        // The shipped verify server, on this nginx's own address.
+        assert!(config.contains("proxy_pass http://$greenlight_verify_upstream;"));
+        assert!(config.contains("listen 0.0.0.0:8099;"));
+        assert!(!config.contains("listen 127.0.0.1:8099;"));
         assert!(config.contains("pid /run/nginx.pid;"));
     }
 }

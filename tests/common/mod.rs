@@ -23,6 +23,14 @@ pub const GITHUB_SECRET: &str = "github-test-secret";
 pub const REGISTRY_TOKEN: &str = "registry-test-token";
 pub const DOCKERHUB_TOKEN: &str = "dockerhub-test-token-0123456789";
 
+/// The greenlight binary the tests run: this build's, or `GREENLIGHT_TEST_BIN`
+/// (to show which tests another build, e.g. an older release, fails).
+pub fn binary() -> PathBuf {
+    std::env::var_os("GREENLIGHT_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_greenlight")))
+}
+
 /// A short unique prefix for this test's names (services, containers, networks).
 pub fn prefix(tag: &str) -> String {
     format!("gl{}{tag}", std::process::id() % 100_000)
@@ -83,7 +91,7 @@ impl Greenlight {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_greenlight"))
+        let child = Command::new(binary())
             .args(["--config", self.config_path.to_str().unwrap(), "serve"])
             .env("RUST_LOG", "greenlight=debug,info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -125,6 +133,28 @@ impl Greenlight {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM; waits (at most 30 s) and returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// SIGKILL: no shutdown code runs, as in a crash.
@@ -232,7 +262,7 @@ impl Greenlight {
 
     /// Runs the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_greenlight"))
+        Command::new(binary())
             .args([
                 "--url",
                 &self.url(),
@@ -385,6 +415,16 @@ impl World {
         versions: &[(&str, &[(&str, &str)])],
         registry_notifies: bool,
     ) -> World {
+        World::with_hooks_and_config(tag, versions, registry_notifies, "")
+    }
+
+    /// Like `with_hooks`, with `extra` appended to greenlight's config.
+    pub fn with_hooks_and_config(
+        tag: &str,
+        versions: &[(&str, &[(&str, &str)])],
+        registry_notifies: bool,
+        extra: &str,
+    ) -> World {
         let images = versions
             .iter()
             .map(|(v, env)| {
@@ -405,7 +445,7 @@ impl World {
             tag,
             NginxKind::Host,
             images,
-            "",
+            extra,
             Some(registry_notifies),
             None,
         )
@@ -484,7 +524,7 @@ impl World {
         }
         if hooks.is_some() {
             config.push_str(&format!(
-                "\n[webhooks]\ngithub_secrets = [\"retired-secret\", \"{GITHUB_SECRET}\"]\n\
+                "\n[webhooks]\ngithub_secrets = [\"retired-secret-0123456789\", \"{GITHUB_SECRET}\"]\n\
                  registry_token = \"{REGISTRY_TOKEN}\"\ndockerhub_token = \"{DOCKERHUB_TOKEN}\"\n\
                  github_registry_host = \"{host}\"\ndockerhub_registry_host = \"{host}\"\n",
                 host = registry.host()
