@@ -293,7 +293,9 @@ fn the_shipped_verify_server_proves_a_service_and_refuses_every_address() {
     let (status, _) = verify(&nginx, "HEAD", "/", "web");
     assert_eq!(status, 200, "a HEAD");
     // The file listens on loopback only.
-    assert!(greenlight_testkit::env::SHIPPED_VERIFY_CONF.contains("listen 127.0.0.1:8099;"));
+    assert!(
+        greenlight_testkit::env::SHIPPED_VERIFY_CONF.contains("listen 127.0.0.1:8099 reuseport;")
+    );
 }
 
 /// The compose variant is the shipped file but for where it listens.
@@ -400,7 +402,7 @@ async fn sighup_leaves_a_deployment_running_and_sigterm_stops_gracefully() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let d = w.gl.get(&format!("/api/deployments/{id}")).await;
-        if d["state"] == "health_gate" {
+        if d["step"] == "health_gate" {
             break;
         }
         assert!(Instant::now() < deadline, "never reached health_gate: {d}");

@@ -401,15 +401,31 @@ pub fn build_demo_image(tag: &str, version: &str, opts: DemoImageOpts) -> Result
     fs::copy(&binary, context.path().join("greenlight-demo"))
         .with_context(|| format!("cannot copy {}", binary.display()))?;
     fs::write(context.path().join("Dockerfile"), dockerfile)?;
-    let output = Command::new("docker")
-        .args(["build", "--quiet", "--tag", tag, "--build-arg"])
-        .arg(format!("VERSION={version}"))
-        .arg(context.path())
-        // The legacy builder: FROM scratch needs no pulls, and there is no buildx.
-        .env("DOCKER_BUILDKIT", "0")
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run docker build")?;
+    let build = |cache: bool| {
+        let mut cmd = Command::new("docker");
+        cmd.args(["build", "--quiet", "--tag", tag, "--build-arg"])
+            .arg(format!("VERSION={version}"));
+        if !cache {
+            cmd.arg("--no-cache");
+        }
+        cmd.arg(context.path())
+            // The legacy builder: FROM scratch needs no pulls, and there is no buildx.
+            .env("DOCKER_BUILDKIT", "0")
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run docker build")
+    };
+    let mut output = build(true)?;
+    // The legacy builder's cache hands out intermediate images by id; a
+    // concurrent test's greenlight pruning its own repository removes the
+    // untagged parents of what it removes, which may be the very layers a
+    // cache hit just chose ("unable to find image sha256:..."). Build those
+    // layers afresh once, then.
+    if !output.status.success()
+        && String::from_utf8_lossy(&output.stderr).contains("unable to find image")
+    {
+        output = build(false)?;
+    }
     if !output.status.success() {
         bail!(
             "docker build of {tag} failed ({}): {}",
@@ -1485,8 +1501,8 @@ mod tests {
         assert!(config.contains("location /api/ {\n            set $greenlight_upstream api;"));
         // The shipped verify server, on this nginx's own address.
         assert!(config.contains("proxy_pass http://$greenlight_verify_upstream;"));
-        assert!(config.contains("listen 0.0.0.0:8099;"));
-        assert!(!config.contains("listen 127.0.0.1:8099;"));
+        assert!(config.contains("listen 0.0.0.0:8099 reuseport;"));
+        assert!(!config.contains("listen 127.0.0.1:8099"));
         assert!(config.contains("pid /run/nginx.pid;"));
     }
 }
