@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use greenlight_testkit::env::{free_port, unique_prefix, DockerCleanup, Nginx};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::gl::{self, config_for, Greenlight, RssSampler, ServiceSpec, GITHUB_SECRET};

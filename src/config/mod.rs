@@ -642,6 +642,24 @@ fn walk_strings(item: &mut toml_edit::Item, f: &mut impl FnMut(&mut toml_edit::V
     }
 }
 
+/// A TOML or type error as the operator reads it: the line, the key, the words.
+fn parse_error(path: &Path, text: &str, key: &str, e: toml::de::Error) -> ConfigError {
+    let message = e.message().trim();
+    let at = e
+        .span()
+        .map(|s| format!("line {}: ", line_of(text, s.start)))
+        .unwrap_or_default();
+    let message = if key.is_empty() || key == "." {
+        format!("{at}{message}")
+    } else {
+        format!("{at}{key}: {message}")
+    };
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -657,24 +675,10 @@ impl Config {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let text = expand_strings(path, raw, lookup)?;
-        let de = toml::Deserializer::new(&text);
+        let de = toml::Deserializer::parse(&text).map_err(|e| parse_error(path, &text, "", e))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let inner = e.into_inner();
-            let message = inner.message().trim().to_string();
-            let at = inner
-                .span()
-                .map(|s| format!("line {}: ", line_of(&text, s.start)))
-                .unwrap_or_default();
-            let message = if key.is_empty() || key == "." {
-                format!("{at}{message}")
-            } else {
-                format!("{at}{key}: {message}")
-            };
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            }
+            parse_error(path, &text, &key, e.into_inner())
         })?;
         config.validate(path)?;
         Ok(config)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest};
-use rand::RngCore;
+use rand::TryRng;
 use sha2::{Digest, Sha256};
 
 /// The session cookie's name.
@@ -44,7 +44,9 @@ pub struct Sessions {
 /// 32 random bytes from the OS, hex: session ids, CSRF tokens, CSP nonces.
 pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the OS's random source (getrandom) failed");
     hex::encode(bytes)
 }
 

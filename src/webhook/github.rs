@@ -2,7 +2,7 @@
 //! package events). Signed with `X-Hub-Signature-256: sha256=<hex HMAC-SHA256>`
 //! over the raw body, checked before anything is parsed.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 

@@ -193,8 +193,7 @@ pub fn parse_time(text: &str) -> Option<i64> {
 }
 
 pub fn generated_id(prefix: &str) -> String {
-    use rand::Rng;
-    let n: u128 = rand::thread_rng().gen();
+    let n: u128 = rand::random();
     format!("{prefix}-{n:032x}")
 }
 
