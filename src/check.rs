@@ -196,7 +196,7 @@ async fn verify_server(config: &Config, nginx: Option<&Nginx>) -> Finding {
     let fix =
         "include the shipped nginx/greenlight-verify.conf in nginx's http block (replacing an \
                older copy), reload nginx, and set [nginx] verify_url to its address";
-    let http = reqwest::Client::builder()
+    let http = crate::tls::builder()
         .timeout(Duration::from_secs(3))
         .build()
         .expect("static reqwest client config");

@@ -14,6 +14,7 @@
 //! - [`webhook`]: pure: signature checks and one parser per source -> `PushEvent`.
 //! - [`registry`]: image references; resolving a tag to a digest at the registry.
 //! - [`retry`]: backoff with jitter (pure), for registries and notifications.
+//! - [`tls`]: outgoing HTTP clients and the roots their TLS trusts.
 //! - [`docker`]: the Docker Engine API (bollard): the calls the runtime and
 //!   nginx control share.
 //! - [`runtime`]: replicas in the deployment's terms; a closed enum of engines.
@@ -48,5 +49,6 @@ pub mod runtime;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod traffic;
 pub mod webhook;

@@ -319,13 +319,14 @@ enum Auth {
 /// bundled ones, plus `[[registry]] ca_file` when set (a registry behind a
 /// private CA).
 fn client(cfg: Option<&RegistryConfig>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().timeout(REGISTRY_TIMEOUT);
-    if let Some(file) = cfg.and_then(|c| c.ca_file.as_ref()) {
-        for cert in crate::config::read_certificates(file)? {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(|e| crate::display::error_chain(&e))
+    let extra = match cfg.and_then(|c| c.ca_file.as_ref()) {
+        Some(file) => crate::tls::read_certificates(file)?,
+        None => Vec::new(),
+    };
+    crate::tls::builder_trusting(&extra)?
+        .timeout(REGISTRY_TIMEOUT)
+        .build()
+        .map_err(|e| crate::display::error_chain(&e))
 }
 
 /// Whether the registry's credentials may go to token service `realm`: only

@@ -87,7 +87,7 @@ async fn the_compose_quickstart_serves_the_demo_app() {
         String::from_utf8_lossy(&up.stderr)
     );
 
-    let http = reqwest::Client::builder()
+    let http = greenlight_testkit::http_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();

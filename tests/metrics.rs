@@ -98,7 +98,7 @@ impl Metrics {
 }
 
 async fn scrape(w: &World) -> Metrics {
-    let resp = reqwest::Client::new()
+    let resp = greenlight_testkit::http()
         .get(format!("{}/metrics", w.gl.url()))
         .bearer_auth(TOKEN)
         .timeout(Duration::from_secs(10))
@@ -194,7 +194,7 @@ async fn metrics_follow_deployments_deliveries_and_refusals() {
     );
     let svc = w.service.clone();
     let svc = svc.as_str();
-    let http = reqwest::Client::new();
+    let http = greenlight_testkit::http();
     let url = format!("{}/metrics", w.gl.url());
 
     // The admin token is required.

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 const CSRF: &str = "X-Greenlight-CSRF";
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    greenlight_testkit::http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()

@@ -17,7 +17,7 @@ const NO_ENV: &[(&str, &str)] = &[];
 /// A client whose requests come from `local` (a loopback address other than
 /// 127.0.0.1 stands for another machine).
 fn client_from(local: &str) -> reqwest::Client {
-    reqwest::Client::builder()
+    greenlight_testkit::http_builder()
         .local_address(local.parse::<std::net::IpAddr>().unwrap())
         .timeout(Duration::from_secs(10))
         .build()

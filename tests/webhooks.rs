@@ -12,7 +12,7 @@ use serde_json::Value;
 const NO_ENV: &[(&str, &str)] = &[];
 
 async fn post(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = greenlight_testkit::http()
         .post(url)
         .timeout(Duration::from_secs(30));
     for (k, v) in headers {
@@ -177,7 +177,7 @@ async fn github_deliveries_deploy_coalesce_refuse_stale_pushes_and_redeliver() {
 
     // A bad signature: 401, nothing stored.
     let before = deliveries(&w).await.len();
-    let resp = reqwest::Client::new()
+    let resp = greenlight_testkit::http()
         .post(format!("{}/hooks/github", w.gl.url()))
         .header("X-GitHub-Event", "package")
         .header(

@@ -133,7 +133,7 @@ pub async fn switch_timing(
     version: &str,
     served_ms: f64,
 ) -> Result<Switch> {
-    let client = reqwest::Client::new();
+    let client = greenlight_testkit::http();
     let get = |path: String| {
         let req = client
             .get(format!("{}{path}", gl.url()))
@@ -495,7 +495,7 @@ fn max(v: &[f64]) -> f64 {
 
 /// Polls greenlight's API until `tag` is live and nothing is deploying.
 pub async fn wait_live(gl: &Greenlight, service: &str, tag: &str) -> Result<()> {
-    let client = reqwest::Client::new();
+    let client = greenlight_testkit::http();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let s: serde_json::Value = client

@@ -122,7 +122,7 @@ async fn closed_loop(
     nonce: u64,
     load: Load,
 ) -> LoadResult {
-    let client = reqwest::Client::builder()
+    let client = greenlight_testkit::http_builder()
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(10))
         .build()
@@ -201,7 +201,7 @@ async fn closed_loop(
 
 /// One signed delivery; returns status and body.
 async fn one(url: &str, id: &str) -> Result<(u16, String)> {
-    let resp = reqwest::Client::new()
+    let resp = greenlight_testkit::http()
         .post(url)
         .header("Content-Type", "application/json")
         .header("X-GitHub-Event", "package")
@@ -745,7 +745,7 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
 /// API, and the size of the database.
 async fn ledger_check(glp: &Greenlight, delivered: u64) -> Result<String> {
     let api = |path: String| async move {
-        reqwest::Client::new()
+        greenlight_testkit::http()
             .get(format!("{}/api/{path}", glp.url()))
             .bearer_auth(gl::TOKEN)
             .send()

@@ -330,7 +330,7 @@ async fn one_run(
         host: registry.host(),
         services,
         glp: &glp,
-        client: reqwest::Client::new(),
+        client: greenlight_testkit::http(),
     };
 
     eprintln!("many: v1 of {} services ...", services.len());

@@ -201,7 +201,7 @@ async fn greenlight(
         1,
     );
     let glp = Greenlight::spawn(binary, free_port(), &config, None)?;
-    let client = reqwest::Client::new();
+    let client = greenlight_testkit::http();
     let deploy = |tag: String| {
         let req = client
             .post(format!("{}/api/services/{service}/deploy", glp.url()))

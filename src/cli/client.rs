@@ -105,7 +105,7 @@ impl Client {
                     cli.config.display()
                 )
             })?;
-        let http = reqwest::Client::builder()
+        let http = crate::tls::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| e.to_string())?;

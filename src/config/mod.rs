@@ -532,17 +532,6 @@ fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Err
         .collect()
 }
 
-/// The certificates of a PEM file, or why it cannot be used.
-pub fn read_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
-    }
-    Ok(certs)
-}
-
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(text.trim()).map_err(|e| {
@@ -729,7 +718,8 @@ impl Config {
         }
         for (i, r) in self.registries.iter().enumerate() {
             if let Some(file) = &r.ca_file {
-                read_certificates(file).map_err(|e| bad(&format!("registry[{i}].ca_file"), e))?;
+                crate::tls::read_certificates(file)
+                    .map_err(|e| bad(&format!("registry[{i}].ca_file"), e))?;
             }
             for realm in &r.token_realms {
                 if !realm.starts_with("https://") || reqwest::Url::parse(realm).is_err() {

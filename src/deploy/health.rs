@@ -32,7 +32,7 @@ pub struct HealthGate<'a> {
 
 impl HealthGate<'_> {
     fn client(&self) -> Result<reqwest::Client, GateFailure> {
-        reqwest::Client::builder()
+        crate::tls::builder()
             .timeout(self.config.timeout)
             .pool_max_idle_per_host(0)
             .build()

@@ -203,7 +203,7 @@ type StartedSends = Vec<(usize, JoinHandle<()>)>;
 
 /// Attempts are cut off by `send_once`, so the client needs no timeout of its own.
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::tls::builder()
         .user_agent(concat!("greenlight/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_default()

@@ -68,7 +68,7 @@ pub struct Nginx {
 impl Nginx {
     pub fn new(cfg: NginxConfig, engine: Engine) -> Nginx {
         // No pooling: each verify request must land on a worker started by the reload.
-        let http = reqwest::Client::builder()
+        let http = crate::tls::builder()
             .pool_max_idle_per_host(0)
             .timeout(VERIFY_REQUEST_TIMEOUT)
             .build()

@@ -11,3 +11,25 @@ pub mod env;
 pub mod fault;
 pub mod greenlight;
 pub mod probe;
+
+use std::sync::Once;
+
+/// A client builder for tests and benchmarks (plain HTTP to loopback).
+/// greenlight builds reqwest without a TLS provider of its own (its
+/// `src/tls.rs` hands each client a configuration), so a client built any
+/// other way needs a process default: ring, installed once here.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        // Err only when another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
+/// A default client for tests and benchmarks; see [`http_builder`].
+pub fn http() -> reqwest::Client {
+    http_builder()
+        .build()
+        .expect("an HTTP client with ring's TLS")
+}

@@ -498,7 +498,7 @@ impl Targets {
 }
 
 fn build_client(opts: &ProbeOpts) -> Client {
-    let mut builder = Client::builder()
+    let mut builder = crate::http_builder()
         .http1_only()
         .no_proxy()
         .tcp_nodelay(true)

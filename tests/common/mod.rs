@@ -71,7 +71,7 @@ impl Greenlight {
             port,
             env: Vec::new(),
             child: None,
-            http: reqwest::Client::new(),
+            http: greenlight_testkit::http(),
         };
         gl.start();
         gl
@@ -627,7 +627,7 @@ impl World {
 
     /// Posts a signed GitHub-shaped delivery; returns (status, answer).
     pub async fn github(&self, guid: &str, body: &str) -> (u16, Value) {
-        let resp = ::reqwest::Client::new()
+        let resp = greenlight_testkit::http()
             .post(format!("{}/hooks/github", self.gl.url()))
             .header("X-GitHub-Event", "package")
             .header("X-GitHub-Delivery", guid)
@@ -679,7 +679,7 @@ impl World {
 
     /// What nginx's public site answers now: (status, X-Demo-Version).
     pub async fn served(&self) -> (u16, String) {
-        let resp = ::reqwest::Client::new()
+        let resp = greenlight_testkit::http()
             .get(self.nginx.url())
             .timeout(Duration::from_secs(5))
             .send()
