@@ -3,26 +3,28 @@
 //!
 //! # Layout
 //!
-//! Plain data first, then the parts that act on the world, then the ways in:
+//! Plain data first, then the parts that act on the world, then the ways in;
+//! each module uses only those listed before it (no import cycles):
 //!
 //! - [`domain`]: the domain's data, depending on nothing else: a deployment's
-//!   state and trigger, colours, the plan of steps, the routing, replicas.
+//!   state and trigger, colours, the plan of steps, the routing, replicas,
+//!   image references and the grammars names are held to.
 //! - [`display`]: how digests, durations, instants and errors read to people.
-//! - [`config`]: `greenlight.toml` -> validated, typed configuration.
-//! - [`store`]: SQLite state: deployments with their steps and plan, what is live.
-//! - [`ledger`]: the delivery ledger and its one writer (intake runs there).
-//! - [`webhook`]: pure: signature checks and one parser per source -> `PushEvent`.
-//! - [`registry`]: image references; resolving a tag to a digest at the registry.
+//! - [`secret`]: comparing presented secrets (digests, constant time).
 //! - [`retry`]: backoff with jitter (pure), for registries and notifications.
 //! - [`tls`]: outgoing HTTP clients and the roots their TLS trusts.
+//! - [`config`]: `greenlight.toml` -> validated, typed configuration.
+//! - [`store`]: SQLite state: deployments with their steps and plan, what is live.
+//! - [`registry`]: resolving a tag to a digest at the registry.
+//! - [`webhook`]: pure: signature checks and one parser per source -> `PushEvent`.
 //! - [`docker`]: the Docker Engine API (bollard): the calls the runtime and
 //!   nginx control share.
 //! - [`runtime`]: replicas in the deployment's terms; a closed enum of engines.
 //! - [`proxy`]: nginx: render a routing, test, reload, verify, drain.
 //! - [`traffic`]: what nginx's access log says about each backend.
-//! - [`deploy`]: per-service queues, strategies as plans, the driver that walks them.
 //! - [`notify`]: deployment notifications by email and Slack, off the deploy path.
-//! - [`secret`]: comparing presented secrets (digests, constant time).
+//! - [`deploy`]: per-service queues, strategies as plans, the driver that walks them.
+//! - [`ledger`]: the delivery ledger and its one writer (intake runs there).
 //! - [`telemetry`]: logging, with untrusted fields escaped and colour only on a terminal.
 //! - [`metrics`]: Prometheus text derived from the store at scrape time.
 //! - [`http`]: the actix-web server: hooks, admin API, status page, `/metrics`.

@@ -792,9 +792,9 @@ impl Config {
                     format!("service {:?} is defined twice", s.name),
                 ));
             }
-            let repo = crate::registry::Repository::parse(&s.image);
-            if !crate::registry::valid_host(&repo.host)
-                || !crate::registry::valid_repository_path(&repo.path.to_ascii_lowercase())
+            let repo = crate::domain::image::Repository::parse(&s.image);
+            if !crate::domain::image::valid_host(&repo.host)
+                || !crate::domain::image::valid_repository_path(&repo.path.to_ascii_lowercase())
             {
                 return Err(bad(
                     &key("image"),

@@ -6,7 +6,7 @@ use greenlight_testkit::env::*;
 
 /// Status and the `X-Greenlight-Upstream` header of a GET through nginx.
 async fn get(url: &str, service: Option<&str>) -> (u16, Option<String>) {
-    let client = reqwest::Client::new();
+    let client = greenlight_testkit::http();
     let mut request = client.get(url);
     if let Some(service) = service {
         request = request.header("X-Greenlight-Service", service);
@@ -333,7 +333,7 @@ async fn docker_cleanup_removes_labelled_containers_and_networks() {
 /// A body larger than nginx's in-memory buffer goes through its client body temp dir,
 /// which the unprivileged worker must be able to write.
 async fn assert_large_post_passes(base: &str) {
-    let response = reqwest::Client::new()
+    let response = greenlight_testkit::http()
         .post(format!("{base}/echo"))
         .body(vec![b'x'; 300_000])
         .send()
