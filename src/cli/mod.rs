@@ -46,14 +46,9 @@ pub const EXIT_NOT_RUN: i32 = 4;
                   4 the deployment was interrupted, stale or superseded."
 )]
 pub struct Cli {
-    /// Config file.
-    #[arg(
-        long,
-        global = true,
-        env = "GREENLIGHT_CONFIG",
-        default_value = "greenlight.toml"
-    )]
-    pub config: PathBuf,
+    /// Config file [default: ./greenlight.toml, else /etc/greenlight/greenlight.toml].
+    #[arg(long, global = true, env = "GREENLIGHT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Admin API of a running greenlight (default: from server.listen in the config).
     #[arg(long, global = true, env = "GREENLIGHT_URL")]
     pub url: Option<String>,
@@ -205,8 +200,19 @@ pub fn main(cli: Cli) -> i32 {
     runtime.block_on(run(cli))
 }
 
+impl Cli {
+    /// The config file: the one named, else the first found where greenlight looks.
+    pub fn config_path(&self) -> Result<PathBuf, crate::config::locate::NotFound> {
+        crate::config::locate::locate(self.config.as_deref(), |p| p.exists())
+    }
+}
+
 fn load_config(cli: &Cli) -> Result<Config, i32> {
-    Config::load(&cli.config).map_err(|e| {
+    let loaded = match cli.config_path() {
+        Ok(path) => Config::load(&path).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    loaded.map_err(|e| {
         eprintln!("greenlight: {e}");
         EXIT_USAGE
     })
