@@ -58,6 +58,16 @@ pub struct Cli {
     /// Machine-readable output: the admin API's JSON, unchanged.
     #[arg(long, global = true)]
     pub json: bool,
+    /// When to colour output and `serve`'s log (auto: on a terminal, unless
+    /// NO_COLOR is set; CLICOLOR_FORCE forces it).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
+    pub color: crate::telemetry::ColorWhen,
     /// Log format of `serve`.
     #[arg(
         long,
@@ -228,17 +238,20 @@ async fn run(cli: Cli) -> i32 {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let term = Term::detect();
+    let term = Term::detect(cli.color);
     match &cli.command {
         Command::Serve => {
             let config = match load_config(&cli) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            crate::telemetry::init(match cli.log_format {
-                LogFormat::Human => crate::telemetry::Format::Human,
-                LogFormat::Json => crate::telemetry::Format::Json,
-            });
+            crate::telemetry::init(
+                match cli.log_format {
+                    LogFormat::Human => crate::telemetry::Format::Human,
+                    LogFormat::Json => crate::telemetry::Format::Json,
+                },
+                cli.color,
+            );
             match crate::app::serve(config).await {
                 Ok(()) => EXIT_OK,
                 Err(e) => {
