@@ -89,6 +89,9 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Write a commented starter config for this machine (--config, default
+    /// ./greenlight.toml) and the nginx snippet to include; never overwrites.
+    Init(InitArgs),
     /// Run the HTTP server and the deploy workers.
     Serve,
     /// Validate the config and reach Docker and nginx; say what is wrong and how to fix it.
@@ -118,6 +121,23 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// What `init` would otherwise detect.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// nginx runs on this host with this config file (-c).
+    #[arg(long, value_name = "FILE", conflicts_with = "nginx_container")]
+    pub nginx_config: Option<PathBuf>,
+    /// nginx runs in this container.
+    #[arg(long, value_name = "NAME")]
+    pub nginx_container: Option<String>,
+    /// The directory greenlight renders upstreams into, as greenlight sees it.
+    #[arg(long, value_name = "DIR")]
+    pub upstreams_dir: Option<PathBuf>,
+    /// The URL of nginx's verify server.
+    #[arg(long, value_name = "URL")]
+    pub verify_url: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -285,6 +305,7 @@ async fn run(cli: Cli) -> i32 {
             };
             notify_test(&config, *channel, cli.json, term).await
         }
+        Command::Init(args) => init(&cli, args).await,
         Command::Completions { shell } => {
             // --json has nothing to say about a shell script: it is ignored.
             clap_complete::generate(
@@ -317,7 +338,11 @@ async fn client_command(client: &Client, cli: &Cli, term: Term) -> i32 {
         Command::History(args) => history(client, args, json, term).await,
         Command::Deliveries(args) => deliveries(client, args, json, term).await,
         Command::Redeliver { delivery } => redeliver(client, delivery, json).await,
-        Command::Serve | Command::Check | Command::Notify(_) | Command::Completions { .. } => {
+        Command::Serve
+        | Command::Check
+        | Command::Init(_)
+        | Command::Notify(_)
+        | Command::Completions { .. } => {
             unreachable!("handled without a client")
         }
     };
@@ -546,6 +571,82 @@ fn print_timeline(d: &Value) {
             n["detail"].as_str().unwrap_or("")
         );
     }
+}
+
+/// `greenlight init`: detect, write both files or neither, say what was chosen.
+async fn init(cli: &Cli, args: &InitArgs) -> i32 {
+    let options = crate::init::Options {
+        output: cli
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("greenlight.toml")),
+        nginx_config: args.nginx_config.clone(),
+        nginx_container: args.nginx_container.clone(),
+        upstreams_dir: args.upstreams_dir.clone(),
+        verify_url: args.verify_url.clone(),
+    };
+    if options.output.symlink_metadata().is_ok() {
+        eprintln!(
+            "greenlight: {}",
+            crate::init::InitError::Exists(options.output)
+        );
+        return EXIT_FAILED;
+    }
+    let written = match crate::init::detect(&options).await {
+        Ok(choices) => crate::init::write(&options, &choices).map(|w| (choices, w)),
+        Err(e) => Err(e),
+    };
+    let (choices, written) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!("greenlight: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let shown = |p: &std::path::Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    println!(
+        "wrote {} (mode 0600: it holds the generated admin token)",
+        shown(&written.config)
+    );
+    for note in &choices.notes {
+        println!("  {note}");
+    }
+    if written.created_upstreams_dir {
+        println!("  created {}", choices.upstreams_dir.display());
+    }
+    match &written.snippet {
+        Some(snippet) => {
+            println!(
+                "wrote {}: include it in nginx's http block:",
+                shown(snippet)
+            );
+            match &choices.nginx {
+                crate::init::NginxChoice::Host { .. } => {
+                    println!("    include {};", shown(snippet))
+                }
+                crate::init::NginxChoice::Container { name, .. } => println!(
+                    "    (mount it into container {name}, include it from there, \
+                     and mount {} at {})",
+                    choices.upstreams_dir.display(),
+                    choices.upstreams_in_nginx.display()
+                ),
+            }
+            println!(
+                "  then reload nginx (nginx -t && nginx -s reload) and run `greenlight check`"
+            );
+        }
+        None => println!("nginx already includes what greenlight needs; next: `greenlight check`"),
+    }
+    println!(
+        "add your services ([[service]] at the end of {}), then `greenlight serve`",
+        written.config.display()
+    );
+    EXIT_OK
 }
 
 /// `greenlight notify test`: one attempt through each configured channel.
