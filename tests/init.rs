@@ -6,25 +6,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use greenlight_testkit::env::{host_nginx_image, unique_prefix, DockerCleanup, Nginx};
+use greenlight_testkit::greenlight::{describe, without_greenlight_env};
 
 fn greenlight(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_greenlight"))
+    without_greenlight_env(&mut Command::new(env!("CARGO_BIN_EXE_greenlight")))
         .current_dir(cwd)
         .args(args)
-        .env_remove("GREENLIGHT_CONFIG")
-        .env_remove("GREENLIGHT_TOKEN")
-        .env_remove("GREENLIGHT_URL")
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Runs `init` with `args` in a new directory, then `check` there with no
@@ -35,7 +24,7 @@ fn init_then_check(args: &[&str]) -> (tempfile::TempDir, toml::Table) {
     let mut init = vec!["init"];
     init.extend(args);
     let out = greenlight(dir.path(), &init);
-    assert_eq!(out.status.code(), Some(0), "init: {}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "init: {}", describe(&out));
     let config_path = dir.path().join("greenlight.toml");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&config_path)
@@ -58,17 +47,17 @@ fn init_then_check(args: &[&str]) -> (tempfile::TempDir, toml::Table) {
         out.status.code(),
         Some(0),
         "check after init: {}",
-        text(&out)
+        describe(&out)
     );
 
     // Again: refused, exit non-zero, nothing changed.
     let before = std::fs::read(&config_path).unwrap();
     let out = greenlight(dir.path(), &init);
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("already exists"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert_eq!(std::fs::read(&config_path).unwrap(), before);
 
