@@ -583,17 +583,12 @@ pub fn render(c: &Choices) -> String {
 # Every key, with its default: greenlight.example.toml (in the package:
 # /usr/share/doc/greenlight/). String values may use ${{VAR}} from the
 # environment. Check this file with `greenlight check`.
-#
-# This file holds the admin token: keep it mode 0600, owned by the user
-# greenlight runs as.
-
+{secret_note}
 [server]
 # The webhooks, the admin API and the status page. Loopback only: put nginx
 # (with HTTPS) in front to reach it from elsewhere.
 listen = "127.0.0.1:8787"
-# The admin token (generated): `greenlight` commands on this host read it from
-# here, and the status page's login asks for it. Or write "${{GREENLIGHT_TOKEN}}"
-# and keep it in the environment.
+{token_comment}
 admin_token = {token}
 # SQLite state; a relative path is taken from this file's directory.
 state = {state}
@@ -620,11 +615,57 @@ verify_url = {verify}
 # path = "/healthz"
 "#,
         token = quoted(&c.admin_token),
+        secret_note = if c.admin_token.starts_with("${") {
+            ""
+        } else {
+            "#\n# This file holds the admin token: keep it mode 0600, owned by the user\n\
+             # greenlight runs as.\n"
+        },
+        token_comment = if c.admin_token.starts_with("${") {
+            "# The admin token, from the environment (the package's unit reads\n\
+             # /etc/greenlight/greenlight.env; for the CLI: export it, or pass --token).\n\
+             # The status page's login asks for it."
+        } else {
+            "# The admin token (generated): `greenlight` commands on this host read it from\n\
+             # here, and the status page's login asks for it. Or write \"${GREENLIGHT_TOKEN}\"\n\
+             # and keep it in the environment."
+        },
         state = path(&c.state),
         upstreams = path(&c.upstreams_dir),
         upstreams_in_nginx = c.upstreams_in_nginx.display(),
         verify = quoted(&c.verify_url),
     )
+}
+
+/// `/etc/greenlight/greenlight.toml` as the Debian package ships it: the
+/// template with nginx where Debian puts it, the state under
+/// /var/lib/greenlight, and the admin token from the environment (the
+/// package's unit reads it from /etc/greenlight/greenlight.env, generated at
+/// install). Safe as shipped: loopback only, no service.
+pub fn package_config() -> String {
+    render(&package_choices())
+}
+
+/// The nginx snippet the package ships as /usr/share/greenlight/nginx/greenlight.conf.
+pub fn package_snippet() -> String {
+    snippet(&package_choices()).expect("the package's nginx has nothing of greenlight's yet")
+}
+
+fn package_choices() -> Choices {
+    Choices {
+        nginx: host_default(),
+        upstreams_dir: "/etc/nginx/greenlight".into(),
+        upstreams_in_nginx: "/etc/nginx/greenlight".into(),
+        upstreams_included: false,
+        verify_url: format!("http://127.0.0.1:{VERIFY_PORT}"),
+        verify_found: false,
+        state: "/var/lib/greenlight/state.db".into(),
+        admin_token: "${GREENLIGHT_TOKEN}".into(),
+        notes: vec![
+            "shipped by the Debian package; `greenlight init --config FILE` writes one for this machine".into(),
+            "nginx: include /usr/share/greenlight/nginx/greenlight.conf in nginx's http block".into(),
+        ],
+    }
 }
 
 /// The nginx snippet to include in nginx's `http` block, or `None` when nginx

@@ -157,6 +157,26 @@ async fn the_compose_quickstart_serves_the_demo_app() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-demo-version"], "v1");
     assert_eq!(resp.headers()["x-demo-colour"], "blue");
+    // The image's HEALTHCHECK (`greenlight healthz`) finds the server healthy.
+    let container = format!("{prefix}-greenlight");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Health.Status}}",
+            &container,
+        ])
+        .unwrap_or_default();
+        if health == "healthy" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{container} is {health:?}, not healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     drop(compose);
     let _ = docker(&["rmi", "-f", &gl_image, &format!("{demo_repo}:v1")]);
 }

@@ -8,6 +8,7 @@
 //! - `output.rs`: terminal detection, colour, and the shared formatters
 
 mod client;
+mod dist;
 mod follow;
 mod output;
 mod table;
@@ -121,6 +122,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Exit 0 when the server answers GET /healthz (a container's HEALTHCHECK).
+    #[command(hide = true)]
+    Healthz,
+    /// Write the man page, the shell completions and the package's config into DIR.
+    #[command(hide = true)]
+    Dist { dir: PathBuf },
 }
 
 /// What `init` would otherwise detect.
@@ -306,6 +313,14 @@ async fn run(cli: Cli) -> i32 {
             notify_test(&config, *channel, cli.json, term).await
         }
         Command::Init(args) => init(&cli, args).await,
+        Command::Healthz => healthz(&cli).await,
+        Command::Dist { dir } => match dist::write(dir) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("greenlight: writing into {}: {e}", dir.display());
+                EXIT_FAILED
+            }
+        },
         Command::Completions { shell } => {
             // --json has nothing to say about a shell script: it is ignored.
             clap_complete::generate(
@@ -341,6 +356,8 @@ async fn client_command(client: &Client, cli: &Cli, term: Term) -> i32 {
         Command::Serve
         | Command::Check
         | Command::Init(_)
+        | Command::Healthz
+        | Command::Dist { .. }
         | Command::Notify(_)
         | Command::Completions { .. } => {
             unreachable!("handled without a client")
@@ -570,6 +587,41 @@ fn print_timeline(d: &Value) {
             n["at"].as_i64().map(output::timestamp).unwrap_or_default(),
             n["detail"].as_str().unwrap_or("")
         );
+    }
+}
+
+/// `greenlight healthz`: GET /healthz of `--url`, else of `server.listen` in
+/// the config (a wildcard address asked on loopback).
+async fn healthz(cli: &Cli) -> i32 {
+    let base = cli.url.clone().or_else(|| {
+        let config = Config::load(&cli.config_path().ok()?).ok()?;
+        let listen = config.server.listen.replace("0.0.0.0", "127.0.0.1");
+        Some(format!("http://{}", listen.replace("[::]", "[::1]")))
+    });
+    let Some(base) = base else {
+        eprintln!("greenlight: no --url and no readable config to find the server");
+        return EXIT_USAGE;
+    };
+    let answer = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("static reqwest client config")
+        .get(format!("{}/healthz", base.trim_end_matches('/')))
+        .send()
+        .await;
+    match answer {
+        Ok(r) if r.status().is_success() => EXIT_OK,
+        Ok(r) => {
+            eprintln!("greenlight: {base}/healthz answered {}", r.status());
+            EXIT_FAILED
+        }
+        Err(e) => {
+            eprintln!(
+                "greenlight: {base}/healthz: {}",
+                crate::display::error_chain(&e)
+            );
+            EXIT_FAILED
+        }
     }
 }
 
