@@ -14,15 +14,18 @@ if [ -z "$binary" ]; then
 fi
 rootfs=dist/rootfs
 rm -rf "$rootfs"
-mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/greenlight" "$rootfs/var/lib/greenlight" "$rootfs/tmp"
+mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/greenlight" "$rootfs/var/lib" "$rootfs/tmp"
 chmod 1777 "$rootfs/tmp"
 strip -o "$rootfs/usr/local/bin/greenlight" "$binary"
 ldd "$binary" | grep -o '/[^ ]*' | while read -r lib; do
     mkdir -p "$rootfs$(dirname "$lib")"
     cp -L "$lib" "$rootfs$lib"
 done
-printf 'root:x:0:0:root:/root:/sbin/nologin\n' > "$rootfs/etc/passwd"
-printf 'root:x:0:\n' > "$rootfs/etc/group"
+printf 'root:x:0:0:root:/root:/sbin/nologin\ngreenlight:x:10001:10001:greenlight:/var/lib/greenlight:/sbin/nologin\n' > "$rootfs/etc/passwd"
+printf 'root:x:0:\ngreenlight:x:10001:\n' > "$rootfs/etc/group"
+# The image runs as greenlight (10001): its state directory, copied with
+# --chown by the Dockerfile (COPY makes everything else root's).
+rm -rf dist/state && mkdir -p dist/state
 printf 'hosts: files dns\n' > "$rootfs/etc/nsswitch.conf"
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
     mkdir -p "$rootfs/etc/ssl/certs"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs greenlight's whole test suite on a fresh Debian machine, installing and
 # starting what the tests need when it is missing: nginx, Debian's docker-registry,
-# docker-compose, python3-aiosmtpd, openssl, chromium and chromium-driver, the
+# docker-compose, python3-aiosmtpd, openssl, curl, debootstrap, chromium and chromium-driver, the
 # Docker daemon, cargo-nextest.
 #   scripts/test.sh [extra cargo-nextest arguments]
 set -euo pipefail
@@ -15,6 +15,10 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 # tests/notify.rs: a real SMTP server (aiosmtpd) and certificates for its TLS modes.
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need+=(python3-aiosmtpd)
 command -v openssl >/dev/null || need+=(openssl)
+# tests/first_run.rs: scripts/demo.sh's readiness checks.
+command -v curl >/dev/null || need+=(curl)
+# tests/package.rs: a clean Debian image from Debian's mirror (scripts/debian-image.sh).
+command -v debootstrap >/dev/null || need+=(debootstrap)
 # tests/browser.rs: headless Chromium driven through chromedriver.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)

@@ -354,15 +354,22 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn status(&self, id: &str) -> Result<Option<ContainerStatus>> {
-        let c = match self
+    /// A container's inspection, or `None` if there is no such container.
+    async fn inspect(&self, id: &str) -> Result<Option<bollard::models::ContainerInspectResponse>> {
+        match self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
         {
-            Ok(c) => c,
-            Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Ok(c) => Ok(Some(c)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn status(&self, id: &str) -> Result<Option<ContainerStatus>> {
+        let Some(c) = self.inspect(id).await? else {
+            return Ok(None);
         };
         let state = c.state.unwrap_or_default();
         let ips = c
@@ -557,5 +564,104 @@ impl Engine {
                 Some((pid, row.get(cmd_col)?.clone()))
             })
             .collect())
+    }
+}
+
+/// What `greenlight init` reads of a container that may be nginx: how it was
+/// started, what it mounts, and where its ports are published.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerLayout {
+    pub name: String,
+    pub image: String,
+    /// Entrypoint and command, as run.
+    pub command: Vec<String>,
+    /// Bind mounts as (host source, path in the container, read-write).
+    pub binds: Vec<(String, String, bool)>,
+    /// Published ports as (container port "8099/tcp", host address, host port).
+    pub published: Vec<(String, String, String)>,
+    /// The container's addresses on its networks.
+    pub ips: Vec<String>,
+}
+
+impl Engine {
+    /// A handle that has not talked to the engine yet (for nginx on the host,
+    /// whose control never calls it).
+    pub fn unconnected() -> Option<Engine> {
+        Docker::connect_with_defaults().ok().map(|docker| Engine {
+            docker,
+            networks: Default::default(),
+        })
+    }
+
+    /// Names of the running containers, optionally only those whose name or
+    /// image contains `needle`.
+    pub async fn running_containers(&self, needle: &str) -> Result<Vec<String>> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions::default()))
+            .await?;
+        Ok(list
+            .into_iter()
+            .filter(|c| {
+                let image = c.image.as_deref().unwrap_or_default();
+                let names = c.names.clone().unwrap_or_default();
+                image.contains(needle) || names.iter().any(|n| n.contains(needle))
+            })
+            .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect())
+    }
+
+    /// The layout of container `name`, or `None` if there is no such container.
+    pub async fn layout(&self, name: &str) -> Result<Option<ContainerLayout>> {
+        let Some(c) = self.inspect(name).await? else {
+            return Ok(None);
+        };
+        let config = c.config.unwrap_or_default();
+        let mut command = config.entrypoint.unwrap_or_default();
+        command.extend(config.cmd.unwrap_or_default());
+        let binds = c
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.typ.as_deref() == Some("bind"))
+            .map(|m| {
+                (
+                    m.source.unwrap_or_default(),
+                    m.destination.unwrap_or_default(),
+                    m.rw.unwrap_or(false),
+                )
+            })
+            .collect();
+        let settings = c.network_settings.unwrap_or_default();
+        let published = settings
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|(port, bindings)| {
+                bindings.unwrap_or_default().into_iter().map(move |b| {
+                    (
+                        port.clone(),
+                        b.host_ip.unwrap_or_default(),
+                        b.host_port.unwrap_or_default(),
+                    )
+                })
+            })
+            .collect();
+        Ok(Some(ContainerLayout {
+            name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            image: config.image.unwrap_or_default(),
+            command,
+            binds,
+            published,
+            ips: settings
+                .networks
+                .map(|n| ips(n).into_values().collect())
+                .unwrap_or_default(),
+        }))
     }
 }

@@ -29,6 +29,7 @@
 //! - [`metrics`]: Prometheus text derived from the store at scrape time.
 //! - [`http`]: the actix-web server: hooks, admin API, status page, `/metrics`.
 //! - [`check`]: `greenlight check`: every prerequisite, with how to fix it.
+//! - [`init`]: `greenlight init`: a starter config and nginx snippet for this machine.
 //! - [`app`]: wires the real parts together and runs them.
 //! - [`cli`]: the `greenlight` command line; client commands call the admin API.
 
@@ -41,6 +42,7 @@ pub mod display;
 pub mod docker;
 pub mod domain;
 pub mod http;
+pub mod init;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;

@@ -1,8 +1,19 @@
-//! Comparing secrets: tokens, CSRF tokens, path tokens. One helper, used
-//! everywhere a presented secret is checked.
+//! Secrets: making them (admin tokens, session ids, CSRF tokens, CSP nonces)
+//! and comparing presented ones, one helper each.
 
+use rand::TryRng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+/// 32 random bytes from the OS, hex: admin tokens, session ids, CSRF tokens,
+/// CSP nonces.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the OS's random source (getrandom) failed");
+    hex::encode(bytes)
+}
 
 /// Whether `presented` equals `expected`, in time that depends on neither:
 /// their SHA-256 digests are compared in constant time, so not even the

@@ -582,6 +582,7 @@ fn on_a_terminal(w: &World, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>
     let out = Command::new("script")
         .args(["--quiet", "--return", "--command", &command, "/dev/null"])
         .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
         .envs(env.iter().copied())
         .env("TERM", "xterm-256color")
         .stdin(Stdio::null())

@@ -4,12 +4,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use greenlight_testkit::env::{
-    build_demo_image, docker, free_port, host_nginx_image, workspace_root, DemoImageOpts,
-};
+use greenlight_testkit::env::{docker, free_port, host_nginx_image, workspace_root};
 
 struct Compose {
     project: String,
+    env_file: String,
     env: Vec<(String, String)>,
 }
 
@@ -17,7 +16,7 @@ impl Compose {
     fn run(&self, args: &[&str]) -> std::process::Output {
         Command::new("docker-compose")
             .current_dir(workspace_root())
-            .args(["-p", &self.project])
+            .args(["--env-file", &self.env_file, "-p", &self.project])
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
@@ -47,13 +46,31 @@ impl Drop for Compose {
     }
 }
 
+#[test]
+fn the_compose_file_has_no_obsolete_version_key() {
+    let file = std::fs::read_to_string(workspace_root().join("docker-compose.yml")).unwrap();
+    assert!(
+        !file.lines().any(|l| l.starts_with("version:")),
+        "the Compose Specification has no `version:`; compose v2 warns about it"
+    );
+}
+
+/// The quickstart's three commands, as the README gives them: build the
+/// images (and the token), `up -d`, `exec greenlight greenlight deploy`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_quickstart_serves_the_demo_app() {
     let prefix = format!("glq{}", std::process::id() % 100_000);
     let gl_image = format!("{prefix}-greenlight:test");
-    let out = Command::new(workspace_root().join("scripts/build-image.sh"))
-        .arg(&gl_image)
+    let nginx_image = host_nginx_image().unwrap();
+    let demo_repo = format!("{prefix}-demo");
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join(".env");
+    let out = Command::new(workspace_root().join("compose/build-images.sh"))
         .env("GREENLIGHT_BINARY", env!("CARGO_BIN_EXE_greenlight"))
+        .env("GREENLIGHT_IMAGE", &gl_image)
+        .env("NGINX_IMAGE", &nginx_image)
+        .env("DEMO_IMAGE", &demo_repo)
+        .env("ENV_FILE", &env_file)
         .output()
         .unwrap();
     assert!(
@@ -61,15 +78,21 @@ async fn the_compose_quickstart_serves_the_demo_app() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let nginx_image = host_nginx_image().unwrap();
-    let demo_repo = format!("{prefix}-demo");
-    build_demo_image(&format!("{demo_repo}:v1"), "v1", DemoImageOpts::default()).unwrap();
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    let token = env
+        .lines()
+        .find_map(|l| l.strip_prefix("GREENLIGHT_TOKEN="))
+        .expect("a token in the env file")
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&env_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the env file holds the admin token");
 
     let http_port = free_port();
     let gl_port = free_port();
-    let token = "compose-test-token-0123456789";
     let compose = Compose {
         project: prefix.clone(),
+        env_file: env_file.display().to_string(),
         env: vec![
             ("GL_PREFIX".into(), prefix.clone()),
             ("HTTP_PORT".into(), http_port.to_string()),
@@ -77,7 +100,6 @@ async fn the_compose_quickstart_serves_the_demo_app() {
             ("NGINX_IMAGE".into(), nginx_image),
             ("GREENLIGHT_IMAGE".into(), gl_image.clone()),
             ("DEMO_IMAGE".into(), demo_repo.clone()),
-            ("GREENLIGHT_TOKEN".into(), token.into()),
         ],
     };
     let up = compose.run(&["up", "-d"]);
@@ -99,35 +121,33 @@ async fn the_compose_quickstart_serves_the_demo_app() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let resp = http
-        .post(format!("{gl}/api/services/demo/deploy"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"tag": "v1"}))
+    // The README's third command (no --config: the image's GREENLIGHT_CONFIG).
+    let deploy = compose.run(&[
+        "exec",
+        "-T",
+        "greenlight",
+        "greenlight",
+        "deploy",
+        "demo",
+        "--tag",
+        "v1",
+    ]);
+    assert!(
+        deploy.status.success(),
+        "deploy: {}{}",
+        String::from_utf8_lossy(&deploy.stdout),
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+    let history: serde_json::Value = http
+        .get(format!("{gl}/api/deployments"))
+        .bearer_auth(&token)
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<serde_json::Value>().await.unwrap()["deployment"]
-        .as_i64()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let d = loop {
-        let d: serde_json::Value = http
-            .get(format!("{gl}/api/deployments/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if !d["finished_at"].is_null() {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "deployment did not finish: {d}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(d["state"], "succeeded", "{d:#}");
+    assert_eq!(history[0]["state"], "succeeded", "{history:#}");
 
     let resp = http
         .get(format!("http://127.0.0.1:{http_port}/"))
@@ -137,6 +157,26 @@ async fn the_compose_quickstart_serves_the_demo_app() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-demo-version"], "v1");
     assert_eq!(resp.headers()["x-demo-colour"], "blue");
+    // The image's HEALTHCHECK (`greenlight healthz`) finds the server healthy.
+    let container = format!("{prefix}-greenlight");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Health.Status}}",
+            &container,
+        ])
+        .unwrap_or_default();
+        if health == "healthy" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{container} is {health:?}, not healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     drop(compose);
     let _ = docker(&["rmi", "-f", &gl_image, &format!("{demo_repo}:v1")]);
 }

@@ -85,7 +85,8 @@ pub struct Client {
 impl Client {
     pub fn new(cli: &Cli) -> Result<Client, String> {
         // The config is only a source of defaults for a client.
-        let config = Config::load(&cli.config).ok();
+        let path = cli.config_path();
+        let config = path.as_ref().ok().and_then(|p| Config::load(p).ok());
         let base = cli
             .url
             .clone()
@@ -100,10 +101,11 @@ impl Client {
             .clone()
             .or_else(|| config.as_ref().map(|c| c.server.admin_token.clone()))
             .ok_or_else(|| {
-                format!(
-                    "no admin token: pass --token or GREENLIGHT_TOKEN (or a readable --config; {} could not be loaded)",
-                    cli.config.display()
-                )
+                let why = match &path {
+                    Ok(p) => format!("{} could not be loaded", p.display()),
+                    Err(e) => e.to_string(),
+                };
+                format!("no admin token: pass --token or GREENLIGHT_TOKEN (or a readable --config; {why})")
             })?;
         let http = crate::tls::builder()
             .timeout(REQUEST_TIMEOUT)

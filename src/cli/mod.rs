@@ -8,6 +8,7 @@
 //! - `output.rs`: terminal detection, colour, and the shared formatters
 
 mod client;
+mod dist;
 mod follow;
 mod output;
 mod table;
@@ -46,14 +47,9 @@ pub const EXIT_NOT_RUN: i32 = 4;
                   4 the deployment was interrupted, stale or superseded."
 )]
 pub struct Cli {
-    /// Config file.
-    #[arg(
-        long,
-        global = true,
-        env = "GREENLIGHT_CONFIG",
-        default_value = "greenlight.toml"
-    )]
-    pub config: PathBuf,
+    /// Config file [default: ./greenlight.toml, else /etc/greenlight/greenlight.toml].
+    #[arg(long, global = true, env = "GREENLIGHT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Admin API of a running greenlight (default: from server.listen in the config).
     #[arg(long, global = true, env = "GREENLIGHT_URL")]
     pub url: Option<String>,
@@ -63,6 +59,16 @@ pub struct Cli {
     /// Machine-readable output: the admin API's JSON, unchanged.
     #[arg(long, global = true)]
     pub json: bool,
+    /// When to colour output and `serve`'s log (auto: on a terminal, unless
+    /// NO_COLOR is set; CLICOLOR_FORCE forces it).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
+    pub color: crate::telemetry::ColorWhen,
     /// Log format of `serve`.
     #[arg(
         long,
@@ -84,6 +90,9 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Write a commented starter config for this machine (--config, default
+    /// ./greenlight.toml) and the nginx snippet to include; never overwrites.
+    Init(InitArgs),
     /// Run the HTTP server and the deploy workers.
     Serve,
     /// Validate the config and reach Docker and nginx; say what is wrong and how to fix it.
@@ -113,6 +122,29 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Exit 0 when the server answers GET /healthz (a container's HEALTHCHECK).
+    #[command(hide = true)]
+    Healthz,
+    /// Write the man page, the shell completions and the package's config into DIR.
+    #[command(hide = true)]
+    Dist { dir: PathBuf },
+}
+
+/// What `init` would otherwise detect.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// nginx runs on this host with this config file (-c).
+    #[arg(long, value_name = "FILE", conflicts_with = "nginx_container")]
+    pub nginx_config: Option<PathBuf>,
+    /// nginx runs in this container.
+    #[arg(long, value_name = "NAME")]
+    pub nginx_container: Option<String>,
+    /// The directory greenlight renders upstreams into, as greenlight sees it.
+    #[arg(long, value_name = "DIR")]
+    pub upstreams_dir: Option<PathBuf>,
+    /// The URL of nginx's verify server.
+    #[arg(long, value_name = "URL")]
+    pub verify_url: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -205,8 +237,19 @@ pub fn main(cli: Cli) -> i32 {
     runtime.block_on(run(cli))
 }
 
+impl Cli {
+    /// The config file: the one named, else the first found where greenlight looks.
+    pub fn config_path(&self) -> Result<PathBuf, crate::config::locate::NotFound> {
+        crate::config::locate::locate(self.config.as_deref(), |p| p.exists())
+    }
+}
+
 fn load_config(cli: &Cli) -> Result<Config, i32> {
-    Config::load(&cli.config).map_err(|e| {
+    let loaded = match cli.config_path() {
+        Ok(path) => Config::load(&path).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    loaded.map_err(|e| {
         eprintln!("greenlight: {e}");
         EXIT_USAGE
     })
@@ -222,17 +265,20 @@ async fn run(cli: Cli) -> i32 {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let term = Term::detect();
+    let term = Term::detect(cli.color);
     match &cli.command {
         Command::Serve => {
             let config = match load_config(&cli) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            crate::telemetry::init(match cli.log_format {
-                LogFormat::Human => crate::telemetry::Format::Human,
-                LogFormat::Json => crate::telemetry::Format::Json,
-            });
+            crate::telemetry::init(
+                match cli.log_format {
+                    LogFormat::Human => crate::telemetry::Format::Human,
+                    LogFormat::Json => crate::telemetry::Format::Json,
+                },
+                cli.color,
+            );
             match crate::app::serve(config).await {
                 Ok(()) => EXIT_OK,
                 Err(e) => {
@@ -266,6 +312,15 @@ async fn run(cli: Cli) -> i32 {
             };
             notify_test(&config, *channel, cli.json, term).await
         }
+        Command::Init(args) => init(&cli, args).await,
+        Command::Healthz => healthz(&cli).await,
+        Command::Dist { dir } => match dist::write(dir) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("greenlight: writing into {}: {e}", dir.display());
+                EXIT_FAILED
+            }
+        },
         Command::Completions { shell } => {
             // --json has nothing to say about a shell script: it is ignored.
             clap_complete::generate(
@@ -298,7 +353,13 @@ async fn client_command(client: &Client, cli: &Cli, term: Term) -> i32 {
         Command::History(args) => history(client, args, json, term).await,
         Command::Deliveries(args) => deliveries(client, args, json, term).await,
         Command::Redeliver { delivery } => redeliver(client, delivery, json).await,
-        Command::Serve | Command::Check | Command::Notify(_) | Command::Completions { .. } => {
+        Command::Serve
+        | Command::Check
+        | Command::Init(_)
+        | Command::Healthz
+        | Command::Dist { .. }
+        | Command::Notify(_)
+        | Command::Completions { .. } => {
             unreachable!("handled without a client")
         }
     };
@@ -527,6 +588,117 @@ fn print_timeline(d: &Value) {
             n["detail"].as_str().unwrap_or("")
         );
     }
+}
+
+/// `greenlight healthz`: GET /healthz of `--url`, else of `server.listen` in
+/// the config (a wildcard address asked on loopback).
+async fn healthz(cli: &Cli) -> i32 {
+    let base = cli.url.clone().or_else(|| {
+        let config = Config::load(&cli.config_path().ok()?).ok()?;
+        let listen = config.server.listen.replace("0.0.0.0", "127.0.0.1");
+        Some(format!("http://{}", listen.replace("[::]", "[::1]")))
+    });
+    let Some(base) = base else {
+        eprintln!("greenlight: no --url and no readable config to find the server");
+        return EXIT_USAGE;
+    };
+    let answer = crate::tls::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("static reqwest client config")
+        .get(format!("{}/healthz", base.trim_end_matches('/')))
+        .send()
+        .await;
+    match answer {
+        Ok(r) if r.status().is_success() => EXIT_OK,
+        Ok(r) => {
+            eprintln!("greenlight: {base}/healthz answered {}", r.status());
+            EXIT_FAILED
+        }
+        Err(e) => {
+            eprintln!(
+                "greenlight: {base}/healthz: {}",
+                crate::display::error_chain(&e)
+            );
+            EXIT_FAILED
+        }
+    }
+}
+
+/// `greenlight init`: detect, write both files or neither, say what was chosen.
+async fn init(cli: &Cli, args: &InitArgs) -> i32 {
+    let options = crate::init::Options {
+        output: cli
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("greenlight.toml")),
+        nginx_config: args.nginx_config.clone(),
+        nginx_container: args.nginx_container.clone(),
+        upstreams_dir: args.upstreams_dir.clone(),
+        verify_url: args.verify_url.clone(),
+    };
+    if options.output.symlink_metadata().is_ok() {
+        eprintln!(
+            "greenlight: {}",
+            crate::init::InitError::Exists(options.output)
+        );
+        return EXIT_FAILED;
+    }
+    let written = match crate::init::detect(&options).await {
+        Ok(choices) => crate::init::write(&options, &choices).map(|w| (choices, w)),
+        Err(e) => Err(e),
+    };
+    let (choices, written) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!("greenlight: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let shown = |p: &std::path::Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    println!(
+        "wrote {} (mode 0600: it holds the generated admin token)",
+        shown(&written.config)
+    );
+    for note in &choices.notes {
+        println!("  {note}");
+    }
+    if written.created_upstreams_dir {
+        println!("  created {}", choices.upstreams_dir.display());
+    }
+    match &written.snippet {
+        Some(snippet) => {
+            println!(
+                "wrote {}: include it in nginx's http block:",
+                shown(snippet)
+            );
+            match &choices.nginx {
+                crate::init::NginxChoice::Host { .. } => {
+                    println!("    include {};", shown(snippet))
+                }
+                crate::init::NginxChoice::Container { name, .. } => println!(
+                    "    (mount it into container {name}, include it from there, \
+                     and mount {} at {})",
+                    choices.upstreams_dir.display(),
+                    choices.upstreams_in_nginx.display()
+                ),
+            }
+            println!(
+                "  then reload nginx (nginx -t && nginx -s reload) and run `greenlight check`"
+            );
+        }
+        None => println!("nginx already includes what greenlight needs; next: `greenlight check`"),
+    }
+    println!(
+        "add your services ([[service]] at the end of {}), then `greenlight serve`",
+        written.config.display()
+    );
+    EXIT_OK
 }
 
 /// `greenlight notify test`: one attempt through each configured channel.

@@ -6,24 +6,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::telemetry::{colour_enabled, ColorWhen};
+
 /// What stdout is. Escape codes (colours, spinners, cursor movement) are only
 /// ever written to a terminal, so a pipe or a CI log gets plain lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Term {
     /// stdout is a terminal: spinners and redrawn lines are allowed.
     pub interactive: bool,
-    /// Colours and bold are allowed: a terminal, `NO_COLOR` unset or empty, `TERM` not `dumb`.
+    /// Colours and bold are allowed (`--color`, `NO_COLOR`, `CLICOLOR_FORCE`,
+    /// a terminal: see [`crate::telemetry::colour_enabled`]).
     pub colour: bool,
 }
 
 impl Term {
-    pub fn detect() -> Term {
+    pub fn detect(when: ColorWhen) -> Term {
         let interactive = std::io::stdout().is_terminal();
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
         let term = Term {
             interactive,
-            colour: interactive && !no_color && !dumb,
+            colour: colour_enabled(when, interactive, |v| std::env::var(v).ok()),
         };
         // indicatif and console decide on their own otherwise; one decision for all.
         console::set_colors_enabled(term.colour);

@@ -6,6 +6,7 @@
 //! refused. Every error names the key it is about, so `greenlight check` can print
 //! one line an operator can act on.
 
+pub mod locate;
 pub mod notify;
 
 use std::collections::BTreeMap;
@@ -67,7 +68,7 @@ pub struct ServerConfig {
     pub listen: String,
     /// Bearer token for the admin API.
     pub admin_token: String,
-    /// Path of the SQLite state file.
+    /// Path of the SQLite state file (relative: from the config file's directory).
     #[serde(default = "default_state")]
     pub state: PathBuf,
     /// Largest request body accepted, in bytes.
@@ -669,6 +670,8 @@ impl Config {
             let key = e.path().to_string();
             parse_error(path, &text, &key, e.into_inner())
         })?;
+        let mut config = config;
+        config.server.state = locate::relative_to_config(path, &config.server.state);
         config.validate(path)?;
         Ok(config)
     }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest};
-use rand::TryRng;
 use sha2::{Digest, Sha256};
 
 /// The session cookie's name.
@@ -41,14 +40,7 @@ pub struct Sessions {
     by_hash: Mutex<HashMap<[u8; 32], Entry>>,
 }
 
-/// 32 random bytes from the OS, hex: session ids, CSRF tokens, CSP nonces.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::SysRng
-        .try_fill_bytes(&mut bytes)
-        .expect("the OS's random source (getrandom) failed");
-    hex::encode(bytes)
-}
+pub use crate::secret::random_token;
 
 fn key(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()

@@ -96,6 +96,17 @@ impl NginxControl {
         }
     }
 
+    /// `nginx -T`: the whole configuration as nginx reads it, every include
+    /// inlined (what `greenlight init` reads its paths from).
+    pub async fn dump(&self) -> Result<String> {
+        let (ok, text) = self.run(&["-T"]).await?;
+        if ok {
+            Ok(text)
+        } else {
+            Err(ProxyError::Test(text))
+        }
+    }
+
     /// `nginx -s reload`: the master re-reads the config and starts new workers;
     /// the old ones finish what they are serving.
     pub async fn reload(&self) -> Result<()> {

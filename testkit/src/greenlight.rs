@@ -136,6 +136,25 @@ pub fn stop_child(child: &mut Child) {
 }
 
 /// A readiness check from synchronous code: `GET path` on `127.0.0.1:port` answers 200.
+/// A finished command for an assertion message: its exit code, stdout and stderr.
+pub fn describe(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The `greenlight` CLI's own environment variables removed from `command`, so a
+/// test's run sees what a fresh shell would.
+pub fn without_greenlight_env(command: &mut Command) -> &mut Command {
+    command
+        .env_remove("GREENLIGHT_CONFIG")
+        .env_remove("GREENLIGHT_TOKEN")
+        .env_remove("GREENLIGHT_URL")
+}
+
 pub fn http_ok(port: u16, path: &str) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;

@@ -272,6 +272,8 @@ impl Greenlight {
                 "/nonexistent.toml",
             ])
             .args(args)
+            // Plain output must be the CLI's own doing, not a forced colour.
+            .env_remove("CLICOLOR_FORCE")
             .output()
             .unwrap()
     }
