@@ -126,8 +126,16 @@ pub async fn run(config: &Config) -> Vec<Finding> {
 /// still runs.
 async fn live_replicas(runtime: &Runtime, nginx: &Nginx, svc: &ServiceConfig) -> Finding {
     let what = format!("service {}", svc.name);
-    let Some(routing) = nginx.current(&svc.name) else {
-        return ok(&what, "nothing deployed yet");
+    let routing = match nginx.current(&svc.name) {
+        Ok(Some(routing)) => routing,
+        Ok(None) => return ok(&what, "nothing deployed yet"),
+        Err(why) => {
+            return bad(
+                &what,
+                why,
+                "deploys and start-up reconcile are refused until it reads",
+            )
+        }
     };
     let versions: Vec<&str> = routing.digests().into_iter().map(short_digest).collect();
     let live = format!(
@@ -263,7 +271,12 @@ async fn verify_server(config: &Config, nginx: Option<&Nginx>) -> Finding {
     // A live service proves the way greenlight will use it.
     let live = nginx
         .into_iter()
-        .flat_map(|n| config.services.iter().filter_map(|s| n.current(&s.name)))
+        .flat_map(|n| {
+            config
+                .services
+                .iter()
+                .filter_map(|s| n.current(&s.name).ok().flatten())
+        })
         .next();
     let Some(live) = live else {
         return ok(

@@ -780,3 +780,48 @@ async fn the_right_registry_credentials_deploy_from_a_registry_that_requires_the
         "registry log:\n{log}"
     );
 }
+
+/// An upstream file greenlight cannot read back (edited by hand) is never
+/// taken for "nothing routed": on start greenlight removes nothing nginx
+/// routes to, a deploy is refused with the reason, `check` says so, and once
+/// the file is put back deploys work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_file_edited_by_hand_stops_deploys_and_removes_nothing() {
+    let mut w = World::new("edited", NginxKind::Host, &[("v1", NO_ENV), ("v2", NO_ENV)]);
+    w.deploy_ok("v1").await;
+    let path = w.nginx.upstreams_dir().join(format!("{}.conf", w.service));
+    let rendered = std::fs::read_to_string(&path).unwrap();
+    // Still valid nginx (a comment), no longer greenlight's.
+    std::fs::write(&path, format!("# greenlight: edited by hand\n{rendered}")).unwrap();
+    w.gl.restart();
+    let probe = probe(&w, false);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    assert_only_live_container(&w, "blue");
+
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
+    assert_eq!(d["state"], "failed", "{d:#}");
+    assert_eq!(d["failure_kind"], "proxy", "{d:#}");
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains("not an upstream file greenlight rendered"),
+        "{error}"
+    );
+    assert_only_live_container(&w, "blue");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_greenlight"))
+        .args(["--config", w.gl.config_path.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "{out}");
+    assert!(
+        out.contains("not an upstream file greenlight rendered"),
+        "{out}"
+    );
+
+    std::fs::write(&path, rendered).unwrap();
+    w.deploy_ok("v2").await;
+    let report = probe.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_eq!(w.served().await, (200, "v2".into()));
+}

@@ -374,36 +374,49 @@ async fn sigkill_during_a_batch_removes_its_unrouted_replica_and_resumes() {
 }
 
 /// Scaling is a config change picked up by the next deploy: with the same
-/// version, a rolling service adds (or stops) only the difference, under load.
+/// version, a rolling service adds (or stops) only the difference, under load,
+/// and the version a rollback returns to stays the one before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_replica_count_is_applied_by_the_next_deploy_of_the_same_version() {
-    let (mut w, probe) = v1_live("rollscale", &[("v1", NO_ENV)], 2, ROLLING_1_0, false).await;
-    let blue = names(&w, "blue", 2);
+    let (mut w, probe) = v1_live(
+        "rollscale",
+        &[("v1", NO_ENV), ("v2", NO_ENV)],
+        2,
+        ROLLING_1_0,
+        false,
+    )
+    .await;
+    let v2 = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
+    assert_eq!(v2["state"], "succeeded", "{v2:#}");
+    let green = names(&w, "green", 2);
 
     w.gl.edit_config(|c| c.replacen("replicas = 2\n", "replicas = 3\n", 1));
     w.gl.restart();
-    let up = w.gl.deploy_and_wait(&w.service, Target::Tag("v1")).await;
+    let up = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
     assert_eq!(up["state"], "succeeded", "{up:#}");
     assert_eq!(steps(&up, "starting").len(), 1, "one replica added: {up:#}");
     assert!(steps(&up, "stopping_old").is_empty(), "{up:#}");
-    let mut three = blue.clone();
-    three.push(format!("{}-blue-3", w.service));
+    let mut three = green.clone();
+    three.push(format!("{}-green-3", w.service));
     assert_eq!(running_names(&w), three, "the two serving replicas kept");
-    assert_eq!(w.replica_versions().await, ["v1"; 3]);
+    assert_eq!(w.replica_versions().await, ["v2"; 3]);
+    // A scale is no new version: a rollback still goes back to v1.
+    let live = w.gl.get(&format!("/api/services/{}", w.service)).await;
+    assert_eq!(live["live"]["previous_tag"], "v1", "{live:#}");
 
     w.gl.edit_config(|c| c.replacen("replicas = 3\n", "replicas = 1\n", 1));
     w.gl.restart();
-    let down = w.gl.deploy_and_wait(&w.service, Target::Tag("v1")).await;
+    let down = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
     assert_eq!(down["state"], "succeeded", "{down:#}");
     assert!(
         steps(&down, "starting").is_empty(),
         "nothing started: {down:#}"
     );
     assert_eq!(running_names(&w).len(), 1, "{down:#}");
-    assert_eq!(w.replica_versions().await, ["v1"]);
+    assert_eq!(w.replica_versions().await, ["v2"]);
 
     // The same count again is already live: nothing to do.
-    let again = w.gl.deploy_and_wait(&w.service, Target::Tag("v1")).await;
+    let again = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
     assert_eq!(again["state"], "already_live", "{again:#}");
 
     let report = probe.stop().await;

@@ -52,10 +52,13 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
     let Some(service) = inner.config.service(&deployment.service) else {
         return false;
     };
-    let current = inner
-        .nginx
-        .current(&service.name)
-        .unwrap_or_else(|| Routing::empty(&service.name));
+    let current = match inner.nginx.current(&service.name) {
+        Ok(current) => current.unwrap_or_else(|| Routing::empty(&service.name)),
+        Err(why) => {
+            refuse(inner, &deployment, why);
+            return true;
+        }
+    };
     let shape = shape(service, &current);
     let plan = strategy::plan(&service.name, &current, None, shape);
     match inner
@@ -85,6 +88,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
     let deadline = tokio::time::Instant::now() + service.rollout.deadline;
     let mut previous = "received";
     let mut step_started = Instant::now();
+    let mut switched = false;
     let mut i = 0;
     while i < run.plan.steps.len() {
         let step = run.plan.steps[i].clone();
@@ -100,12 +104,16 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
         previous = step.name();
         step_started = Instant::now();
         pause_if_asked(&step).await;
-        // Before nginx is touched the deadline cuts a step off and the
-        // deployment unwinds. From the switch on, every step is bounded on its
-        // own (nginx calls, verify_timeout, the soak, the monitor,
-        // drain_timeout, stop_grace): cutting one in the middle could leave
-        // nginx half switched.
-        let outcome = if step.cut_by_deadline() {
+        // Before nginx is first touched the deadline cuts a step off and the
+        // deployment unwinds. From the first switch on, every step is bounded
+        // on its own (nginx calls, verify_timeout, the soak, the monitor,
+        // drain_timeout, stop_grace, the Docker timeout, the health gate's
+        // deadline): cutting one in the middle could leave nginx half
+        // switched, and a long rolling update's later batches are not late.
+        if matches!(step, Step::Switching { .. }) {
+            switched = true;
+        }
+        let outcome = if step.cut_by_deadline() && !switched {
             match tokio::time::timeout_at(deadline, run.step(&step)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(Stop::Fail(Failure::new(
@@ -145,6 +153,33 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
         "Deployed"
     );
     true
+}
+
+/// Fails a deployment before it starts: nothing was touched.
+fn refuse(inner: &Inner, deployment: &Deployment, why: String) {
+    let service = Routing::empty(&deployment.service);
+    let Some(svc) = inner.config.service(&deployment.service) else {
+        return;
+    };
+    let shape = shape(svc, &service);
+    match inner
+        .store
+        .claim(deployment.id, shape.strategy, shape.replicas, &[])
+    {
+        Ok(true) => inner.notifier.started(deployment.id),
+        _ => return,
+    }
+    warn!(error = %why, "refusing to deploy");
+    let failure = Failure {
+        step: Some("received".into()),
+        ..Failure::new(FailureKind::Proxy, why)
+    };
+    if let Err(e) = inner
+        .store
+        .finish(deployment.id, State::Failed, Some(&failure))
+    {
+        warn!(error = %e, "cannot record the refusal");
+    }
 }
 
 /// Leaves things as they were before the deployment, as far as they can be,

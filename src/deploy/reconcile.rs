@@ -40,10 +40,27 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
                 continue;
             }
         };
-        let current = inner
-            .nginx
-            .current(&svc.name)
-            .map(|r| identify(r, &replicas));
+        let current = match inner.nginx.current(&svc.name) {
+            Ok(current) => current.map(|r| identify(r, &replicas)),
+            Err(why) => {
+                // Nothing is touched: not the live record, not a replica.
+                // Deployments in flight are recorded as interrupted, not re-run.
+                warn!(service = %svc.name, error = %why, "cannot reconcile the service");
+                for d in unfinished.iter().filter(|d| d.service == svc.name) {
+                    let failure = Failure {
+                        step: d.step.clone(),
+                        ..Failure::new(
+                            FailureKind::Interrupted,
+                            format!("interrupted by a greenlight restart; not re-run: {why}"),
+                        )
+                    };
+                    if let Err(e) = inner.store.finish(d.id, State::Interrupted, Some(&failure)) {
+                        warn!(deployment = d.id, error = %e, "cannot record the interruption");
+                    }
+                }
+                continue;
+            }
+        };
         reload |= agree(inner, svc, current.as_ref());
         if let Some(r) = &current {
             for b in &r.backends {

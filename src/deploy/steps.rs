@@ -615,7 +615,19 @@ impl<'a> Run<'a> {
 
     /// Every replica runs the target: it is the live version.
     fn went_live(&mut self) -> Result<(), Stop> {
+        // A redeploy of the live digest (a scale, a repair) keeps the version
+        // a rollback goes back to: it is still the one before this digest.
+        let same = self.live.as_ref().is_some_and(|l| l.digest == self.digest);
         let previous = self.live.clone();
+        let (previous_tag, previous_digest, previous_image_id) = match (&previous, same) {
+            (Some(p), true) => (
+                p.previous_tag.clone(),
+                p.previous_digest.clone(),
+                p.previous_image_id.clone(),
+            ),
+            (Some(p), false) => (p.tag.clone(), Some(p.digest.clone()), p.image_id.clone()),
+            (None, _) => (None, None, None),
+        };
         let live = Live {
             service: self.service.name.clone(),
             colour: self.routing.colour(),
@@ -625,10 +637,13 @@ impl<'a> Run<'a> {
             image_id: self.image_id.clone(),
             deployment_id: Some(self.deployment.id),
             since: now_ms(),
-            previous_tag: previous.as_ref().and_then(|p| p.tag.clone()),
-            previous_digest: previous.as_ref().map(|p| p.digest.clone()),
-            previous_image_id: previous.as_ref().and_then(|p| p.image_id.clone()),
-            pushed_at: self.deployment.pushed_at,
+            previous_tag,
+            previous_digest,
+            previous_image_id,
+            pushed_at: self
+                .deployment
+                .pushed_at
+                .or(previous.as_ref().filter(|_| same).and_then(|p| p.pushed_at)),
             routing: Some(self.routing.clone()),
         };
         self.inner
@@ -847,12 +862,28 @@ impl<'a> Run<'a> {
     /// Removes every replica this deployment started that nginx does not
     /// route to.
     pub async fn remove_unrouted(&mut self) {
-        let doomed: Vec<Replica> = self
+        let mut doomed: Vec<Replica> = self
             .started
             .values()
             .filter(|r| self.routing.backend(&r.name).is_none())
             .cloned()
             .collect();
+        // A step cut off midway (by rollout.deadline) may have created
+        // replicas it never got to record: the engine's labels name them.
+        match self.inner.runtime.replicas(self.service).await {
+            Ok(all) => {
+                let unrecorded: Vec<Replica> = all
+                    .into_iter()
+                    .filter(|r| {
+                        r.deployment == Some(self.deployment.id)
+                            && self.routing.backend(&r.name).is_none()
+                            && !doomed.iter().any(|d| d.id == r.id)
+                    })
+                    .collect();
+                doomed.extend(unrecorded);
+            }
+            Err(e) => warn!(error = %e, "listing the service's replicas to remove new ones"),
+        }
         for r in doomed {
             if let Err(e) = self.inner.runtime.remove(&r.id).await {
                 warn!(replica = %r.name, error = %e, "removing a new replica");

@@ -155,8 +155,9 @@ impl Step {
         }
     }
 
-    /// Whether `rollout.deadline` may cut this step off: the steps before
-    /// nginx is first touched, which can be undone by removing what they made.
+    /// Whether `rollout.deadline` may cut this step off (until the
+    /// deployment's first switch): the steps that can be undone by removing
+    /// what they made.
     pub fn cut_by_deadline(&self) -> bool {
         matches!(
             self,

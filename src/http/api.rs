@@ -82,6 +82,8 @@ pub(crate) async fn service_view(
     let routing = deployer
         .nginx()
         .current(name)
+        .ok()
+        .flatten()
         .or_else(|| live.as_ref().and_then(|l| l.routing.clone()));
     let mut tags: Vec<(String, Option<String>)> = Vec::new();
     if let Some(l) = &live {

@@ -4,10 +4,14 @@
 //! is still one of these, whatever runs the replicas.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::{ProxyError, Result};
 use crate::config::{NginxConfig, NginxMode};
 use crate::docker::Engine;
+
+/// The longest an nginx command (`-t`, `-s reload`) may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub enum NginxControl {
@@ -48,7 +52,21 @@ impl NginxControl {
         }
     }
 
+    /// Runs nginx with `extra`, bounded by [`COMMAND_TIMEOUT`] (a hung
+    /// `nginx -t`, e.g. on a resolver that never answers for another site's
+    /// upstream, must not hold a deployment forever; the process is killed).
     async fn run(&self, extra: &[&str]) -> Result<(bool, String)> {
+        match tokio::time::timeout(COMMAND_TIMEOUT, self.run_unbounded(extra)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::Run(format!(
+                "nginx {} did not finish within {}s",
+                extra.join(" "),
+                COMMAND_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn run_unbounded(&self, extra: &[&str]) -> Result<(bool, String)> {
         match self {
             NginxControl::Host { binary, args, .. } => {
                 let out = tokio::process::Command::new(binary)

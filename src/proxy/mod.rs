@@ -84,11 +84,26 @@ impl Nginx {
         self.cfg.upstreams_dir.join(format!("{service}.conf"))
     }
 
-    /// What the rendered file says nginx routes `service` to, if greenlight
-    /// rendered one.
-    pub fn current(&self, service: &str) -> Option<Routing> {
-        let text = std::fs::read_to_string(self.upstream_path(service)).ok()?;
-        render::parse(&text)
+    /// What the rendered file says nginx routes `service` to: `None` when
+    /// there is no file (nothing routed yet). A file that cannot be read or is
+    /// not one greenlight rendered (edited by hand, truncated) is an error,
+    /// never "nothing routed": planning or reconciling on it would take the
+    /// replicas nginx routes to for leftovers.
+    pub fn current(&self, service: &str) -> std::result::Result<Option<Routing>, String> {
+        let path = self.upstream_path(service);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        render::parse(&text).map(Some).ok_or_else(|| {
+            format!(
+                "{} is not an upstream file greenlight rendered (edited by hand?): \
+                 greenlight will not plan or clean up on a routing it cannot read; \
+                 put back the file it wrote, or fix the `# greenlight:` lines",
+                path.display()
+            )
+        })
     }
 
     /// Atomically replaces the service's file with `routing` (or removes it
