@@ -423,3 +423,34 @@ async fn a_changed_replica_count_is_applied_by_the_next_deploy_of_the_same_versi
     let reloads = (steps(&up, "switching").len() + steps(&down, "switching").len()) as u64;
     assert_zero_failures(&report, reloads);
 }
+
+/// A routed replica that died is not "done": deploying the live version again
+/// replaces it (and only it), under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replica_is_replaced_by_a_deploy_of_the_live_version() {
+    let (w, probe) = v1_live("rolldead", &[("v1", NO_ENV)], 2, ROLLING_1_0, false).await;
+    let dead = format!("{}-blue-2", w.service);
+    greenlight_testkit::env::docker(&["rm", "-f", &dead]).unwrap();
+
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v1")).await;
+    assert_eq!(d["state"], "succeeded", "{d:#}");
+    assert_eq!(steps(&d, "starting").len(), 1, "one replacement: {d:#}");
+    let names = running_names(&w);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names.contains(&format!("{}-blue-1", w.service)),
+        "{names:?}"
+    );
+    assert!(!names.contains(&dead), "{names:?}");
+    assert_eq!(w.replica_versions().await, ["v1", "v1"]);
+    let report = probe.stop().await;
+    // Requests nginx sent to the removed replica before the deploy are the
+    // fault's, not the deploy's: count only transport errors and 5xx other
+    // than nginx's 502 for a peer that is gone.
+    assert!(report.transport_errors.is_empty(), "{}", report.summary());
+    assert!(
+        report.non_2xx.keys().all(|c| *c == 502),
+        "{}",
+        report.summary()
+    );
+}

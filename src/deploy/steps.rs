@@ -236,13 +236,15 @@ impl<'a> Run<'a> {
             return Err(Stop::Done(State::AlreadyLive));
         }
         // Now that the digest is known, replicas already running it count as
-        // done (a re-run after an interruption keeps what it replaced).
-        self.plan = strategy::plan(
-            &self.service.name,
-            &self.routing,
-            Some(&self.digest),
-            self.shape,
-        );
+        // done (a re-run after an interruption keeps what it replaced); a
+        // routed replica that is not running counts as one to replace.
+        let mut view = self.routing.clone();
+        for b in &mut view.backends {
+            if !matches!(self.inner.runtime.status(&b.id).await, Ok(Some(s)) if s.running) {
+                b.digest.clear();
+            }
+        }
+        self.plan = strategy::plan(&self.service.name, &view, Some(&self.digest), self.shape);
         self.record(
             self.inner
                 .store
@@ -969,14 +971,17 @@ impl<'a> Run<'a> {
         let Some(image_id) = live.image_id.clone() else {
             return Err("the previous version's image is not on record".into());
         };
-        if !matches!(self.inner.runtime.image(&image_id).await, Ok(Some(_))) {
+        let Ok(Some(info)) = self.inner.runtime.image(&image_id).await else {
             return Err(format!(
                 "the previous image ({}) is no longer on this host",
                 short_digest(&image_id)
             ));
-        }
+        };
         self.remove_unrouted().await;
         self.unwinding = true;
+        // The previous image's own health check gates its replicas, not the
+        // failed version's.
+        self.has_healthcheck = info.has_healthcheck;
         self.digest = live.digest.clone();
         self.image = live.image.clone();
         self.image_id = Some(image_id);
@@ -1007,7 +1012,11 @@ impl<'a> Run<'a> {
             .sum();
         for step in &steps {
             self.begin(step);
-            self.step(step).await.map_err(stop_text)?;
+            if let Err(stop) = self.step(step).await {
+                // What the way back started and never routed goes too.
+                self.remove_unrouted().await;
+                return Err(stop_text(stop));
+            }
         }
         self.record(self.inner.store.set_live(&Live {
             routing: Some(self.routing.clone()),

@@ -31,7 +31,9 @@ pub fn belongs_to(image: &ImageSummary, repository: &Repository) -> bool {
 
 /// Images of `repository` to remove: everything beyond the newest `keep`, never
 /// an id in `protected` (the live image, the one a rollback needs, images any
-/// container uses).
+/// container uses), and never one newer than every protected image: a build
+/// not deployed yet (with `pull = false`, the next versions wait on this
+/// host).
 pub fn select<'a>(
     images: &'a [ImageSummary],
     repository: &Repository,
@@ -42,6 +44,12 @@ pub fn select<'a>(
         .iter()
         .filter(|i| belongs_to(i, repository))
         .collect();
+    let newest_in_use = mine
+        .iter()
+        .filter(|i| protected.contains(&i.id))
+        .map(|i| i.created)
+        .max();
+    mine.retain(|i| newest_in_use.is_some_and(|n| i.created <= n));
     mine.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
     let kept_protected = mine.iter().filter(|i| protected.contains(&i.id)).count();
     let mut room = keep.saturating_sub(kept_protected);
@@ -106,6 +114,23 @@ mod tests {
             .map(|i| i.id.as_str())
             .collect();
         assert_eq!(ids, vec!["i3", "i2"]);
+    }
+
+    #[test]
+    fn builds_newer_than_what_runs_are_never_pruned() {
+        let repo = Repository::parse("web");
+        let images: Vec<ImageSummary> = (1..=6)
+            .map(|n| image(&format!("i{n}"), n, &[&format!("web:v{n}")]))
+            .collect();
+        // v2 is live: v3..v6 are built and wait to be deployed; v1 is older.
+        let protected: HashSet<String> = ["i2".to_string()].into();
+        let ids: Vec<_> = select(&images, &repo, 1, &protected)
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["i1"]);
+        // Nothing in use: nothing is known to be old.
+        assert!(select(&images, &repo, 0, &HashSet::new()).is_empty());
     }
 
     #[test]
