@@ -801,16 +801,34 @@ impl<'a> Run<'a> {
             .filter(|r| names.contains(&r.name) || !self.started.contains_key(&r.name))
             .collect();
         let grace = self.service.rollout.stop_grace;
-        let stopped = join_all(doomed.iter().map(|r| async move {
-            if let Err(e) = runtime.stop(&r.id, grace).await {
-                warn!(replica = %r.name, error = %e, "stopping an old replica");
+        let outcomes = join_all(doomed.iter().map(|r| async move {
+            // A stop that fails (the engine busy or timing out) is tried again
+            // before it is reported.
+            let mut last = None;
+            for _ in 0..STOP_TRIES {
+                match runtime.stop(&r.id, grace).await {
+                    Ok(()) => return (r.name.clone(), None),
+                    Err(e) => last = Some(e.to_string()),
+                }
             }
-            r.name.clone()
+            warn!(replica = %r.name, error = ?last, "stopping an old replica");
+            (r.name.clone(), last)
         }))
         .await;
+        let (stopped, failed): (Vec<_>, Vec<_>) =
+            outcomes.into_iter().partition(|(_, e)| e.is_none());
+        let stopped: Vec<String> = stopped.into_iter().map(|(name, _)| name).collect();
         self.retired.retain(|b| !stopped.contains(&b.name));
         if !stopped.is_empty() {
             self.note(&format!("stopped {}", stopped.join(", ")));
+        }
+        // Unrouted, so they serve nothing; recorded, not hidden. The next
+        // start removes what is left of them.
+        for (name, error) in &failed {
+            self.note(&format!(
+                "could not stop {name} ({}); it runs unrouted until the next start removes it",
+                error.as_deref().unwrap_or("?")
+            ));
         }
         self.stopped.extend(stopped);
         Ok(())
@@ -1040,6 +1058,9 @@ impl<'a> Run<'a> {
         }
     }
 }
+
+/// Tries of one stop before it is reported as failed.
+const STOP_TRIES: usize = 3;
 
 fn stop_text(stop: Stop) -> String {
     match stop {
