@@ -454,3 +454,52 @@ async fn a_dead_replica_is_replaced_by_a_deploy_of_the_live_version() {
         report.summary()
     );
 }
+
+/// `failure_action = "pause"`: a batch that fails after nginx routed to it
+/// (its replica turns unhealthy while watched) is taken back out and the
+/// previous version put in its place; what earlier batches replaced keeps
+/// serving the new version, `replicas` serve throughout, and the deployment
+/// is `paused`, with no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_takes_the_failing_batch_out_and_keeps_the_earlier_ones() {
+    let (w, probe) = v1_live(
+        "rollpause",
+        &[
+            ("v1", NO_ENV),
+            (
+                "v2",
+                &[
+                    ("DEMO_UNHEALTHY_REPLICAS", "2"),
+                    ("DEMO_UNHEALTHY_AFTER_MS", "2500"),
+                ],
+            ),
+        ],
+        3,
+        "strategy = \"rolling\"\nmax_surge = 1\nmax_unavailable = 0\nmonitor = \"6s\"\nfailure_action = \"pause\"",
+        false,
+    )
+    .await;
+
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
+    let report = probe.stop().await;
+    assert_eq!(d["state"], "paused", "{d:#}");
+    assert_eq!(d["failed_step"], "monitoring", "{d:#}");
+    let error = d["error"].as_str().unwrap();
+    assert!(error.contains("-green-2"), "{error}");
+    assert!(error.contains("1 replicas run"), "{error}");
+    let mut versions = w.replica_versions().await;
+    versions.sort();
+    assert_eq!(versions, ["v1", "v1", "v2"], "{d:#}");
+    let names = running_names(&w);
+    assert_eq!(names.len(), 3, "nothing left behind: {names:?}");
+    assert!(
+        names.contains(&format!("{}-green-1", w.service)),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&format!("{}-green-2", w.service)),
+        "{names:?}"
+    );
+    let reloads = steps(&d, "switching").len() as u64;
+    assert_zero_failures(&report, reloads);
+}

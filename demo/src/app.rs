@@ -88,12 +88,13 @@ impl App {
     fn health(&self) -> Response {
         if self.config.unhealthy {
             Response::text(503, "unhealthy (DEMO_UNHEALTHY=1)\n")
-        } else if self.unhealthy_replica() {
+        } else if self.unhealthy_replica() && self.config.unhealthy_after.is_none() {
             Response::text(503, "unhealthy (DEMO_UNHEALTHY_REPLICAS)\n")
         } else if self
             .config
             .unhealthy_after
             .is_some_and(|after| self.started.elapsed() >= after)
+            && (self.config.unhealthy_replicas.is_empty() || self.unhealthy_replica())
         {
             Response::text(503, "unhealthy (DEMO_UNHEALTHY_AFTER_MS)\n")
         } else if self.started.elapsed() < self.config.start_delay {
@@ -214,6 +215,21 @@ mod tests {
         assert_eq!(get(&replica("web-green-2"), "/healthz").status, 503);
         assert_eq!(get(&replica("web-green-1"), "/healthz").status, 200);
         assert_eq!(get(&replica("web-green-12"), "/healthz").status, 200);
+        // With DEMO_UNHEALTHY_AFTER_MS, only the listed replicas turn, later.
+        let later = |name: &str, after: u64| {
+            app(Config {
+                unhealthy_replicas: vec![2],
+                unhealthy_after: Some(Duration::from_millis(after)),
+                replica: name.into(),
+                ..Config::default()
+            })
+        };
+        assert_eq!(
+            get(&later("web-green-2", 3_600_000), "/healthz").status,
+            200
+        );
+        assert_eq!(get(&later("web-green-2", 0), "/healthz").status, 503);
+        assert_eq!(get(&later("web-green-1", 0), "/healthz").status, 200);
     }
 
     #[test]

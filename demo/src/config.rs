@@ -30,7 +30,9 @@ pub struct Config {
     /// `/healthz`) answer 500, spread evenly (0 to 100).
     pub error_percent: u64,
     /// `DEMO_UNHEALTHY_REPLICAS`: comma-separated replica numbers (the `k` of
-    /// `GREENLIGHT_REPLICA=<service>-<colour>-<k>`) whose `/healthz` answers 503.
+    /// `GREENLIGHT_REPLICA=<service>-<colour>-<k>`) whose `/healthz` answers 503;
+    /// with `DEMO_UNHEALTHY_AFTER_MS`, only from that long after start on (and
+    /// the other replicas stay healthy).
     pub unhealthy_replicas: Vec<u32>,
     /// `GREENLIGHT_REPLICA` (set by the deployer), default "none".
     pub replica: String,

@@ -222,16 +222,25 @@ async fn unwind(run: &mut Run<'_>, mut failure: Failure) -> State {
     } else if run.service.rollout.strategy == Strategy::Rolling
         && run.service.rollout.failure_action == FailureAction::Pause
     {
-        run.remove_unrouted().await;
-        (
-            State::Paused,
-            format!(
-                "paused as rollout.failure_action says: {} replicas run {} and {} the previous version",
-                run.routing.backends.iter().filter(|b| b.digest == run.digest).count(),
-                display::short_digest(&run.digest),
-                run.routing.backends.iter().filter(|b| b.digest != run.digest).count(),
+        // The failing batch goes (the previous version put back in its
+        // place, so `replicas` serve); what earlier batches replaced stays.
+        let new = run.digest.clone();
+        match run.roll_back_batch().await {
+            Ok(_) => (
+                State::Paused,
+                format!(
+                    "paused as rollout.failure_action says: the failing batch was put back on the \
+                     previous version; {} replicas run {} and {} the previous version",
+                    run.routing.backends.iter().filter(|b| b.digest == new).count(),
+                    display::short_digest(&new),
+                    run.routing.backends.iter().filter(|b| b.digest != new).count(),
+                ),
             ),
-        )
+            Err(e) => (
+                State::Failed,
+                format!("taking the failing batch out failed: {e}; nginx routes to what the routing shows"),
+            ),
+        }
     } else {
         match run.roll_back().await {
             Ok(replaced) => (

@@ -79,6 +79,9 @@ pub(crate) struct Run<'a> {
     pub started: BTreeMap<String, Replica>,
     /// Names of replicas this deployment stopped.
     pub stopped: Vec<String>,
+    /// Names of the replicas the latest `starting` step started (the batch a
+    /// paused rolling update takes back out).
+    pub batch: Vec<String>,
     /// Backends taken out of the routing and not stopped yet.
     retired: Vec<Backend>,
     /// Workers alive before a reload, not waited for yet.
@@ -126,6 +129,7 @@ impl<'a> Run<'a> {
             routing: current,
             started: BTreeMap::new(),
             stopped: Vec::new(),
+            batch: Vec::new(),
             retired: Vec::new(),
             old_workers: Vec::new(),
             failing: None,
@@ -430,6 +434,7 @@ impl<'a> Run<'a> {
             specs.push(spec);
         }
         let runtime = &self.inner.runtime;
+        self.batch = specs.iter().map(|s| s.name.clone()).collect();
         let results = join_all(specs.iter().map(|spec| runtime.start(spec))).await;
         let mut first_error = None;
         let mut notes = Vec::new();
@@ -983,6 +988,18 @@ impl<'a> Run<'a> {
     /// the service's rolling settings, recording each step. Returns how many
     /// replicas were put back.
     pub async fn roll_back(&mut self) -> Result<usize, String> {
+        self.roll_back_only(None).await
+    }
+
+    /// Puts the previous version back on the replicas of the failing batch
+    /// only; the ones earlier batches replaced keep serving the new version
+    /// (`failure_action = "pause"`). Returns how many were replaced.
+    pub async fn roll_back_batch(&mut self) -> Result<usize, String> {
+        let batch = self.batch.clone();
+        self.roll_back_only(Some(&batch)).await
+    }
+
+    async fn roll_back_only(&mut self, scope: Option<&[String]>) -> Result<usize, String> {
         let Some(live) = self.live.clone() else {
             return Err("there is no previous version to go back to".into());
         };
@@ -1004,12 +1021,16 @@ impl<'a> Run<'a> {
         self.image = live.image.clone();
         self.image_id = Some(image_id);
         self.tag = live.tag.clone();
-        let plan = strategy::plan(
-            &self.service.name,
-            &self.routing,
-            Some(&live.digest),
-            self.shape,
-        );
+        // Out of scope, a replica counts as done: the plan leaves it be.
+        let mut view = self.routing.clone();
+        if let Some(scope) = scope {
+            for b in &mut view.backends {
+                if !scope.contains(&b.name) {
+                    b.digest = live.digest.clone();
+                }
+            }
+        }
+        let plan = strategy::plan(&self.service.name, &view, Some(&live.digest), self.shape);
         self.plan.colour = plan.colour;
         let steps: Vec<Step> = plan
             .steps
