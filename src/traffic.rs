@@ -159,9 +159,9 @@ impl AccessLog {
 }
 
 /// Whether `new` answers errors clearly more often than `old`: one-sided
-/// Fisher exact test, p < 0.01, and at least `floor` errors of the new ones
+/// Fisher exact test, p < `alpha`, and at least `floor` errors of the new ones
 /// (a single unlucky error proves nothing). Returns the p-value when it does.
-pub fn clearly_worse(new: &Tally, old: &Tally, floor: u64) -> Option<f64> {
+pub fn clearly_worse(new: &Tally, old: &Tally, floor: u64, alpha: f64) -> Option<f64> {
     if new.errors < floor || new.error_rate() <= old.error_rate() {
         return None;
     }
@@ -172,7 +172,7 @@ pub fn clearly_worse(new: &Tally, old: &Tally, floor: u64) -> Option<f64> {
         (old.requests - old.errors).min(u32::MAX as u64) as u32,
     ];
     let p = fishers_exact::fishers_exact(&table).ok()?.greater_pvalue;
-    (p < 0.01).then_some(p)
+    (p < alpha).then_some(p)
 }
 
 #[cfg(test)]
@@ -268,12 +268,16 @@ mod tests {
             ..Default::default()
         };
         // 10% against 0.1%: clear.
-        assert!(clearly_worse(&tally(200, 20), &tally(2000, 2), 5).is_some());
+        assert!(clearly_worse(&tally(200, 20), &tally(2000, 2), 5, 0.01).is_some());
         // One error in 20 against none: below the floor.
-        assert!(clearly_worse(&tally(20, 1), &tally(2000, 0), 5).is_none());
+        assert!(clearly_worse(&tally(20, 1), &tally(2000, 0), 5, 0.01).is_none());
         // The same rate on both sides: not the new version's fault.
-        assert!(clearly_worse(&tally(200, 20), &tally(2000, 200), 5).is_none());
+        assert!(clearly_worse(&tally(200, 20), &tally(2000, 200), 5, 0.01).is_none());
         // Few samples: 5 of 10 against 1 of 10 is not significant at 1%.
-        assert!(clearly_worse(&tally(10, 5), &tally(10, 1), 5).is_none());
+        assert!(clearly_worse(&tally(10, 5), &tally(10, 1), 5, 0.01).is_none());
+        // A stricter level (many looks) needs more evidence: 10 of 100
+        // against 2 of 100 passes at 5% and not at 0.05%.
+        assert!(clearly_worse(&tally(100, 10), &tally(100, 2), 5, 0.05).is_some());
+        assert!(clearly_worse(&tally(100, 10), &tally(100, 2), 5, 0.0005).is_none());
     }
 }

@@ -28,6 +28,9 @@ use crate::traffic::{self, AccessLog, Tally};
 const PULL_TRIES: u32 = 3;
 /// Fewest server errors of new replicas that can fail a monitor on their rate.
 const ERROR_FLOOR: u64 = 5;
+/// The chance of failing a batch whose replicas are no worse than the old
+/// ones, over one monitor window.
+const FALSE_ALARM: f64 = 0.01;
 
 /// How a step ended when it did not simply succeed.
 pub(crate) enum Stop {
@@ -1119,6 +1122,13 @@ async fn watch_errors(
         return Ok(());
     };
     let end = Instant::now() + duration;
+    // The test runs at every look over the data so far: the 1% error rate
+    // of a false alarm is shared among the looks of the window (Bonferroni).
+    let looks = (duration.as_millis() / interval.as_millis().max(1)) as f64 + 1.0;
+    let alpha = FALSE_ALARM / looks;
+    // A new replica that got an address an old one had (Docker reuses them)
+    // cannot be told apart from it in the log: neither side counts it.
+    let shared: HashSet<&String> = sides.new.intersection(&sides.old).collect();
     loop {
         match log.read() {
             Ok(more) => {
@@ -1129,18 +1139,18 @@ async fn watch_errors(
             Err(e) => warn!(error = %e, "reading nginx.access_log"),
         }
         let (mut new, mut old) = (Tally::default(), Tally::default());
-        for (addr, t) in seen.iter() {
+        for (addr, t) in seen.iter().filter(|(a, _)| !shared.contains(a)) {
             if sides.new.contains(addr) {
                 new.add(t);
             } else if sides.old.contains(addr) {
                 old.add(t);
             }
         }
-        if let Some(p) = traffic::clearly_worse(&new, &old, ERROR_FLOOR) {
+        if let Some(p) = traffic::clearly_worse(&new, &old, ERROR_FLOOR, alpha) {
             return Err(fail(
                 FailureKind::Errors,
                 format!(
-                    "the new replicas answered {} of {} requests through nginx with a 5xx ({:.1}%), the old ones {} of {} ({:.1}%): one-sided Fisher exact p = {p:.1e}",
+                    "the new replicas answered {} of {} requests through nginx with a 5xx ({:.1}%), the old ones {} of {} ({:.1}%): one-sided Fisher exact p = {p:.1e} < {alpha:.1e} (1% over {looks} looks)",
                     new.errors,
                     new.requests,
                     100.0 * new.error_rate(),
