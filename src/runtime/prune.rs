@@ -49,7 +49,9 @@ pub fn select<'a>(
         .filter(|i| protected.contains(&i.id))
         .map(|i| i.created)
         .max();
-    mine.retain(|i| newest_in_use.is_some_and(|n| i.created <= n));
+    // Docker's creation times are in seconds: one made in the same second as
+    // the newest in use may be newer still, so it stays too.
+    mine.retain(|i| protected.contains(&i.id) || newest_in_use.is_some_and(|n| i.created < n));
     mine.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
     let kept_protected = mine.iter().filter(|i| protected.contains(&i.id)).count();
     let mut room = keep.saturating_sub(kept_protected);
@@ -125,6 +127,14 @@ mod tests {
         // v2 is live: v3..v6 are built and wait to be deployed; v1 is older.
         let protected: HashSet<String> = ["i2".to_string()].into();
         let ids: Vec<_> = select(&images, &repo, 1, &protected)
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["i1"]);
+        // Built in the same second as the live one: maybe newer, kept.
+        let mut same_second = images.clone();
+        same_second.push(image("i7", 2, &["web:v7"]));
+        let ids: Vec<_> = select(&same_second, &repo, 1, &protected)
             .iter()
             .map(|i| i.id.as_str())
             .collect();
