@@ -844,12 +844,12 @@ impl Config {
             }
             // A stop is one Docker call that waits out the grace period; the
             // engine's answer must come within [docker] timeout.
-            if s.rollout.stop_grace + Duration::from_secs(5) > self.docker.timeout {
+            if s.rollout.stop_grace + Duration::from_secs(1) > self.docker.timeout {
                 return Err(bad(
                     &key("rollout.stop_grace"),
                     format!(
                         "{} leaves no room within [docker] timeout {} (a stop waits out the \
-                         grace period in one Docker call): keep it at least 5s shorter",
+                         grace period in one Docker call): keep it at least 1s shorter",
                         crate::display::span(s.rollout.stop_grace),
                         crate::display::span(self.docker.timeout)
                     ),
@@ -1101,11 +1101,11 @@ interval = "250ms"
         let e = parse(&GOOD.replace("name = \"web\"", "name = \"Web!\"")).unwrap_err();
         assert!(e.contains("service[0].name"), "{e}");
         let e = parse(&format!(
-            "{GOOD}\n[docker]\ntimeout = \"12s\"\n[service.rollout]\nstop_grace = \"10s\"\n"
+            "{GOOD}\n[docker]\ntimeout = \"10s\"\n[service.rollout]\nstop_grace = \"10s\"\n"
         ))
         .unwrap_err();
         assert!(e.contains("service[0].rollout.stop_grace"), "{e}");
-        assert!(e.contains("[docker] timeout 12s"), "{e}");
+        assert!(e.contains("[docker] timeout 10s"), "{e}");
     }
 
     #[test]
