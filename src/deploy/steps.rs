@@ -245,8 +245,10 @@ impl<'a> Run<'a> {
         // Now that the digest is known, replicas already running it count as
         // done (a re-run after an interruption keeps what it replaced); a
         // routed replica that is not running counts as one to replace.
+        // (Only those of the target digest need asking: the others are
+        // replaced anyway, and a new version's deploy asks the engine nothing.)
         let mut view = self.routing.clone();
-        for b in &mut view.backends {
+        for b in view.backends.iter_mut().filter(|b| b.digest == self.digest) {
             if !matches!(self.inner.runtime.status(&b.id).await, Ok(Some(s)) if s.running) {
                 b.digest.clear();
             }
