@@ -4,6 +4,7 @@
 //! Every call is short; the connection sits behind a mutex and calls run on the
 //! caller's thread. Times are Unix milliseconds.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -753,6 +754,19 @@ impl Store {
             params![id, image_id, now_ms()],
         )?;
         Ok(())
+    }
+
+    /// The images deployments of `service` have run (what pruning may
+    /// consider: never an image greenlight did not deploy).
+    pub fn deployed_image_ids(&self, service: &str) -> Result<HashSet<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT image_id FROM deployments WHERE service = ?1 AND image_id IS NOT NULL",
+        )?;
+        let ids = stmt
+            .query_map([service], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<HashSet<String>>>()?;
+        Ok(ids)
     }
 
     /// The colour of the deployment's new replicas.

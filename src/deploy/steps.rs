@@ -859,11 +859,25 @@ impl<'a> Run<'a> {
                 protected.extend(replicas.into_iter().map(|r| r.image_id));
             }
         }
+        // Only images this service's deployments ran: an operator's own
+        // builds (pull = false), deployed or not yet, are not greenlight's.
+        let deployed = match self.inner.store.deployed_image_ids(&self.service.name) {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.note(&format!("cannot prune: {e}"));
+                return Ok(());
+            }
+        };
         let repo = Repository::parse(&self.service.image);
         match self
             .inner
             .runtime
-            .prune(&repo, self.service.rollout.keep_images, &protected)
+            .prune(
+                &repo,
+                self.service.rollout.keep_images,
+                &protected,
+                &deployed,
+            )
             .await
         {
             Ok(removed) if removed.is_empty() => self.note("nothing to prune"),

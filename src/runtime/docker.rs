@@ -206,10 +206,11 @@ impl Containers {
         repository: &Repository,
         keep: usize,
         protected: &HashSet<String>,
+        deployed: &HashSet<String>,
     ) -> Result<Vec<String>> {
         let images = self.engine.images().await.map_err(other)?;
         let mut removed = Vec::new();
-        for image in prune::select(&images, repository, keep, protected) {
+        for image in prune::select(&images, repository, keep, protected, deployed) {
             let mut all = true;
             for reference in prune::references(image, repository) {
                 if let Err(e) = self.engine.remove_image_ref(reference).await {

@@ -222,16 +222,18 @@ impl Runtime {
         }
     }
 
-    /// Removes `repository`'s images beyond the newest `keep`, never one in
-    /// `protected` (image IDs); returns the short IDs removed.
+    /// Removes `repository`'s images beyond the newest `keep`, only ones in
+    /// `deployed` and never one in `protected` (image IDs); returns the short
+    /// IDs removed.
     pub async fn prune(
         &self,
         repository: &crate::registry::Repository,
         keep: usize,
         protected: &std::collections::HashSet<String>,
+        deployed: &std::collections::HashSet<String>,
     ) -> Result<Vec<String>> {
         match self {
-            Runtime::Docker(c) => c.prune(repository, keep, protected).await,
+            Runtime::Docker(c) => c.prune(repository, keep, protected, deployed).await,
         }
     }
 }

@@ -29,20 +29,23 @@ pub fn belongs_to(image: &ImageSummary, repository: &Repository) -> bool {
     !references(image, repository).is_empty()
 }
 
-/// Images of `repository` to remove: everything beyond the newest `keep`, never
-/// an id in `protected` (the live image, the one a rollback needs, images any
-/// container uses), and never one newer than every protected image: a build
-/// not deployed yet (with `pull = false`, the next versions wait on this
-/// host).
+/// Images of `repository` to remove: of those the service's deployments ran
+/// (`deployed`; a build not deployed yet, e.g. the next versions waiting on
+/// this host with `pull = false`, is not greenlight's to remove), everything
+/// beyond the newest `keep`, never an id in `protected` (the live image, the
+/// one a rollback needs, images any container uses), and never one newer than
+/// every protected image.
 pub fn select<'a>(
     images: &'a [ImageSummary],
     repository: &Repository,
     keep: usize,
     protected: &HashSet<String>,
+    deployed: &HashSet<String>,
 ) -> Vec<&'a ImageSummary> {
     let mut mine: Vec<&ImageSummary> = images
         .iter()
         .filter(|i| belongs_to(i, repository))
+        .filter(|i| deployed.contains(&i.id) || protected.contains(&i.id))
         .collect();
     let newest_in_use = mine
         .iter()
@@ -90,6 +93,26 @@ mod tests {
         }
     }
 
+    /// Every image was deployed once.
+    fn all(images: &[ImageSummary]) -> HashSet<String> {
+        images.iter().map(|i| i.id.clone()).collect()
+    }
+
+    #[test]
+    fn images_no_deployment_ran_are_never_pruned() {
+        let repo = Repository::parse("web");
+        let images: Vec<ImageSummary> = (1..=4)
+            .map(|n| image(&format!("i{n}"), n, &[&format!("web:v{n}")]))
+            .collect();
+        let protected: HashSet<String> = ["i4".to_string()].into();
+        let deployed: HashSet<String> = ["i2".to_string(), "i4".to_string()].into();
+        let ids: Vec<_> = select(&images, &repo, 1, &protected, &deployed)
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["i2"], "i1 and i3 were never deployed");
+    }
+
     #[test]
     fn keeps_the_newest_and_the_protected_and_never_other_repositories() {
         let repo = Repository::parse("127.0.0.1:5000/web");
@@ -106,12 +129,12 @@ mod tests {
         ];
         // live = i4, previous = i1 (a rollback target older than the rest).
         let protected: HashSet<String> = ["i4".to_string(), "i1".to_string()].into();
-        let ids: Vec<_> = select(&images, &repo, 3, &protected)
+        let ids: Vec<_> = select(&images, &repo, 3, &protected, &all(&images))
             .iter()
             .map(|i| i.id.as_str())
             .collect();
         assert_eq!(ids, vec!["i2"]);
-        let ids: Vec<_> = select(&images, &repo, 2, &protected)
+        let ids: Vec<_> = select(&images, &repo, 2, &protected, &all(&images))
             .iter()
             .map(|i| i.id.as_str())
             .collect();
@@ -126,7 +149,7 @@ mod tests {
             .collect();
         // v2 is live: v3..v6 are built and wait to be deployed; v1 is older.
         let protected: HashSet<String> = ["i2".to_string()].into();
-        let ids: Vec<_> = select(&images, &repo, 1, &protected)
+        let ids: Vec<_> = select(&images, &repo, 1, &protected, &all(&images))
             .iter()
             .map(|i| i.id.as_str())
             .collect();
@@ -134,13 +157,13 @@ mod tests {
         // Built in the same second as the live one: maybe newer, kept.
         let mut same_second = images.clone();
         same_second.push(image("i7", 2, &["web:v7"]));
-        let ids: Vec<_> = select(&same_second, &repo, 1, &protected)
+        let ids: Vec<_> = select(&same_second, &repo, 1, &protected, &all(&same_second))
             .iter()
             .map(|i| i.id.as_str())
             .collect();
         assert_eq!(ids, vec!["i1"]);
         // Nothing in use: nothing is known to be old.
-        assert!(select(&images, &repo, 0, &HashSet::new()).is_empty());
+        assert!(select(&images, &repo, 0, &HashSet::new(), &all(&images)).is_empty());
     }
 
     #[test]
