@@ -151,11 +151,6 @@ fn upstreams_among(dirs: &[PathBuf]) -> Option<&PathBuf> {
     })
 }
 
-/// A fresh admin token: 32 random bytes, hex.
-pub fn generate_token() -> String {
-    crate::secret::random_token()
-}
-
 /// `-c` and `-p` of an nginx command line.
 fn flags(command: &[String]) -> (Option<PathBuf>, Option<PathBuf>) {
     let after = |flag: &str| {
@@ -443,7 +438,7 @@ pub async fn detect(options: &Options) -> Result<Choices, InitError> {
         verify_url,
         verify_found,
         state,
-        admin_token: generate_token(),
+        admin_token: crate::secret::random_token(),
         notes,
     })
 }
@@ -797,7 +792,7 @@ http {
             verify_url: "http://127.0.0.1:8099".into(),
             verify_found: false,
             state: "greenlight.db".into(),
-            admin_token: generate_token(),
+            admin_token: crate::secret::random_token(),
             notes: vec!["nginx: a \"quoted\" note".into()],
         }
     }
@@ -892,7 +887,7 @@ http {
 
     #[test]
     fn tokens_are_long_and_fresh() {
-        let (a, b) = (generate_token(), generate_token());
+        let (a, b) = (crate::secret::random_token(), crate::secret::random_token());
         assert_eq!(a.len(), 64);
         assert_ne!(a, b);
     }

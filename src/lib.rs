@@ -10,7 +10,7 @@
 //!   state and trigger, colours, the plan of steps, the routing, replicas,
 //!   image references and the grammars names are held to.
 //! - [`display`]: how digests, durations, instants and errors read to people.
-//! - [`secret`]: comparing presented secrets (digests, constant time).
+//! - [`secret`]: making random tokens; comparing presented secrets (digests, constant time).
 //! - [`retry`]: backoff with jitter (pure), for registries and notifications.
 //! - [`tls`]: outgoing HTTP clients and the roots their TLS trusts.
 //! - [`config`]: `greenlight.toml` -> validated, typed configuration.

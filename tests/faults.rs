@@ -102,6 +102,17 @@ fn container_names(w: &World) -> Vec<String> {
 }
 
 /// The only container left is the live colour's, and it runs.
+/// `greenlight check` with the world's config: whether it passed, and what it printed.
+fn check(w: &World) -> (bool, String) {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_greenlight"))
+        .args(["--config", w.gl.config_path.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let out =
+        String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
+    (run.status.success(), out)
+}
+
 fn assert_only_live_container(w: &World, colour: &str) {
     let containers = w.containers();
     assert_eq!(
@@ -616,13 +627,8 @@ async fn a_live_container_removed_by_hand_is_reported_and_the_next_deploy_recove
     assert_eq!(s["replicas"][0]["running"], false, "{s:#}");
     assert_eq!(s["replicas"][0]["status"], "missing", "{s:#}");
     assert_eq!(s["live"]["tag"], "v1");
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_greenlight"))
-        .args(["--config", w.gl.config_path.to_str().unwrap(), "check"])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&check.stdout).to_string()
-        + &String::from_utf8_lossy(&check.stderr);
-    assert!(!check.status.success(), "{out}");
+    let (passed, out) = check(&w);
+    assert!(!passed, "{out}");
     assert!(out.contains("is gone"), "{out}");
     assert!(
         out.contains(&format!("greenlight deploy {} --digest", w.service)),
@@ -809,13 +815,8 @@ async fn an_upstream_file_edited_by_hand_stops_deploys_and_removes_nothing() {
         "{error}"
     );
     assert_only_live_container(&w, "blue");
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_greenlight"))
-        .args(["--config", w.gl.config_path.to_str().unwrap(), "check"])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&check.stdout).to_string()
-        + &String::from_utf8_lossy(&check.stderr);
-    assert!(!check.status.success(), "{out}");
+    let (passed, out) = check(&w);
+    assert!(!passed, "{out}");
     assert!(
         out.contains("not an upstream file greenlight rendered"),
         "{out}"

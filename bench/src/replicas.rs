@@ -242,7 +242,6 @@ async fn greenlight(
     };
     wait(deploy(versions[0].clone()).await?).await?;
 
-    let t0 = Instant::now();
     let t0_wall = crate::deploy::unix_ms(std::time::SystemTime::now());
     let probe = probe_on(&nginx, opts.rate, keepalive, &versions[0]).await?;
     let peak = Peak::start(service);
@@ -266,7 +265,6 @@ async fn greenlight(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = probe.stop().await;
-    let _ = t0;
     Ok(Run {
         procedure: "",
         keepalive,

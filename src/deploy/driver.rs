@@ -55,7 +55,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
     let current = match inner.nginx.current(&service.name) {
         Ok(current) => current.unwrap_or_else(|| Routing::empty(&service.name)),
         Err(why) => {
-            refuse(inner, &deployment, why);
+            refuse(inner, service, &deployment, why);
             return true;
         }
     };
@@ -156,12 +156,8 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
 }
 
 /// Fails a deployment before it starts: nothing was touched.
-fn refuse(inner: &Inner, deployment: &Deployment, why: String) {
-    let service = Routing::empty(&deployment.service);
-    let Some(svc) = inner.config.service(&deployment.service) else {
-        return;
-    };
-    let shape = shape(svc, &service);
+fn refuse(inner: &Inner, service: &ServiceConfig, deployment: &Deployment, why: String) {
+    let shape = shape(service, &Routing::empty(&service.name));
     match inner
         .store
         .claim(deployment.id, shape.strategy, shape.replicas, &[])

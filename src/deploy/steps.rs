@@ -239,19 +239,21 @@ impl<'a> Run<'a> {
             &self.image,
             self.live.as_ref(),
         ));
-        if self.already_live().await {
-            return Err(Stop::Done(State::AlreadyLive));
-        }
-        // Now that the digest is known, replicas already running it count as
-        // done (a re-run after an interruption keeps what it replaced); a
-        // routed replica that is not running counts as one to replace.
-        // (Only those of the target digest need asking: the others are
-        // replaced anyway, and a new version's deploy asks the engine nothing.)
+        // Now that the digest is known, routed replicas already running it
+        // count as done (a re-run after an interruption keeps what it
+        // replaced); one that is not running counts as one to replace. Only
+        // those of the target digest are asked about: a new version's deploy
+        // asks the engine nothing.
         let mut view = self.routing.clone();
+        let mut all_run = true;
         for b in view.backends.iter_mut().filter(|b| b.digest == self.digest) {
             if !matches!(self.inner.runtime.status(&b.id).await, Ok(Some(s)) if s.running) {
                 b.digest.clear();
+                all_run = false;
             }
+        }
+        if all_run && self.already_live() {
+            return Err(Stop::Done(State::AlreadyLive));
         }
         self.plan = strategy::plan(&self.service.name, &view, Some(&self.digest), self.shape);
         self.record(
@@ -267,23 +269,14 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Whether the service already runs the target everywhere: every routed
-    /// replica is of this digest, there are as many as wanted, and each runs.
-    async fn already_live(&self) -> bool {
+    /// Whether the service already runs the target everywhere (given that
+    /// every routed replica of it runs): it is the live digest, every routed
+    /// replica is of it, and there are as many as wanted.
+    fn already_live(&self) -> bool {
         let routed = &self.routing.backends;
-        if self.live.as_ref().is_none_or(|l| l.digest != self.digest)
-            || routed.len() != self.shape.replicas as usize
-            || routed.iter().any(|b| b.digest != self.digest)
-        {
-            return false;
-        }
-        for b in routed {
-            match self.inner.runtime.status(&b.id).await {
-                Ok(Some(s)) if s.running => {}
-                _ => return false,
-            }
-        }
-        true
+        self.live.as_ref().is_some_and(|l| l.digest == self.digest)
+            && routed.len() == self.shape.replicas as usize
+            && routed.iter().all(|b| b.digest == self.digest)
     }
 
     async fn pull(&mut self) -> Result<(), Stop> {

@@ -60,7 +60,7 @@ async fn login_form(req: HttpRequest, sessions: web::Data<Sessions>) -> HttpResp
     if sessions.of_request(&req).is_some() {
         return see_other("/").finish();
     }
-    let nonce = session::random_token();
+    let nonce = crate::secret::random_token();
     html_page(StatusCode::OK, &nonce, login_view(&nonce, None))
 }
 
@@ -76,7 +76,7 @@ async fn login(
     sessions: web::Data<Sessions>,
     form: web::Form<LoginForm>,
 ) -> HttpResponse {
-    let nonce = session::random_token();
+    let nonce = crate::secret::random_token();
     let peer = super::auth::peer_for_log(&req);
     let client = super::auth::client_addr(&req, &state.trusted_proxies);
     if let Some(why) = session::cross_site(&req) {
@@ -178,7 +178,7 @@ async fn status_page(
         deployments,
         deliveries,
     };
-    let nonce = session::random_token();
+    let nonce = crate::secret::random_token();
     html_page(
         StatusCode::OK,
         &nonce,

@@ -40,7 +40,7 @@ pub struct Sessions {
     by_hash: Mutex<HashMap<[u8; 32], Entry>>,
 }
 
-pub use crate::secret::random_token;
+use crate::secret::random_token;
 
 fn key(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
