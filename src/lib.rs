@@ -30,6 +30,7 @@
 //! - [`http`]: the actix-web server: hooks, admin API, status page, `/metrics`.
 //! - [`check`]: `greenlight check`: every prerequisite, with how to fix it.
 //! - [`init`]: `greenlight init`: a starter config and nginx snippet for this machine.
+//! - [`import`]: `greenlight import-compose`: compose services -> `[[service]]` entries.
 //! - [`app`]: wires the real parts together and runs them.
 //! - [`cli`]: the `greenlight` command line; client commands call the admin API.
 
@@ -42,6 +43,7 @@ pub mod display;
 pub mod docker;
 pub mod domain;
 pub mod http;
+pub mod import;
 pub mod init;
 pub mod ledger;
 pub mod metrics;

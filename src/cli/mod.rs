@@ -93,6 +93,9 @@ pub enum Command {
     /// Write a commented starter config for this machine (--config, default
     /// ./greenlight.toml) and the nginx snippet to include; never overwrites.
     Init(InitArgs),
+    /// Print [[service]] entries for the services of a docker-compose file (a
+    /// blue/green pair is one service), and what could not be carried over.
+    ImportCompose(ImportComposeArgs),
     /// Run the HTTP server and the deploy workers.
     Serve,
     /// Validate the config and reach Docker and nginx; say what is wrong and how to fix it.
@@ -145,6 +148,26 @@ pub struct InitArgs {
     /// The URL of nginx's verify server.
     #[arg(long, value_name = "URL")]
     pub verify_url: Option<String>,
+}
+
+/// What `import-compose` reads.
+#[derive(Args, Debug)]
+pub struct ImportComposeArgs {
+    /// The compose file.
+    #[arg(value_name = "COMPOSE_FILE")]
+    pub file: PathBuf,
+    /// The compose services to import (default: all but nginx); naming one
+    /// colour of a blue/green pair imports the pair.
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// Compose's project name, the prefix of the networks and volumes it made
+    /// (default: the file's `name`, else its directory's name).
+    #[arg(long, short = 'p', value_name = "NAME")]
+    pub project_name: Option<String>,
+    /// An nginx site to read for the lines that change (default: the *.conf
+    /// files beside the compose file and those mounted into its nginx).
+    #[arg(long = "site", value_name = "FILE")]
+    pub sites: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -313,6 +336,7 @@ async fn run(cli: Cli) -> i32 {
             notify_test(&config, *channel, cli.json, term).await
         }
         Command::Init(args) => init(&cli, args).await,
+        Command::ImportCompose(args) => import_compose(args),
         Command::Healthz => healthz(&cli).await,
         Command::Dist { dir } => match dist::write(dir) {
             Ok(()) => EXIT_OK,
@@ -356,6 +380,7 @@ async fn client_command(client: &Client, cli: &Cli, term: Term) -> i32 {
         Command::Serve
         | Command::Check
         | Command::Init(_)
+        | Command::ImportCompose(_)
         | Command::Healthz
         | Command::Dist { .. }
         | Command::Notify(_)
@@ -623,6 +648,95 @@ async fn healthz(cli: &Cli) -> i32 {
             EXIT_FAILED
         }
     }
+}
+
+/// `greenlight import-compose`: the entries on stdout, a summary on stderr.
+fn import_compose(args: &ImportComposeArgs) -> i32 {
+    let text = match read_bounded(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("greenlight: {}: {e}", args.file.display());
+            return EXIT_USAGE;
+        }
+    };
+    let dir = std::path::absolute(&args.file)
+        .ok()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let site_paths = if args.sites.is_empty() {
+        crate::import::site_candidates(&text, &dir)
+    } else {
+        args.sites.clone()
+    };
+    let mut sites = Vec::new();
+    for path in site_paths {
+        match read_bounded(&path) {
+            Ok(site) => sites.push((path, site)),
+            // Named by the operator: say so. Found by looking: skip quietly.
+            Err(e) if !args.sites.is_empty() => {
+                eprintln!("greenlight: {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
+            Err(_) => {}
+        }
+    }
+    let source = crate::import::Source {
+        text: &text,
+        dir: &dir,
+        project: args.project_name.as_deref(),
+        sites,
+    };
+    match crate::import::import(&source, &args.services) {
+        Ok(done) => {
+            print!("{}", done.toml);
+            for s in &done.services {
+                eprintln!(
+                    "imported {} (from {}): {} compose setting{} not carried over, listed above it",
+                    s.name,
+                    s.from.join(" + "),
+                    s.notes.len(),
+                    if s.notes.len() == 1 { "" } else { "s" }
+                );
+            }
+            if !done.skipped.is_empty() {
+                let why = if done.routed_only {
+                    "nginx's sites do not route to them"
+                } else {
+                    "not named"
+                };
+                eprintln!(
+                    "not imported ({why}): {} (name them to import them)",
+                    done.skipped.join(", ")
+                );
+            }
+            if !done.nginx.is_empty() {
+                eprintln!(
+                    "nginx: {} change{} listed at the end",
+                    done.nginx.len(),
+                    if done.nginx.len() == 1 { "" } else { "s" }
+                );
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("greenlight: {}: {e}", args.file.display());
+            EXIT_USAGE
+        }
+    }
+}
+
+/// A text file of at most 1 MiB (compose files and nginx sites are small).
+fn read_bounded(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    const LIMIT: u64 = 1 << 20;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(LIMIT + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > LIMIT {
+        return Err(std::io::Error::other("larger than 1 MiB"));
+    }
+    Ok(text)
 }
 
 /// `greenlight init`: detect, write both files or neither, say what was chosen.
