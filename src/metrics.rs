@@ -631,6 +631,7 @@ mod tests {
         crate::domain::routing::Routing {
             service: "web".into(),
             generation: 1,
+            split: None,
             backends: vec![backend(1), backend(2)],
         }
     }

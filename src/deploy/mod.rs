@@ -8,7 +8,10 @@
 //! - [`intake`]: what a webhook push means (ignored, stale, duplicate, queued).
 //! - [`reconcile`]: on start, make the store agree with nginx and the runtime.
 //! - [`soaks`]: the soaks an operator's rollback can end early.
+//! - [`canary`]: a canary step driven (split, bake, decide) and the running
+//!   canaries' status and operator commands.
 
+pub mod canary;
 mod driver;
 pub mod health;
 pub mod intake;
@@ -49,6 +52,7 @@ pub(crate) struct Inner {
     pub nginx: Nginx,
     pub notifier: Notifier,
     pub soaks: soaks::Soaks,
+    pub canaries: canary::Canaries,
 }
 
 /// How a rollback request was taken.
@@ -94,6 +98,7 @@ impl Deployer {
             nginx,
             notifier,
             soaks: soaks::Soaks::default(),
+            canaries: canary::Canaries::default(),
         });
         // Outcome messages a crash or stop left owed go out first.
         inner.notifier.resume();
