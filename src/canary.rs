@@ -389,7 +389,7 @@ impl Step {
             Verdict::Inconclusive if elapsed_ms >= limit => {
                 let reason = format!(
                     "inconclusive after {} (bake and its extension): {}",
-                    crate::display::span(std::time::Duration::from_millis(elapsed_ms)),
+                    crate::display::span(std::time::Duration::from_secs(elapsed_ms / 1000)),
                     why()
                 );
                 match cfg.inconclusive {

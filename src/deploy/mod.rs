@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::domain::deployment::Trigger;
+use crate::domain::plan::Strategy;
 use crate::notify::Notifier;
 use crate::proxy::Nginx;
 use crate::registry;
@@ -41,6 +42,9 @@ pub enum SubmitError {
     UnknownService(String),
     #[error("{0}")]
     BadRequest(String),
+    /// Not now (no canary running, or it is ending already).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -173,9 +177,15 @@ impl Deployer {
         service: &str,
         tag: Option<String>,
         digest: Option<String>,
+        strategy: Option<Strategy>,
     ) -> Result<i64, SubmitError> {
         if !self.queues.contains_key(service) {
             return Err(SubmitError::UnknownService(service.into()));
+        }
+        if strategy == Some(Strategy::Canary) && self.inner.config.nginx.access_log.is_none() {
+            return Err(SubmitError::BadRequest(
+                "a canary is judged from nginx's access log: set [nginx] access_log in the config first".into(),
+            ));
         }
         match (&tag, &digest) {
             (None, None) => {
@@ -203,10 +213,36 @@ impl Deployer {
         let id = self.inner.store.create_deployment(&NewDeployment {
             tag,
             digest,
+            strategy,
             ..NewDeployment::operator(service, "deploy")
         })?;
         self.enqueue(service, id);
         Ok(id)
+    }
+
+    /// The service's running canary, if it has one.
+    pub fn canary(&self, service: &str) -> Option<canary::Status> {
+        self.inner.canaries.status(service)
+    }
+
+    /// Every running canary.
+    pub fn canaries(&self) -> Vec<canary::Status> {
+        self.inner.canaries.all()
+    }
+
+    /// Promotes or aborts the service's running canary; returns its deployment.
+    pub fn canary_command(
+        &self,
+        service: &str,
+        command: canary::Command,
+    ) -> Result<i64, SubmitError> {
+        if !self.queues.contains_key(service) {
+            return Err(SubmitError::UnknownService(service.into()));
+        }
+        self.inner
+            .canaries
+            .command(service, command)
+            .map_err(SubmitError::Conflict)
     }
 
     /// Goes back to the previous version of `service`: at once (one reload) when
