@@ -1422,6 +1422,58 @@ interval = "250ms"
     }
 
     #[test]
+    fn canary_settings_are_checked_with_their_key() {
+        let c = parse(GOOD).unwrap();
+        let canary = &c.service("web").unwrap().canary;
+        assert_eq!(canary.steps, [5, 25, 50]);
+        assert_eq!(canary.bake, Duration::from_secs(300));
+        assert_eq!(canary.min_requests, 200);
+        assert_eq!(canary.inconclusive, Inconclusive::Pause);
+        for (lines, key, says) in [
+            ("steps = [25, 5]", "canary.steps", "must grow"),
+            ("steps = [0, 50]", "canary.steps", "from 1 to 99"),
+            ("steps = []", "canary.steps", "at least one"),
+            ("interval = \"10m\"", "canary.interval", "at most bake"),
+            ("alpha = 0.5", "canary.alpha", "at most 0.2"),
+            ("latency_ratio = 0.9", "canary.latency_ratio", "at least 1"),
+            (
+                "override_cookie = \"a-b\"",
+                "canary.override_cookie",
+                "letters, digits or '_'",
+            ),
+            (
+                "allow_header = \"X Beta\"",
+                "canary.allow_header",
+                "letters, digits or '-'",
+            ),
+            ("inconclusive = \"wait\"", "inconclusive", "unknown variant"),
+        ] {
+            let e = parse(&format!("{GOOD}[service.canary]\n{lines}\n")).unwrap_err();
+            assert!(e.contains(key) && e.contains(says), "{lines}: {e}");
+        }
+        // A canary is judged from the access log: without one it is refused.
+        let e = parse(&format!("{GOOD}[service.rollout]\nstrategy = \"canary\"\n")).unwrap_err();
+        assert!(
+            e.contains("service[0].rollout.strategy") && e.contains("access_log"),
+            "{e}"
+        );
+        let with_log = GOOD.replace(
+            "drain_timeout = \"45s\"\n",
+            "drain_timeout = \"45s\"\naccess_log = \"/var/log/nginx/g.json\"\n",
+        );
+        parse(&format!(
+            "{with_log}[service.rollout]\nstrategy = \"canary\"\n"
+        ))
+        .unwrap();
+        // Two names nginx would read as one variable.
+        let twins = format!(
+            "{GOOD}\n[[service]]\nname = \"my-app\"\nimage = \"a/b\"\nport = 1\n\n[[service]]\nname = \"my_app\"\nimage = \"a/c\"\nport = 1\n"
+        );
+        let e = parse(&twins).unwrap_err();
+        assert!(e.contains("$greenlight_my_app_upstream"), "{e}");
+    }
+
+    #[test]
     fn the_example_config_documents_a_valid_config() {
         let text = include_str!("../../greenlight.example.toml");
         let c = Config::parse(Path::new("greenlight.example.toml"), text, |_| {
