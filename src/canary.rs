@@ -30,6 +30,41 @@ use crate::traffic::{self, Outcome, Request, Tally};
 /// Fewest answers on each side before latency percentiles are compared.
 pub const LATENCY_FLOOR: usize = 20;
 
+/// Upper bounds (ms) of the latency histogram `/metrics` shows per variant.
+pub const LATENCY_BUCKETS_MS: [f64; 11] = [
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// A variant's running totals over a whole deployment, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    /// Requests the app answered, and of those 5xx.
+    pub requests: u64,
+    pub errors: u64,
+    /// Answers per latency bucket (not cumulative; the last is above the
+    /// largest bound).
+    pub buckets: [u64; LATENCY_BUCKETS_MS.len() + 1],
+    pub sum_ms: f64,
+}
+
+impl Totals {
+    pub fn add(&mut self, r: &Request) {
+        if !matches!(r.outcome, Outcome::Answered | Outcome::ServerError) {
+            return;
+        }
+        self.requests += 1;
+        self.errors += u64::from(r.outcome == Outcome::ServerError);
+        if let Some(ms) = r.response_ms {
+            let i = LATENCY_BUCKETS_MS
+                .iter()
+                .position(|b| ms <= *b)
+                .unwrap_or(LATENCY_BUCKETS_MS.len());
+            self.buckets[i] += 1;
+            self.sum_ms += ms;
+        }
+    }
+}
+
 /// Which group of backends answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -454,6 +489,20 @@ mod tests {
             }
         }
         w
+    }
+
+    #[test]
+    fn totals_count_answers_and_bucket_their_latency() {
+        let mut t = Totals::default();
+        t.add(&req(0, Outcome::Answered, 3.0));
+        t.add(&req(0, Outcome::ServerError, 30.0));
+        t.add(&req(0, Outcome::ClientClosed, 30.0));
+        t.add(&req(0, Outcome::Answered, 20_000.0));
+        assert_eq!((t.requests, t.errors), (3, 1));
+        assert_eq!(t.buckets[0], 1);
+        assert_eq!(t.buckets[3], 1);
+        assert_eq!(t.buckets[LATENCY_BUCKETS_MS.len()], 1);
+        assert_eq!(t.sum_ms, 20_033.0);
     }
 
     #[test]

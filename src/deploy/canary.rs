@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::steps::{Run, Stop};
-use crate::canary::{self, Check, Decision, Summary, Variant, Window};
+use crate::canary::{self, Check, Decision, Summary, Totals, Variant, Window};
 use crate::display;
 use crate::domain::deployment::FailureKind;
 use crate::domain::routing::{Backend, Role, Split};
@@ -63,6 +63,9 @@ pub struct Status {
     pub stable: Summary,
     /// Every check of the deployment so far, oldest first.
     pub checks: Vec<Check>,
+    /// Each variant over the whole deployment so far (for `/metrics`).
+    pub canary_totals: Totals,
+    pub stable_totals: Totals,
 }
 
 struct Entry {
@@ -113,8 +116,10 @@ impl Canaries {
         let mut map = self.map();
         match map.get_mut(&status.service) {
             Some(e) if e.status.deployment == status.deployment => {
-                let checks = std::mem::take(&mut e.status.checks);
-                e.status = Status { checks, ..status };
+                let old = std::mem::replace(&mut e.status, status);
+                e.status.checks = old.checks;
+                e.status.canary_totals = old.canary_totals;
+                e.status.stable_totals = old.stable_totals;
                 e.commands.subscribe()
             }
             _ => {
@@ -311,6 +316,8 @@ impl Run<'_> {
             canary: Summary::default(),
             stable: Summary::default(),
             checks: Vec::new(),
+            canary_totals: Totals::default(),
+            stable_totals: Totals::default(),
         });
         // A new replica that got an address an old one had cannot be told
         // apart in the log: neither side counts it.
@@ -368,6 +375,15 @@ impl Run<'_> {
                 }
                 match log.requests() {
                     Ok(requests) => {
+                        canaries.update(service, |s| {
+                            for r in &requests {
+                                match variant(&r.peer) {
+                                    Some(Variant::Canary) => s.canary_totals.add(r),
+                                    Some(Variant::Stable) => s.stable_totals.add(r),
+                                    None => {}
+                                }
+                            }
+                        });
                         for r in &requests {
                             for peer in &r.unreachable {
                                 if let Some(v) = variant(peer) {
