@@ -218,32 +218,30 @@ impl Run<'_> {
         }
         // The same cohort across the steps (and a resumed run): a new salt
         // only for a new canary.
-        let salt = match &self.routing.split {
-            Some(s)
-                if self
-                    .routing
-                    .backends
-                    .iter()
-                    .any(|b| b.digest == self.digest) =>
-            {
-                s.salt.clone()
-            }
-            _ => format!(
+        let ours = self.routing.split.clone().filter(|_| {
+            self.routing
+                .backends
+                .iter()
+                .any(|b| b.digest == self.digest)
+        });
+        let salt = match &ours {
+            Some(s) => s.salt.clone(),
+            None => format!(
                 "d{}{}",
                 self.deployment.id,
                 &crate::secret::random_token()[..8]
             ),
         };
-        let split = Split {
-            percent,
-            salt,
-            override_cookie: cfg.override_cookie.clone(),
-            allow_cookie: cfg.allow_cookie.clone(),
-            allow_header: cfg.allow_header.clone(),
-        };
         // What nginx logs from here on was routed by this step's split, or by
         // the previous one's until the reload: both count for the same groups.
-        let mut log = match AccessLog::from_end(&path) {
+        // A run resuming this very step reads from where the step began: what
+        // nginx logged by the recorded split while greenlight was down counts.
+        let resumed = ours.filter(|s| s.percent == percent).and_then(|s| s.log);
+        let opened = match resumed {
+            Some((inode, offset)) => AccessLog::resume(&path, inode, offset),
+            None => AccessLog::from_end(&path),
+        };
+        let mut log = match opened {
             Ok(log) => log,
             Err(e) => {
                 return Err(Stop::Fail(Failure::new(
@@ -251,6 +249,17 @@ impl Run<'_> {
                     format!("cannot read nginx.access_log {}: {e}", path.display()),
                 )))
             }
+        };
+        if resumed.is_some_and(|r| r == log.position()) {
+            self.note("resumed: the access log is read from where this step began");
+        }
+        let split = Split {
+            percent,
+            salt,
+            override_cookie: cfg.override_cookie.clone(),
+            allow_cookie: cfg.allow_cookie.clone(),
+            allow_header: cfg.allow_header.clone(),
+            log: Some(log.position()),
         };
         let mut backends = stable.clone();
         backends.extend(canary.iter().cloned());

@@ -440,6 +440,7 @@ mod tests {
             override_cookie: "c".into(),
             allow_cookie: None,
             allow_header: None,
+            log: None,
         });
         let plan = plan(
             "web",

@@ -35,6 +35,10 @@ pub struct Split {
     pub allow_cookie: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_header: Option<String>,
+    /// Where the access log stood (inode, offset) when this step's split
+    /// began: a run that resumes the step reads the log from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<(u64, u64)>,
 }
 
 /// One replica nginx routes to.

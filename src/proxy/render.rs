@@ -51,12 +51,15 @@ pub fn render(routing: &Routing) -> String {
     }
     if let Some(split) = &routing.split {
         out.push_str(&format!(
-            "{HEADER}split percent={} salt={} override={} allow_cookie={} allow_header={}\n",
+            "{HEADER}split percent={} salt={} override={} allow_cookie={} allow_header={} log={}\n",
             split.percent,
             split.salt,
             split.override_cookie,
             split.allow_cookie.as_deref().unwrap_or("-"),
             split.allow_header.as_deref().unwrap_or("-"),
+            split.log.map_or("-".to_string(), |(inode, offset)| format!(
+                "{inode}:{offset}"
+            )),
         ));
     }
     let service = &routing.service;
@@ -167,6 +170,10 @@ pub fn parse(text: &str) -> Option<Routing> {
                 override_cookie: field("override")?,
                 allow_cookie: optional(field("allow_cookie")?),
                 allow_header: optional(field("allow_header")?),
+                log: field("log").and_then(|l| {
+                    let (inode, offset) = l.split_once(':')?;
+                    Some((inode.parse().ok()?, offset.parse().ok()?))
+                }),
             });
             continue;
         }
@@ -284,6 +291,7 @@ mod tests {
                 override_cookie: "greenlight_canary".into(),
                 allow_cookie: Some("staff".into()),
                 allow_header: Some("X-Beta".into()),
+                log: Some((1234, 56789)),
             }),
         };
         r.service = "my-app".into();
@@ -303,9 +311,11 @@ mod tests {
         }
         assert_eq!(parse(&text), Some(r.clone()));
         // Without the allowlist the override falls through to the split.
+        assert!(text.contains(" log=1234:56789\n"), "{text}");
         let split = r.split.as_mut().unwrap();
         split.allow_cookie = None;
         split.allow_header = None;
+        split.log = None;
         let text = render(&r);
         assert!(
             text.contains("    default $greenlight_my_app_keyed;\n}\n"),
