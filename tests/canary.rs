@@ -168,6 +168,18 @@ async fn a_good_canary_walks_every_step_is_promoted_and_users_stay_on_one_versio
     let c = wait_canary(&w, "baking").await;
     assert_eq!(c["deployment"], id, "{c:#}");
     assert_eq!(c["stages"], 2);
+    // The override cookie picks a version whatever the split says.
+    for (value, version) in [("always", "v2"), ("never", "v1")] {
+        for _ in 0..10 {
+            let r = greenlight_testkit::http()
+                .get(w.nginx.url())
+                .header("cookie", format!("greenlight_canary={value}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.headers()["x-demo-version"], version, "{value}");
+        }
+    }
     let out = w.gl.cli(&["canary", "status", &w.service]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
@@ -285,6 +297,38 @@ async fn a_canary_failing_five_percent_is_aborted_at_the_first_step_within_the_b
     assert_eq!(w.replica_versions().await, ["v1"]);
     let names: Vec<String> = w.containers().into_iter().map(|(n, _, _)| n).collect();
     assert_eq!(names.len(), 1, "the canary replica is gone: {names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_every_request_is_aborted_at_once_as_flagrant() {
+    let (w, probe, _) = v1_live(
+        "cflag",
+        &[("v1", NO_ENV), ("v2", &[("DEMO_ERROR_PERCENT", "100")])],
+        "30s",
+        "",
+        200,
+    )
+    .await;
+    let (d, report) = deploy_v2_until_rolled_back(&w, probe).await;
+    let error = d["error"].as_str().unwrap();
+    assert!(error.contains("flagrant"), "{error}");
+    // The first check decided: about a second of the canary's share.
+    let first = steps(&d, "canary")[0];
+    let detect_s = (first["finished_at"].as_i64().unwrap() - first["started_at"].as_i64().unwrap())
+        as f64
+        / 1000.0;
+    let failed = report.failed();
+    eprintln!(
+        "flagrant canary: aborted after {detect_s:.1}s; {failed} failed of {} (bound 10% x 200 req/s x 100% x {detect_s:.1}s = {:.0})",
+        report.sent,
+        0.1 * 200.0 * detect_s
+    );
+    assert!(detect_s < 5.0, "{detect_s}");
+    assert!(
+        (failed as f64) <= 2.0 * 0.1 * 200.0 * detect_s + 10.0,
+        "{failed}"
+    );
+    assert_eq!(w.replica_versions().await, ["v1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
