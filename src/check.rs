@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::config::{Config, NginxMode, ServiceConfig};
 use crate::display::short_digest;
 use crate::docker::Engine;
+use crate::domain::plan::Strategy;
 use crate::proxy::Nginx;
 use crate::runtime::{Containers, Runtime};
 use crate::store::Store;
@@ -116,10 +117,73 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         for svc in &config.services {
             out.push(live_replicas(&runtime, &checked, svc).await);
         }
+        let canaries: Vec<&ServiceConfig> = config
+            .services
+            .iter()
+            .filter(|s| s.rollout.strategy == Strategy::Canary)
+            .collect();
+        if !canaries.is_empty() {
+            match checked.dump().await {
+                Ok(text) => {
+                    for svc in canaries {
+                        out.push(canary_site(&text, &svc.name));
+                    }
+                }
+                Err(e) => out.push(bad(
+                    "canary site",
+                    format!("nginx -T failed, so the sites could not be read: {e}"),
+                    "fix what nginx -t says, then run greenlight check again",
+                )),
+            }
+        }
         nginx = Some(checked);
     }
     out.push(verify_server(config, nginx.as_ref()).await);
     out
+}
+
+/// Whether nginx's configuration (`nginx -T`) is ready for a canary of
+/// `service` (pure): a site proxies to the group greenlight's split picks,
+/// nginx gives users the id the split hashes, and the access log has what
+/// the analysis reads.
+pub fn canary_site(dump: &str, service: &str) -> Finding {
+    let what = format!("canary site {service}");
+    let var = crate::domain::routing::Routing::upstream_variable(service);
+    let lines: Vec<&str> = dump
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .collect();
+    let mut missing = Vec::new();
+    if !lines
+        .iter()
+        .any(|l| l.starts_with("proxy_pass") && l.contains(&format!("${var}")))
+    {
+        missing.push(format!("a site location with `proxy_pass http://${var};`"));
+    }
+    if !lines
+        .iter()
+        .any(|l| l.starts_with("userid") && l.contains(" on"))
+    {
+        missing.push(
+            "`userid on; userid_name greenlight_uid; userid_path /; userid_expires 365d;` where it proxies (the user id the split hashes; without it every user goes to stable)"
+                .to_string(),
+        );
+    }
+    if !dump.contains("$upstream_response_time") || !dump.contains("log_format greenlight") {
+        missing.push(
+            "the access log format of nginx/greenlight-log.conf (include it in the http block, log the site with it)"
+                .to_string(),
+        );
+    }
+    if missing.is_empty() {
+        ok(&what, format!("the site proxies to ${var}; userid is on"))
+    } else {
+        bad(
+            &what,
+            format!("nginx's configuration lacks {}", missing.join("; and ")),
+            "change the site as the README's \"Canary releases\" says (after greenlight's first deployment of the service rendered its file), reload nginx",
+        )
+    }
 }
 
 /// What nginx routes the service to, and whether each of those replicas
@@ -326,5 +390,42 @@ async fn verify_server(config: &Config, nginx: Option<&Nginx>) -> Finding {
             format!("{url} does not answer: {}", crate::display::error_chain(&e)),
             fix,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canary_site_check_names_what_is_missing() {
+        let log = "log_format greenlight escape=json '{\"upstream_response_time\":\"$upstream_response_time\"}';\n";
+        let site =
+            "location / {\n  userid on;\n  proxy_pass http://$greenlight_my_app_upstream;\n}\n";
+        let found = canary_site(&format!("{log}{site}"), "my-app");
+        assert!(found.ok, "{found:?}");
+        let found = canary_site(
+            &format!("{log}location / {{ proxy_pass http://my-app; }}\n"),
+            "my-app",
+        );
+        assert!(!found.ok);
+        assert!(
+            found
+                .detail
+                .contains("proxy_pass http://$greenlight_my_app_upstream;"),
+            "{}",
+            found.detail
+        );
+        assert!(found.detail.contains("userid on"), "{}", found.detail);
+        // A commented-out line does not count.
+        let commented = "# userid on;\nproxy_pass http://$greenlight_my_app_upstream;\n";
+        let found = canary_site(&format!("{log}{commented}"), "my-app");
+        assert!(found.detail.contains("userid on"), "{}", found.detail);
+        let found = canary_site(site, "my-app");
+        assert!(
+            found.detail.contains("greenlight-log.conf"),
+            "{}",
+            found.detail
+        );
     }
 }

@@ -22,6 +22,7 @@
 //! - [`runtime`]: replicas in the deployment's terms; a closed enum of engines.
 //! - [`proxy`]: nginx: render a routing, test, reload, verify, drain.
 //! - [`traffic`]: what nginx's access log says about each backend.
+//! - [`canary`]: a canary's analysis, pure: checks, verdicts, decisions.
 //! - [`notify`]: deployment notifications by email and Slack, off the deploy path.
 //! - [`deploy`]: per-service queues, strategies as plans, the driver that walks them.
 //! - [`ledger`]: the delivery ledger and its one writer (intake runs there).
@@ -35,6 +36,7 @@
 //! - [`cli`]: the `greenlight` command line; client commands call the admin API.
 
 pub mod app;
+pub mod canary;
 pub mod check;
 pub mod cli;
 pub mod config;

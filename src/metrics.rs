@@ -340,6 +340,8 @@ pub struct Snapshot {
     pub queue: BTreeMap<String, i64>,
     pub attempts: BTreeMap<Key, u64>,
     pub live: Vec<LiveInfo>,
+    /// The running canaries (from memory, not the store).
+    pub canaries: Vec<crate::deploy::canary::Status>,
 }
 
 /// The running totals behind `/metrics`, shared by the server's workers.
@@ -443,6 +445,7 @@ impl Metrics {
             queue,
             attempts: totals.attempts.clone(),
             live,
+            canaries: Vec::new(),
         })
     }
 
@@ -452,8 +455,11 @@ impl Metrics {
         store: &Store,
         services: &[String],
         auth_failures: Vec<(String, u64)>,
+        canaries: Vec<crate::deploy::canary::Status>,
     ) -> Result<String> {
-        Ok(encode(self.snapshot(store, services, auth_failures)?))
+        let mut snapshot = self.snapshot(store, services, auth_failures)?;
+        snapshot.canaries = canaries;
+        Ok(encode(snapshot))
     }
 }
 
@@ -594,8 +600,78 @@ impl Collector for Snapshot {
                 ])?)?;
             }
         }
-        Ok(())
+        encode_canaries(&mut encoder, &self.canaries)
     }
+}
+
+/// Each running canary: its share of users, and per variant its requests,
+/// errors and latency over the deployment so far.
+fn encode_canaries(
+    encoder: &mut DescriptorEncoder,
+    canaries: &[crate::deploy::canary::Status],
+) -> std::fmt::Result {
+    use crate::canary::{Totals, LATENCY_BUCKETS_MS};
+    let mut weight = encoder.encode_descriptor(
+        "greenlight_canary_weight_percent",
+        "The running canary's share of users, per service",
+        None,
+        MetricType::Gauge,
+    )?;
+    for c in canaries {
+        ConstGauge::new(i64::from(c.percent))
+            .encode(weight.encode_family(&[("service", c.service.as_str())])?)?;
+    }
+    let variants = |c: &crate::deploy::canary::Status| -> [(&'static str, Totals); 2] {
+        [
+            ("canary", c.canary_totals.clone()),
+            ("stable", c.stable_totals.clone()),
+        ]
+    };
+    for (name, help, errors) in [
+        (
+            "greenlight_canary_requests",
+            "Requests answered during the running canary, per service and variant",
+            false,
+        ),
+        (
+            "greenlight_canary_errors",
+            "5xx answered during the running canary, per service and variant",
+            true,
+        ),
+    ] {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for c in canaries {
+            for (variant, t) in variants(c) {
+                let n = if errors { t.errors } else { t.requests };
+                ConstCounter::new(n).encode(
+                    metric
+                        .encode_family(&[("service", c.service.as_str()), ("variant", variant)])?,
+                )?;
+            }
+        }
+    }
+    let mut latency = encoder.encode_descriptor(
+        "greenlight_canary_latency_seconds",
+        "Upstream response time during the running canary, per service and variant",
+        None,
+        MetricType::Histogram,
+    )?;
+    for c in canaries {
+        for (variant, t) in variants(c) {
+            // Per bucket, as for the step durations: the encoder accumulates.
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_MS
+                .iter()
+                .map(|b| b / 1000.0)
+                .chain([f64::INFINITY])
+                .zip(t.buckets)
+                .collect();
+            let count = t.buckets.iter().sum();
+            latency
+                .encode_family(&[("service", c.service.as_str()), ("variant", variant)])?
+                .encode_histogram::<NoLabelSet>(t.sum_ms / 1000.0, count, &buckets, None)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -631,6 +707,7 @@ mod tests {
         crate::domain::routing::Routing {
             service: "web".into(),
             generation: 1,
+            split: None,
             backends: vec![backend(1), backend(2)],
         }
     }
@@ -653,6 +730,55 @@ mod tests {
 
     fn services() -> Vec<String> {
         vec!["web".into(), "api".into()]
+    }
+
+    #[test]
+    fn a_running_canary_is_shown_per_variant() {
+        use crate::canary::{Summary, Totals};
+        use crate::traffic::{Outcome, Request};
+        let mut canary_totals = Totals::default();
+        for (outcome, ms) in [(Outcome::Answered, 4.0), (Outcome::ServerError, 300.0)] {
+            canary_totals.add(&Request {
+                at_ms: 0,
+                peer: "10.0.0.2:80".into(),
+                unreachable: Vec::new(),
+                outcome,
+                response_ms: Some(ms),
+            });
+        }
+        let status = crate::deploy::canary::Status {
+            service: "web".into(),
+            deployment: 3,
+            digest: "sha256:b".into(),
+            stage: 1,
+            stages: 3,
+            percent: 5,
+            state: "baking",
+            reason: None,
+            step_started_ms: 0,
+            bake_ends_ms: 0,
+            extension_ends_ms: 0,
+            canary: Summary::default(),
+            stable: Summary::default(),
+            checks: Vec::new(),
+            canary_totals,
+            stable_totals: Totals::default(),
+        };
+        let text = encode(Snapshot {
+            canaries: vec![status],
+            ..Snapshot::default()
+        });
+        for line in [
+            "greenlight_canary_weight_percent{service=\"web\"} 5",
+            "greenlight_canary_requests_total{service=\"web\",variant=\"canary\"} 2",
+            "greenlight_canary_errors_total{service=\"web\",variant=\"canary\"} 1",
+            "greenlight_canary_errors_total{service=\"web\",variant=\"stable\"} 0",
+            "greenlight_canary_latency_seconds_bucket{service=\"web\",variant=\"canary\",le=\"0.005\"} 1",
+            "greenlight_canary_latency_seconds_bucket{service=\"web\",variant=\"canary\",le=\"0.5\"} 2",
+            "greenlight_canary_latency_seconds_count{service=\"web\",variant=\"canary\"} 2",
+        ] {
+            assert!(text.contains(line), "{line}\nnot in\n{text}");
+        }
     }
 
     /// A scrape from a fresh cache: everything read from the store.
@@ -816,7 +942,7 @@ mod tests {
         walk(&store, a, &[Step::Resolving]);
         store.finish(a, State::Succeeded, None).unwrap();
         let text = Metrics::default()
-            .render(&store, &services(), vec![("github".into(), 2)])
+            .render(&store, &services(), vec![("github".into(), 2)], vec![])
             .unwrap();
         for line in [
             "# TYPE greenlight_deployments_total counter",
@@ -907,7 +1033,7 @@ mod tests {
         let metrics = Metrics::default();
         let scrape = || {
             let t = Instant::now();
-            let text = metrics.render(&store, &services(), vec![]).unwrap();
+            let text = metrics.render(&store, &services(), vec![], vec![]).unwrap();
             (t.elapsed(), text)
         };
         // Meanwhile the store is used as a webhook would: how long does it wait?

@@ -257,6 +257,9 @@ pub struct NewDeployment {
     /// The interrupted deployment this one runs again.
     pub resume_of: Option<i64>,
     pub resume_depth: u32,
+    /// The strategy asked for this deployment alone (`deploy --strategy`);
+    /// `None`: the service's.
+    pub strategy: Option<Strategy>,
 }
 
 impl NewDeployment {
@@ -273,6 +276,7 @@ impl NewDeployment {
             delivery: None,
             resume_of: None,
             resume_depth: 0,
+            strategy: None,
         }
     }
 }
@@ -908,8 +912,8 @@ pub fn create_deployment_on(conn: &Connection, new: &NewDeployment) -> Result<i6
     conn.execute(
         "INSERT INTO deployments (service, state, trigger, trigger_detail, requested_tag, \
          requested_digest, tag, digest, pushed_at, delivery, resume_of, resume_depth, \
-         created_at, updated_at) \
-         VALUES (?1, 'received', ?2, ?3, ?4, ?5, COALESCE(?4, ?6), ?5, ?7, ?8, ?9, ?10, ?11, ?11)",
+         created_at, updated_at, strategy) \
+         VALUES (?1, 'received', ?2, ?3, ?4, ?5, COALESCE(?4, ?6), ?5, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
         params![
             new.service,
             new.trigger.as_str(),
@@ -921,7 +925,8 @@ pub fn create_deployment_on(conn: &Connection, new: &NewDeployment) -> Result<i6
             new.delivery,
             new.resume_of,
             new.resume_depth,
-            now
+            now,
+            new.strategy.map(|s| s.as_str())
         ],
     )?;
     let id = conn.last_insert_rowid();
@@ -1409,6 +1414,7 @@ CREATE TABLE IF NOT EXISTS notify_outbox (
         let routing = Routing {
             service: "web".into(),
             generation: 4,
+            split: None,
             backends: vec![Backend {
                 id: "c2".into(),
                 name: "web-green-1".into(),

@@ -61,6 +61,82 @@ struct Line {
     upstream_status: String,
     #[serde(default)]
     upstream_connect_time: String,
+    #[serde(default)]
+    upstream_response_time: String,
+    #[serde(default)]
+    msec: String,
+}
+
+/// One proxied request, as a canary's analysis sees it: the peer that
+/// answered last, what it answered, and how long it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// When nginx logged it (Unix ms).
+    pub at_ms: i64,
+    /// The peer that answered (the last one tried).
+    pub peer: String,
+    /// Peers tried before it that nginx could not reach.
+    pub unreachable: Vec<String>,
+    pub outcome: Outcome,
+    /// The answering peer's response time (ms), when it answered.
+    pub response_ms: Option<f64>,
+}
+
+/// What became of a proxied request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The app answered with anything but a 5xx (a 4xx is the client's doing).
+    Answered,
+    /// The app answered with a 5xx.
+    ServerError,
+    /// nginx could not reach the peer (no connect time), so the app said nothing.
+    Unreachable,
+    /// The client closed the connection first (499).
+    ClientClosed,
+}
+
+impl Request {
+    /// The request a log line describes; `None` when nothing was proxied.
+    fn from_line(line: &Line) -> Option<Request> {
+        let addrs = peers(&line.upstream_addr);
+        let statuses = peers(&line.upstream_status);
+        let connects = peers(&line.upstream_connect_time);
+        let times = peers(&line.upstream_response_time);
+        let last = addrs.len().checked_sub(1)?;
+        let reached = |i: usize| connects.get(i).is_some_and(|c| *c != "-");
+        let unreachable = (0..last)
+            .filter(|i| !reached(*i))
+            .map(|i| addrs[i].to_string())
+            .collect();
+        let outcome = if !reached(last) {
+            Outcome::Unreachable
+        } else if line.status == "499" {
+            Outcome::ClientClosed
+        } else if statuses
+            .get(last)
+            .and_then(|s| s.parse::<u16>().ok())
+            .is_some_and(|s| s >= 500)
+        {
+            Outcome::ServerError
+        } else {
+            Outcome::Answered
+        };
+        let at_ms = line
+            .msec
+            .parse::<f64>()
+            .map(|s| (s * 1000.0) as i64)
+            .unwrap_or(0);
+        Some(Request {
+            at_ms,
+            peer: addrs[last].to_string(),
+            unreachable,
+            outcome,
+            response_ms: times
+                .get(last)
+                .and_then(|t| t.parse::<f64>().ok())
+                .map(|s| s * 1000.0),
+        })
+    }
 }
 
 /// Splits an `$upstream_*` value into its peers, in order.
@@ -122,10 +198,48 @@ impl AccessLog {
         })
     }
 
+    /// Starts where an earlier reader stopped (`position()`), if the log is
+    /// still that file and at least that long; else at its current end.
+    pub fn resume(path: &Path, inode: u64, offset: u64) -> std::io::Result<AccessLog> {
+        let meta = std::fs::metadata(path)?;
+        if meta.ino() == inode && meta.len() >= offset {
+            return Ok(AccessLog {
+                path: path.to_path_buf(),
+                inode,
+                offset,
+                partial: Vec::new(),
+            });
+        }
+        AccessLog::from_end(path)
+    }
+
+    /// Where the next read starts: the file's inode and the offset of the
+    /// first byte not yet read as a whole line.
+    pub fn position(&self) -> (u64, u64) {
+        (self.inode, self.offset - self.partial.len() as u64)
+    }
+
     /// The tallies of the lines written since the last read, by backend.
     /// Lines that are not the documented format are skipped.
     pub fn read(&mut self) -> std::io::Result<HashMap<String, Tally>> {
         let mut tallies = HashMap::new();
+        for line in self.lines()? {
+            count(&line, &mut tallies);
+        }
+        Ok(tallies)
+    }
+
+    /// The proxied requests logged since the last read, in order.
+    pub fn requests(&mut self) -> std::io::Result<Vec<Request>> {
+        Ok(self
+            .lines()?
+            .iter()
+            .filter_map(Request::from_line)
+            .collect())
+    }
+
+    fn lines(&mut self) -> std::io::Result<Vec<Line>> {
+        let mut lines = Vec::new();
         let mut file = std::fs::File::open(&self.path)?;
         let meta = file.metadata()?;
         if meta.ino() != self.inode || meta.len() < self.offset {
@@ -148,13 +262,13 @@ impl AccessLog {
                 continue;
             }
             if let Ok(line) = serde_json::from_slice::<Line>(raw) {
-                count(&line, &mut tallies);
+                lines.push(line);
             }
         }
         if data.len() - complete <= MAX_LINE {
             self.partial = data[complete..].to_vec();
         }
-        Ok(tallies)
+        Ok(lines)
     }
 }
 
@@ -258,6 +372,51 @@ mod tests {
         let t = log.read().unwrap();
         assert_eq!(t["10.0.0.2:80"].requests, 1);
         assert!(log.read().unwrap().is_empty());
+        // A reader started where this one stopped sees only what came after.
+        let (inode, offset) = log.position();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(line("10.0.0.3:80", "502", "502", "0.001").as_bytes())
+            .unwrap();
+        let mut again = AccessLog::resume(&path, inode, offset).unwrap();
+        let requests = again.requests().unwrap();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].peer, "10.0.0.3:80");
+        assert_eq!(requests[0].outcome, Outcome::ServerError);
+    }
+
+    #[test]
+    fn a_request_is_judged_by_the_peer_that_answered() {
+        let l = |s: String| Request::from_line(&serde_json::from_str::<Line>(s.trim()).unwrap());
+        let with_time = |s: String| {
+            s.replace(
+                "\"request_time\"",
+                "\"upstream_response_time\":\"-, 0.250\",\"request_time\"",
+            )
+        };
+        let r = l(with_time(line(
+            "10.0.0.1:80, 10.0.0.2:80",
+            "200",
+            "502, 200",
+            "-, 0.001",
+        )))
+        .unwrap();
+        assert_eq!(r.peer, "10.0.0.2:80");
+        assert_eq!(r.unreachable, ["10.0.0.1:80"]);
+        assert_eq!(r.outcome, Outcome::Answered);
+        assert_eq!(r.response_ms, Some(250.0));
+        assert_eq!(r.at_ms, 1000);
+        let r = l(line("10.0.0.1:80", "502", "502", "-")).unwrap();
+        assert_eq!(r.outcome, Outcome::Unreachable);
+        let r = l(line("10.0.0.1:80", "503", "503", "0.001")).unwrap();
+        assert_eq!(r.outcome, Outcome::ServerError);
+        let r = l(line("10.0.0.1:80", "404", "404", "0.001")).unwrap();
+        assert_eq!(r.outcome, Outcome::Answered);
+        let r = l(line("10.0.0.1:80", "499", "", "0.001")).unwrap();
+        assert_eq!(r.outcome, Outcome::ClientClosed);
+        assert_eq!(l(line("", "301", "", "")), None);
     }
 
     #[test]

@@ -9,20 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::load::{assert_flips_once, assert_zero_failures, probe};
-use common::{ContainerCounter, NginxKind, Target, World};
+use common::{steps, ContainerCounter, NginxKind, Target, World};
 use serde_json::Value;
 
 const NO_ENV: &[(&str, &str)] = &[];
-
-/// The steps of `d` named `name`.
-fn steps<'a>(d: &'a Value, name: &str) -> Vec<&'a Value> {
-    d["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["step"] == name)
-        .collect()
-}
 
 /// The step that failed, and the ones recorded after it (the way back).
 fn after_failure(d: &Value) -> Vec<String> {

@@ -194,6 +194,7 @@ pub fn probe_opts(url: String, rate: u32, keepalive: bool) -> ProbeOpts {
         keepalive,
         timeout: Duration::from_secs(10),
         max_duration: Duration::from_secs(600),
+        users: 0,
     }
 }
 
@@ -775,6 +776,7 @@ mod tests {
             error,
             version: None,
             colour: None,
+            user: None,
         }
     }
 

@@ -17,6 +17,52 @@ pub const TOKEN: &str = "bench-admin-token-0123456789";
 pub const GITHUB_SECRET: &str = "bench-github-secret";
 pub const REGISTRY_TOKEN: &str = "bench-registry-token";
 
+/// The config of one service of local images (`pull = false`) behind `nginx`,
+/// with `service_lines` in its table and `rollout_lines` in its `[service.rollout]`.
+pub fn local_service_config(
+    nginx: &Nginx,
+    service: &str,
+    repo: &str,
+    service_lines: &str,
+    rollout_lines: &str,
+) -> String {
+    config_for(
+        nginx,
+        &[ServiceSpec {
+            name: service.to_string(),
+            image: repo.to_string(),
+            network: format!("{service}-net"),
+            extra: format!("pull = false\n{service_lines}"),
+        }],
+        "ghcr.io",
+    )
+    .replacen(
+        "keep_images = 2\n",
+        &format!("keep_images = 2\n{rollout_lines}"),
+        1,
+    )
+}
+
+/// Asks `gl` to deploy `tag` of `service` through its admin API; the deployment's id.
+pub async fn deploy_tag(
+    client: &reqwest::Client,
+    gl: &Greenlight,
+    service: &str,
+    tag: &str,
+) -> Result<i64> {
+    let v: serde_json::Value = client
+        .post(format!("{}/api/services/{service}/deploy", gl.url()))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "tag": tag }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    v["deployment"]
+        .as_i64()
+        .with_context(|| format!("deploy refused: {v}"))
+}
+
 /// A registry that notifies the greenlight listening on `gl_port` of each push.
 pub fn notifying_registry(gl_port: u16) -> Result<Registry> {
     Registry::start(RegistryOpts {

@@ -1,10 +1,10 @@
 //! greenlight benchmarks: prints Markdown tables.
 //!
 //! ```sh
-//! cargo run --release -p greenlight-bench -- [ingest] [footprint] [deploy] [many] [options]
+//! cargo run --release -p greenlight-bench -- [ingest] [footprint] [deploy] [many] [replicas] [canary] [options]
 //! ```
 //!
-//! With no suite named, runs `ingest footprint deploy many replicas` in that order. `deploy` also
+//! With no suite named, runs `ingest footprint deploy many replicas canary` in that order. `deploy` also
 //! prints the switch overhead. See [`USAGE`] for the options and their defaults.
 
 use std::fmt::Write as _;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use greenlight_testkit::env::{free_port, unique_prefix, DockerCleanup, Nginx};
 
+mod canary;
 mod deploy;
 mod gl;
 mod ingest;
@@ -22,13 +23,15 @@ mod replicas;
 const USAGE: &str = "\
 greenlight-bench [SUITE ...] [OPTIONS]
 
-Prints Markdown tables. Suites (default: all five, in this order):
+Prints Markdown tables. Suites (default: all six, in this order):
   ingest      webhook ingestion: greenlight vs adnanh/webhook, Rust client and wrk
   footprint   binary size, start-up time, idle RSS
   deploy      deploys under load (greenlight, classic script, recreate) and the switch overhead
   many        K services deployed at once by one greenlight vs one alone
   replicas    a 3-replica service: greenlight blue-green, greenlight rolling, and
               docker-rollout's double-then-stop-old, N deploys each
+  canary      one bad version (5% 500s) released as a greenlight canary, greenlight
+              blue-green with a soak, and a per-request random split (nginx weight=)
 
 Options:
   --duration S         ingestion seconds per server and load tool (default 10)
@@ -86,7 +89,9 @@ fn parse_args() -> Result<Opts> {
                     other => bail!("--keepalive on|off|both, not {other:?}"),
                 }
             }
-            "ingest" | "footprint" | "deploy" | "many" | "replicas" => opts.suites.push(arg),
+            "ingest" | "footprint" | "deploy" | "many" | "replicas" | "canary" => {
+                opts.suites.push(arg)
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -95,9 +100,16 @@ fn parse_args() -> Result<Opts> {
         }
     }
     if opts.suites.is_empty() {
-        opts.suites = ["ingest", "footprint", "deploy", "many", "replicas"]
-            .map(String::from)
-            .to_vec();
+        opts.suites = [
+            "ingest",
+            "footprint",
+            "deploy",
+            "many",
+            "replicas",
+            "canary",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     Ok(opts)
 }
@@ -122,6 +134,7 @@ async fn main() -> Result<()> {
             "footprint" => footprint(&binary, &mut section).await,
             "deploy" => deploy::run(&opts, &binary, &mut section).await,
             "replicas" => replicas::run(&opts, &binary, &mut section).await,
+            "canary" => canary::run(&opts, &binary, &mut section).await,
             "many" => many::run(&opts, &binary, &mut section).await,
             _ => unreachable!(),
         };

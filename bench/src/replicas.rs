@@ -16,7 +16,7 @@ use greenlight_testkit::env::{
 use greenlight_testkit::probe::ProbeReport;
 
 use crate::deploy::{nginx_reload, probe_on, Failures};
-use crate::gl::{self, config_for, Greenlight, ServiceSpec};
+use crate::gl::{self, Greenlight};
 use crate::Opts;
 
 /// Replicas of the service.
@@ -185,34 +185,19 @@ async fn greenlight(
     } else {
         ""
     };
-    let config = config_for(
+    let config = gl::local_service_config(
         &nginx,
-        &[ServiceSpec {
-            name: service.to_string(),
-            image: repo.to_string(),
-            network: format!("{service}-net"),
-            extra: format!("pull = false\nreplicas = {REPLICAS}\n"),
-        }],
-        "ghcr.io",
-    )
-    .replacen(
-        "keep_images = 2\n",
-        &format!("keep_images = 2\n{rollout}"),
-        1,
+        service,
+        repo,
+        &format!("replicas = {REPLICAS}\n"),
+        rollout,
     );
     let glp = Greenlight::spawn(binary, free_port(), &config, None)?;
     let client = greenlight_testkit::http();
     let deploy = |tag: String| {
-        let req = client
-            .post(format!("{}/api/services/{service}/deploy", glp.url()))
-            .bearer_auth(gl::TOKEN)
-            .json(&serde_json::json!({ "tag": tag }));
-        async move {
-            let v: serde_json::Value = req.send().await?.json().await?;
-            v["deployment"]
-                .as_i64()
-                .with_context(|| format!("deploy refused: {v}"))
-        }
+        let client = client.clone();
+        let glp = &glp;
+        async move { gl::deploy_tag(&client, glp, service, &tag).await }
     };
     let wait = |id: i64| {
         let client = client.clone();

@@ -47,6 +47,9 @@ impl App {
         } else {
             head.method.as_str()
         };
+        if head.path != "/healthz" && !self.config.extra_latency.is_zero() {
+            thread::sleep(self.config.extra_latency);
+        }
         if head.path != "/healthz" && self.fails_this_one() {
             return Response::text(500, "failing on purpose (DEMO_ERROR_PERCENT)\n");
         }

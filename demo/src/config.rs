@@ -29,6 +29,9 @@ pub struct Config {
     /// `DEMO_ERROR_PERCENT`: this share of the app's requests (everything but
     /// `/healthz`) answer 500, spread evenly (0 to 100).
     pub error_percent: u64,
+    /// `DEMO_EXTRA_LATENCY_MS`: every app request (everything but `/healthz`)
+    /// is answered this much later (a slower version).
+    pub extra_latency: Duration,
     /// `DEMO_UNHEALTHY_REPLICAS`: comma-separated replica numbers (the `k` of
     /// `GREENLIGHT_REPLICA=<service>-<colour>-<k>`) whose `/healthz` answers 503;
     /// with `DEMO_UNHEALTHY_AFTER_MS`, only from that long after start on (and
@@ -50,6 +53,7 @@ impl Default for Config {
             exit_after: None,
             exit_code: DEFAULT_EXIT_CODE,
             error_percent: 0,
+            extra_latency: Duration::ZERO,
             unhealthy_replicas: Vec::new(),
             replica: "none".to_string(),
         }
@@ -90,6 +94,7 @@ impl Config {
         config.unhealthy_after = number("DEMO_UNHEALTHY_AFTER_MS")?.map(Duration::from_millis);
         config.exit_after = number("DEMO_EXIT_AFTER_MS")?.map(Duration::from_millis);
         config.error_percent = number("DEMO_ERROR_PERCENT")?.unwrap_or(0);
+        config.extra_latency = Duration::from_millis(number("DEMO_EXTRA_LATENCY_MS")?.unwrap_or(0));
         if config.error_percent > 100 {
             return Err(format!(
                 "DEMO_ERROR_PERCENT must be 0 to 100, got {}",
@@ -146,11 +151,13 @@ mod tests {
             ("DEMO_EXIT_AFTER_MS", "200"),
             ("DEMO_EXIT_CODE", "7"),
             ("DEMO_ERROR_PERCENT", "5"),
+            ("DEMO_EXTRA_LATENCY_MS", "200"),
             ("DEMO_UNHEALTHY_REPLICAS", "2, 3"),
             ("GREENLIGHT_REPLICA", "web-green-2"),
         ]))
         .unwrap();
         assert_eq!(config.error_percent, 5);
+        assert_eq!(config.extra_latency, Duration::from_millis(200));
         assert_eq!(config.unhealthy_replicas, [2, 3]);
         assert_eq!(config.replica, "web-green-2");
         assert_eq!(config.port, 9000);

@@ -106,6 +106,9 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Go back to the service's previous image, and follow it to the end.
     Rollback(RollbackArgs),
+    /// A service's running canary: where it stands, or promote or abort it now.
+    #[command(subcommand)]
+    Canary(CanaryCommand),
     /// Follow a deployment live: a given one, or a service's current or next one.
     Watch(WatchArgs),
     /// Past deployments, newest first.
@@ -216,8 +219,31 @@ pub struct DeployArgs {
     /// Exact digest (sha256:...).
     #[arg(long)]
     pub digest: Option<String>,
+    /// This deployment's strategy instead of the service's `rollout.strategy`.
+    #[arg(long, value_parser = ["blue-green", "rolling", "canary"])]
+    pub strategy: Option<String>,
     #[command(flatten)]
     pub wait: FollowArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CanaryCommand {
+    /// The current step, its share of users and time left, each variant's
+    /// figures and every check's verdict.
+    Status {
+        /// The service, as named in the config.
+        service: String,
+    },
+    /// Skip the remaining steps: switch everyone to the new version now.
+    Promote {
+        /// The service, as named in the config.
+        service: String,
+    },
+    /// Take the canary out now: its users go back to the stable version.
+    Abort {
+        /// The service, as named in the config.
+        service: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -373,6 +399,7 @@ async fn client_command(client: &Client, cli: &Cli, term: Term) -> i32 {
         Command::Status => status(client, json, term).await,
         Command::Deploy(args) => deploy(client, args, json, term).await,
         Command::Rollback(args) => rollback(client, args, json, term).await,
+        Command::Canary(command) => canary(client, command, json).await,
         Command::Watch(args) => watch(client, args, json, term).await,
         Command::History(args) => history(client, args, json, term).await,
         Command::Deliveries(args) => deliveries(client, args, json, term).await,
@@ -446,7 +473,11 @@ async fn deploy(
     json: bool,
     term: Term,
 ) -> Result<i32, ApiError> {
-    let body = serde_json::json!({"tag": args.tag, "digest": args.digest});
+    let body = serde_json::json!({
+        "tag": args.tag,
+        "digest": args.digest,
+        "strategy": args.strategy,
+    });
     let accepted = client
         .post(
             &ApiPath::api(&["services", &args.service, "deploy"]),
@@ -454,6 +485,40 @@ async fn deploy(
         )
         .await?;
     queued(client, accepted, &args.wait, json, term).await
+}
+
+async fn canary(client: &Client, command: &CanaryCommand, json: bool) -> Result<i32, ApiError> {
+    let (service, action) = match command {
+        CanaryCommand::Status { service } => (service, None),
+        CanaryCommand::Promote { service } => (service, Some("promote")),
+        CanaryCommand::Abort { service } => (service, Some("abort")),
+    };
+    let answer = match action {
+        None => {
+            client
+                .get(&ApiPath::api(&["services", service, "canary"]))
+                .await?
+        }
+        Some(action) => {
+            client
+                .post(
+                    &ApiPath::api(&["services", service, "canary", action]),
+                    Some(serde_json::json!({})),
+                )
+                .await?
+        }
+    };
+    if json {
+        println!("{}", pretty(&answer));
+    } else if let Some(action) = action {
+        println!(
+            "asked the canary of {service} (deployment {}) to {action}; follow it with `greenlight watch {}`",
+            answer["deployment"], answer["deployment"]
+        );
+    } else {
+        print!("{}", table::canary(&answer["canary"], now_ms()));
+    }
+    Ok(EXIT_OK)
 }
 
 async fn rollback(

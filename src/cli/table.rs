@@ -367,6 +367,85 @@ pub fn notified(attempts: &Value) -> String {
         .join(", ")
 }
 
+/// A running canary (`GET /api/services/<name>/canary`'s `canary`), or a
+/// line saying none runs.
+pub fn canary(c: &Value, now_ms: i64) -> String {
+    if c.is_null() {
+        return "no canary running\n".into();
+    }
+    let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |v| format!("{v:.0} ms"));
+    let left = |end: &Value| {
+        let end = end.as_i64().unwrap_or(0);
+        crate::display::span(std::time::Duration::from_secs(
+            ((end - now_ms).max(0) / 1000) as u64,
+        ))
+    };
+    let mut out = format!(
+        "{} deployment {}: step {}/{} at {}% of users, {}",
+        c["service"].as_str().unwrap_or("?"),
+        c["deployment"],
+        c["stage"],
+        c["stages"],
+        c["percent"],
+        c["state"].as_str().unwrap_or("?"),
+    );
+    match c["state"].as_str() {
+        Some("baking") => out.push_str(&format!(", {} of bake left", left(&c["bake_ends_ms"]))),
+        Some("extended") => out.push_str(&format!(
+            ", waiting for traffic up to {} more",
+            left(&c["extension_ends_ms"])
+        )),
+        _ => {}
+    }
+    out.push('\n');
+    if let Some(reason) = c["reason"].as_str() {
+        out.push_str(&format!("  {reason}\n"));
+    }
+    out.push_str(&format!(
+        "  {:<8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8}\n",
+        "variant", "requests", "5xx", "rate", "p50", "p95", "p99"
+    ));
+    for variant in ["canary", "stable"] {
+        let v = &c[variant];
+        out.push_str(&format!(
+            "  {:<8} {:>9} {:>7} {:>7.2}% {:>8} {:>8} {:>8}\n",
+            variant,
+            v["requests"].to_string(),
+            v["errors"].to_string(),
+            100.0 * v["error_rate"].as_f64().unwrap_or(0.0),
+            ms(&v["p50_ms"]),
+            ms(&v["p95_ms"]),
+            ms(&v["p99_ms"]),
+        ));
+    }
+    let checks = c["checks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !checks.is_empty() {
+        out.push_str("  checks:\n");
+    }
+    for check in checks {
+        let reasons: Vec<&str> = check["reasons"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "    {} step {} ({}%): {}{}\n",
+            crate::display::timestamp(check["at_ms"].as_i64().unwrap_or(0)),
+            check["stage"],
+            check["percent"],
+            check["verdict"].as_str().unwrap_or("?"),
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" - {}", reasons.join("; "))
+            }
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,5 +585,35 @@ mod tests {
         let retrying = json!([{"channel": "slack", "outcome": "failed"}]);
         assert_eq!(notified(&retrying), "slack retrying");
         assert_eq!(notified(&Value::Null), "-");
+    }
+
+    #[test]
+    fn a_canary_reads_as_its_step_each_variant_and_every_check() {
+        assert_eq!(canary(&Value::Null, 0), "no canary running\n");
+        let c = serde_json::json!({
+            "service": "web", "deployment": 7, "stage": 1, "stages": 3, "percent": 5,
+            "state": "baking", "reason": null, "bake_ends_ms": 65_000,
+            "canary": {"requests": 40, "errors": 2, "error_rate": 0.05,
+                       "p50_ms": 3.2, "p95_ms": 9.0, "p99_ms": null},
+            "stable": {"requests": 800, "errors": 0, "error_rate": 0.0,
+                       "p50_ms": 3.0, "p95_ms": 8.0, "p99_ms": 12.0},
+            "checks": [{"at_ms": 0, "stage": 1, "percent": 5, "verdict": "inconclusive",
+                        "reasons": ["40 canary requests so far, 200 needed"]}]
+        });
+        let text = canary(&c, 5_000);
+        assert!(
+            text.starts_with(
+                "web deployment 7: step 1/3 at 5% of users, baking, 1m of bake left\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  canary          40       2    5.00%     3 ms     9 ms        -\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("step 1 (5%): inconclusive - 40 canary requests so far, 200 needed"),
+            "{text}"
+        );
     }
 }

@@ -335,6 +335,10 @@ pub struct ServiceConfig {
     pub health: HealthConfig,
     #[serde(default)]
     pub rollout: RolloutConfig,
+    /// How a canary deployment steps and judges (`rollout.strategy = "canary"`,
+    /// or `greenlight deploy --strategy canary`).
+    #[serde(default)]
+    pub canary: CanaryConfig,
     /// Per-service notification channels (overrides `[notify]`).
     pub notify: Option<notify::ServiceNotify>,
 }
@@ -419,6 +423,293 @@ impl Default for RolloutConfig {
             monitor: default_monitor(),
             failure_action: FailureAction::default(),
         }
+    }
+}
+
+/// A canary deployment: the steps of users' share it goes through, how long
+/// each bakes, and the rules that fail, pass or pause it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// The canary's share of users at each step, in percent, growing; after
+    /// the last it takes everyone.
+    #[serde(default = "default_canary_steps")]
+    pub steps: Vec<u32>,
+    /// How long each step is watched before it can pass.
+    #[serde(default = "default_bake", deserialize_with = "duration")]
+    pub bake: Duration,
+    /// Requests the canary must have answered in a step before it can pass.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// How often canary and stable are compared (each over the step so far).
+    #[serde(default = "default_canary_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Consecutive failed checks that abort the canary.
+    #[serde(default = "default_failed_checks")]
+    pub failed_checks: u32,
+    /// How much higher (absolute, 0.01 = one percentage point) the canary's
+    /// error rate must be than stable's before the test is asked.
+    #[serde(default = "default_error_margin")]
+    pub error_margin: f64,
+    /// Significance of the one-sided Fisher exact test on the error counts.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Fewest canary errors that can fail a check (a single error proves nothing).
+    #[serde(default = "default_min_errors")]
+    pub min_errors: u64,
+    /// Latency: a check fails when the canary's p95 exceeds both
+    /// `latency_ratio` x stable's p95 and stable's p95 + `latency_slack`.
+    #[serde(default = "default_latency_ratio")]
+    pub latency_ratio: f64,
+    #[serde(default = "default_latency_slack", deserialize_with = "duration")]
+    pub latency_slack: Duration,
+    /// Latency: a check fails when the canary's p99 exceeds this, whatever stable does.
+    #[serde(default = "default_p99_limit", deserialize_with = "duration")]
+    pub p99_limit: Duration,
+    /// Flagrant failure, aborting at once: at least `flagrant_errors` canary
+    /// errors that are at least `flagrant_rate` of its requests within
+    /// `flagrant_window`.
+    #[serde(default = "default_flagrant_errors")]
+    pub flagrant_errors: u64,
+    #[serde(default = "default_flagrant_rate")]
+    pub flagrant_rate: f64,
+    #[serde(default = "default_flagrant_window", deserialize_with = "duration")]
+    pub flagrant_window: Duration,
+    /// How long a step's bake may be extended while the canary has too few
+    /// requests; then `inconclusive` decides.
+    #[serde(default = "default_bake", deserialize_with = "duration")]
+    pub max_extension: Duration,
+    /// What a step that stays inconclusive does: `pause` (hold the split and
+    /// wait for `greenlight canary promote|abort`), `promote` or `abort`.
+    #[serde(default)]
+    pub inconclusive: Inconclusive,
+    /// A cookie whose value `always` or `never` sends its user to the canary
+    /// or to stable, whatever the split says.
+    #[serde(default = "default_override_cookie")]
+    pub override_cookie: String,
+    /// Optional allowlist: requests carrying this cookie (any value) go to the canary.
+    pub allow_cookie: Option<String>,
+    /// Optional allowlist: requests carrying this header (any value) go to the canary.
+    pub allow_header: Option<String>,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        CanaryConfig {
+            steps: default_canary_steps(),
+            bake: default_bake(),
+            min_requests: default_min_requests(),
+            interval: default_canary_interval(),
+            failed_checks: default_failed_checks(),
+            error_margin: default_error_margin(),
+            alpha: default_alpha(),
+            min_errors: default_min_errors(),
+            latency_ratio: default_latency_ratio(),
+            latency_slack: default_latency_slack(),
+            p99_limit: default_p99_limit(),
+            flagrant_errors: default_flagrant_errors(),
+            flagrant_rate: default_flagrant_rate(),
+            flagrant_window: default_flagrant_window(),
+            max_extension: default_bake(),
+            inconclusive: Inconclusive::default(),
+            override_cookie: default_override_cookie(),
+            allow_cookie: None,
+            allow_header: None,
+        }
+    }
+}
+
+/// What a canary step with too little traffic to judge does in the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Inconclusive {
+    /// Hold the split as it is, notify, and wait for an operator.
+    #[default]
+    Pause,
+    Promote,
+    Abort,
+}
+
+impl Inconclusive {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Inconclusive::Pause => "pause",
+            Inconclusive::Promote => "promote",
+            Inconclusive::Abort => "abort",
+        }
+    }
+}
+
+fn default_canary_steps() -> Vec<u32> {
+    vec![5, 25, 50]
+}
+fn default_bake() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_min_requests() -> u64 {
+    200
+}
+fn default_canary_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_failed_checks() -> u32 {
+    3
+}
+fn default_error_margin() -> f64 {
+    0.01
+}
+fn default_alpha() -> f64 {
+    0.01
+}
+fn default_min_errors() -> u64 {
+    5
+}
+fn default_latency_ratio() -> f64 {
+    1.2
+}
+fn default_latency_slack() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_p99_limit() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_flagrant_errors() -> u64 {
+    10
+}
+fn default_flagrant_rate() -> f64 {
+    0.10
+}
+fn default_flagrant_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_override_cookie() -> String {
+    "greenlight_canary".into()
+}
+
+/// A cookie name nginx can read as `$cookie_<name>`.
+fn cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A header name nginx can read as `$http_<name>`.
+fn header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+impl CanaryConfig {
+    /// Checks the canary settings; `Err((key under canary., message))`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.steps.is_empty() {
+            return Err(("steps", "needs at least one step, e.g. [5, 25, 50]".into()));
+        }
+        if self.steps.iter().any(|p| !(1..=99).contains(p)) {
+            return Err((
+                "steps",
+                format!(
+                    "{:?}: each step is a share of users from 1 to 99 (percent); after the last step the canary takes everyone",
+                    self.steps
+                ),
+            ));
+        }
+        if self.steps.windows(2).any(|w| w[0] >= w[1]) {
+            return Err((
+                "steps",
+                format!(
+                    "{:?} must grow from step to step (a user moved to the canary stays there)",
+                    self.steps
+                ),
+            ));
+        }
+        if self.interval.is_zero() || self.interval > self.bake {
+            return Err((
+                "interval",
+                format!(
+                    "{} must be more than 0 and at most bake ({})",
+                    crate::display::span(self.interval),
+                    crate::display::span(self.bake)
+                ),
+            ));
+        }
+        if self.failed_checks == 0 {
+            return Err(("failed_checks", "must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.error_margin) {
+            return Err((
+                "error_margin",
+                format!(
+                    "{} must be from 0 to below 1 (0.01 = one percentage point)",
+                    self.error_margin
+                ),
+            ));
+        }
+        if !(self.alpha > 0.0 && self.alpha <= 0.2) {
+            return Err((
+                "alpha",
+                format!(
+                    "{} must be above 0 and at most 0.2 (the chance a check fails a canary no worse than stable; 0.01 is usual)",
+                    self.alpha
+                ),
+            ));
+        }
+        if self.min_errors == 0 {
+            return Err(("min_errors", "must be at least 1".into()));
+        }
+        if self.latency_ratio.is_nan() || self.latency_ratio < 1.0 {
+            return Err((
+                "latency_ratio",
+                format!(
+                    "{} must be at least 1 (1.2 = 20% slower)",
+                    self.latency_ratio
+                ),
+            ));
+        }
+        if self.p99_limit.is_zero() {
+            return Err(("p99_limit", "must be more than 0".into()));
+        }
+        if !(self.flagrant_rate > 0.0 && self.flagrant_rate <= 1.0) {
+            return Err((
+                "flagrant_rate",
+                format!("{} must be above 0 and at most 1", self.flagrant_rate),
+            ));
+        }
+        if self.flagrant_errors == 0 {
+            return Err(("flagrant_errors", "must be at least 1".into()));
+        }
+        if self.flagrant_window.is_zero() {
+            return Err(("flagrant_window", "must be more than 0".into()));
+        }
+        if self.min_requests == 0 {
+            return Err((
+                "min_requests",
+                "must be at least 1: a step the canary served no request in proves nothing".into(),
+            ));
+        }
+        for (key, name) in [
+            ("override_cookie", Some(&self.override_cookie)),
+            ("allow_cookie", self.allow_cookie.as_ref()),
+        ] {
+            if let Some(name) = name {
+                if !cookie_name(name) {
+                    return Err((
+                        key,
+                        format!("{name:?} must be 1 to 64 letters, digits or '_' (nginx reads it as $cookie_<name>)"),
+                    ));
+                }
+            }
+        }
+        if let Some(name) = &self.allow_header {
+            if !header_name(name) {
+                return Err((
+                    "allow_header",
+                    format!("{name:?} must be 1 to 64 letters, digits or '-'"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -876,7 +1167,29 @@ impl Config {
                     format!("must be 1 to {MAX_REPLICAS}, got {}", s.replicas),
                 ));
             }
+            s.canary
+                .validate()
+                .map_err(|(k, message)| bad(&key(&format!("canary.{k}")), message))?;
+            let var = crate::domain::routing::Routing::upstream_variable(&s.name);
+            if let Some(other) = self.services[..i]
+                .iter()
+                .find(|o| crate::domain::routing::Routing::upstream_variable(&o.name) == var)
+            {
+                return Err(bad(
+                    &key("name"),
+                    format!(
+                        "{:?} and {:?} would share nginx's variable ${var} ('-' reads as '_'): rename one",
+                        s.name, other.name
+                    ),
+                ));
+            }
             let r = &s.rollout;
+            if r.strategy == Strategy::Canary && self.nginx.access_log.is_none() {
+                return Err(bad(
+                    &key("rollout.strategy"),
+                    "a canary is judged from nginx's access log: set [nginx] access_log (the site's log in the format of nginx/greenlight-log.conf)".into(),
+                ));
+            }
             if r.strategy == Strategy::Rolling {
                 if r.max_surge == 0 && r.max_unavailable == 0 {
                     return Err(bad(
@@ -1106,6 +1419,58 @@ interval = "250ms"
         .unwrap_err();
         assert!(e.contains("service[0].rollout.stop_grace"), "{e}");
         assert!(e.contains("[docker] timeout 10s"), "{e}");
+    }
+
+    #[test]
+    fn canary_settings_are_checked_with_their_key() {
+        let c = parse(GOOD).unwrap();
+        let canary = &c.service("web").unwrap().canary;
+        assert_eq!(canary.steps, [5, 25, 50]);
+        assert_eq!(canary.bake, Duration::from_secs(300));
+        assert_eq!(canary.min_requests, 200);
+        assert_eq!(canary.inconclusive, Inconclusive::Pause);
+        for (lines, key, says) in [
+            ("steps = [25, 5]", "canary.steps", "must grow"),
+            ("steps = [0, 50]", "canary.steps", "from 1 to 99"),
+            ("steps = []", "canary.steps", "at least one"),
+            ("interval = \"10m\"", "canary.interval", "at most bake"),
+            ("alpha = 0.5", "canary.alpha", "at most 0.2"),
+            ("latency_ratio = 0.9", "canary.latency_ratio", "at least 1"),
+            (
+                "override_cookie = \"a-b\"",
+                "canary.override_cookie",
+                "letters, digits or '_'",
+            ),
+            (
+                "allow_header = \"X Beta\"",
+                "canary.allow_header",
+                "letters, digits or '-'",
+            ),
+            ("inconclusive = \"wait\"", "inconclusive", "unknown variant"),
+        ] {
+            let e = parse(&format!("{GOOD}[service.canary]\n{lines}\n")).unwrap_err();
+            assert!(e.contains(key) && e.contains(says), "{lines}: {e}");
+        }
+        // A canary is judged from the access log: without one it is refused.
+        let e = parse(&format!("{GOOD}[service.rollout]\nstrategy = \"canary\"\n")).unwrap_err();
+        assert!(
+            e.contains("service[0].rollout.strategy") && e.contains("access_log"),
+            "{e}"
+        );
+        let with_log = GOOD.replace(
+            "drain_timeout = \"45s\"\n",
+            "drain_timeout = \"45s\"\naccess_log = \"/var/log/nginx/g.json\"\n",
+        );
+        parse(&format!(
+            "{with_log}[service.rollout]\nstrategy = \"canary\"\n"
+        ))
+        .unwrap();
+        // Two names nginx would read as one variable.
+        let twins = format!(
+            "{GOOD}\n[[service]]\nname = \"my-app\"\nimage = \"a/b\"\nport = 1\n\n[[service]]\nname = \"my_app\"\nimage = \"a/c\"\nport = 1\n"
+        );
+        let e = parse(&twins).unwrap_err();
+        assert!(e.contains("$greenlight_my_app_upstream"), "{e}");
     }
 
     #[test]

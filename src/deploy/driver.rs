@@ -27,22 +27,31 @@ pub(crate) async fn run(inner: &Inner, id: i64) {
         return;
     }
     let span = tracing::info_span!("deploy", service = %deployment.service, deployment = id);
-    if run_deployment(inner, deployment).instrument(span).await {
+    let service = deployment.service.clone();
+    let finished = run_deployment(inner, deployment).instrument(span).await;
+    inner.canaries.close(&service, id);
+    if finished {
         // Exactly one outcome message per deployment, whatever ended it.
         inner.notifier.finished(id);
     }
 }
 
-/// What the service's config asks of a deployment that starts from `current`.
-pub(crate) fn shape(service: &ServiceConfig, current: &Routing) -> Shape {
+/// What the service's config asks of a deployment that starts from `current`
+/// (with the strategy asked for it alone, if one was).
+pub(crate) fn shape(
+    service: &ServiceConfig,
+    current: &Routing,
+    strategy: Option<Strategy>,
+) -> Shape {
     let r = &service.rollout;
     Shape {
-        strategy: r.strategy,
+        strategy: strategy.unwrap_or(r.strategy),
         replicas: service.replicas,
         max_surge: r.max_surge,
         max_unavailable: r.max_unavailable,
         // A first deployment has nothing to go back to: no soak.
         soak: !r.soak.is_zero() && !current.backends.is_empty(),
+        canary_steps: service.canary.steps.clone(),
     }
 }
 
@@ -59,8 +68,8 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
             return true;
         }
     };
-    let shape = shape(service, &current);
-    let plan = strategy::plan(&service.name, &current, None, shape);
+    let shape = shape(service, &current, deployment.strategy);
+    let plan = strategy::plan(&service.name, &current, None, shape.clone());
     match inner
         .store
         .claim(id, shape.strategy, shape.replicas, &plan.steps)
@@ -157,7 +166,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
 
 /// Fails a deployment before it starts: nothing was touched.
 fn refuse(inner: &Inner, service: &ServiceConfig, deployment: &Deployment, why: String) {
-    let shape = shape(service, &Routing::empty(&service.name));
+    let shape = shape(service, &Routing::empty(&service.name), deployment.strategy);
     match inner
         .store
         .claim(deployment.id, shape.strategy, shape.replicas, &[])
@@ -215,7 +224,7 @@ async fn unwind(run: &mut Run<'_>, mut failure: Failure) -> State {
                 format!("switching nginx back failed too: {e}"),
             ),
         }
-    } else if run.service.rollout.strategy == Strategy::Rolling
+    } else if run.shape.strategy == Strategy::Rolling
         && run.service.rollout.failure_action == FailureAction::Pause
     {
         // The failing batch goes (the previous version put back in its

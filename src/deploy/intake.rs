@@ -303,6 +303,7 @@ fn create(
             delivery: Some(delivery_row),
             resume_of: None,
             resume_depth: 0,
+            strategy: None,
         },
     )
 }

@@ -8,7 +8,10 @@
 //! - [`intake`]: what a webhook push means (ignored, stale, duplicate, queued).
 //! - [`reconcile`]: on start, make the store agree with nginx and the runtime.
 //! - [`soaks`]: the soaks an operator's rollback can end early.
+//! - [`canary`]: a canary step driven (split, bake, decide) and the running
+//!   canaries' status and operator commands.
 
+pub mod canary;
 mod driver;
 pub mod health;
 pub mod intake;
@@ -24,6 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::domain::deployment::Trigger;
+use crate::domain::plan::Strategy;
 use crate::notify::Notifier;
 use crate::proxy::Nginx;
 use crate::registry;
@@ -38,6 +42,9 @@ pub enum SubmitError {
     UnknownService(String),
     #[error("{0}")]
     BadRequest(String),
+    /// Not now (no canary running, or it is ending already).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -49,6 +56,7 @@ pub(crate) struct Inner {
     pub nginx: Nginx,
     pub notifier: Notifier,
     pub soaks: soaks::Soaks,
+    pub canaries: canary::Canaries,
 }
 
 /// How a rollback request was taken.
@@ -94,6 +102,7 @@ impl Deployer {
             nginx,
             notifier,
             soaks: soaks::Soaks::default(),
+            canaries: canary::Canaries::default(),
         });
         // Outcome messages a crash or stop left owed go out first.
         inner.notifier.resume();
@@ -168,9 +177,15 @@ impl Deployer {
         service: &str,
         tag: Option<String>,
         digest: Option<String>,
+        strategy: Option<Strategy>,
     ) -> Result<i64, SubmitError> {
         if !self.queues.contains_key(service) {
             return Err(SubmitError::UnknownService(service.into()));
+        }
+        if strategy == Some(Strategy::Canary) && self.inner.config.nginx.access_log.is_none() {
+            return Err(SubmitError::BadRequest(
+                "a canary is judged from nginx's access log: set [nginx] access_log in the config first".into(),
+            ));
         }
         match (&tag, &digest) {
             (None, None) => {
@@ -198,10 +213,36 @@ impl Deployer {
         let id = self.inner.store.create_deployment(&NewDeployment {
             tag,
             digest,
+            strategy,
             ..NewDeployment::operator(service, "deploy")
         })?;
         self.enqueue(service, id);
         Ok(id)
+    }
+
+    /// The service's running canary, if it has one.
+    pub fn canary(&self, service: &str) -> Option<canary::Status> {
+        self.inner.canaries.status(service)
+    }
+
+    /// Every running canary.
+    pub fn canaries(&self) -> Vec<canary::Status> {
+        self.inner.canaries.all()
+    }
+
+    /// Promotes or aborts the service's running canary; returns its deployment.
+    pub fn canary_command(
+        &self,
+        service: &str,
+        command: canary::Command,
+    ) -> Result<i64, SubmitError> {
+        if !self.queues.contains_key(service) {
+            return Err(SubmitError::UnknownService(service.into()));
+        }
+        self.inner
+            .canaries
+            .command(service, command)
+            .map_err(SubmitError::Conflict)
     }
 
     /// Goes back to the previous version of `service`: at once (one reload) when

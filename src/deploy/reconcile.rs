@@ -279,6 +279,8 @@ fn resume(inner: &Inner, d: &Deployment, routed_to_it: bool) -> Option<i64> {
             delivery: d.delivery,
             resume_of: Some(d.id),
             resume_depth: d.resume_depth + 1,
+            // A re-run keeps the strategy its deployment was run with.
+            strategy: d.strategy,
         })
         .ok()?;
     if let Some(row) = d.delivery {

@@ -16,7 +16,7 @@ use super::Inner;
 use crate::config::ServiceConfig;
 use crate::display::{self, short_digest};
 use crate::domain::deployment::{FailureKind, State};
-use crate::domain::plan::{Slot, Step};
+use crate::domain::plan::{Slot, Step, Strategy};
 use crate::domain::routing::{Backend, Role, Routing};
 use crate::registry::{self, Repository};
 use crate::retry::{Policy, SendError};
@@ -95,6 +95,9 @@ pub(crate) struct Run<'a> {
     traffic: Option<(AccessLog, HashMap<String, Tally>)>,
     /// Putting back the previous version: the live record stays as it is.
     unwinding: bool,
+    /// A canary promoted before its last step (by an operator, or by
+    /// `canary.inconclusive = "promote"`): the remaining steps are skipped.
+    pub canary_promoted: Option<String>,
 }
 
 impl<'a> Run<'a> {
@@ -138,6 +141,7 @@ impl<'a> Run<'a> {
             failing: None,
             traffic,
             unwinding: false,
+            canary_promoted: None,
         };
         run.record(inner.store.set_colour(run.deployment.id, run.plan.colour));
         run
@@ -150,7 +154,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn note(&self, text: &str) {
+    pub(super) fn note(&self, text: &str) {
         self.record(self.inner.store.note(self.deployment.id, text));
     }
 
@@ -168,6 +172,7 @@ impl<'a> Run<'a> {
             Step::StoppingOld { replicas, .. } => self.stop_old(replicas).await,
             Step::Monitoring { slots, .. } => self.monitor(slots).await,
             Step::Pruning => self.prune().await,
+            Step::Canary { stage, percent } => self.canary(*stage, *percent).await,
         }
     }
 
@@ -255,7 +260,12 @@ impl<'a> Run<'a> {
         if all_run && self.already_live() {
             return Err(Stop::Done(State::AlreadyLive));
         }
-        self.plan = strategy::plan(&self.service.name, &view, Some(&self.digest), self.shape);
+        self.plan = strategy::plan(
+            &self.service.name,
+            &view,
+            Some(&self.digest),
+            self.shape.clone(),
+        );
         self.record(
             self.inner
                 .store
@@ -462,7 +472,7 @@ impl<'a> Run<'a> {
     }
 
     /// The health checks of a started replica.
-    fn health<'r>(&'r self, replica: &'r Replica) -> HealthGate<'r> {
+    pub(super) fn health<'r>(&'r self, replica: &'r Replica) -> HealthGate<'r> {
         HealthGate {
             runtime: &self.inner.runtime,
             config: &self.service.health,
@@ -529,9 +539,24 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The backend a replica this deployment started becomes.
+    pub(super) fn new_backend(&self, replica: &Replica) -> Backend {
+        self.backend(replica, self.plan.colour)
+    }
+
     /// Applies a new routing: nginx tests and reloads it, or stays as it was.
     async fn route(&mut self, backends: Vec<Backend>) -> Result<(), Stop> {
-        let next = self.routing.next(backends);
+        self.route_split(backends, None).await
+    }
+
+    /// [`Run::route`] with a canary split (`None`: one group).
+    pub(super) async fn route_split(
+        &mut self,
+        backends: Vec<Backend>,
+        split: impl Into<Option<crate::domain::routing::Split>>,
+    ) -> Result<(), Stop> {
+        let mut next = self.routing.next(backends);
+        next.split = split.into();
         let removed: Vec<Backend> = self
             .routing
             .backends
@@ -938,7 +963,15 @@ impl<'a> Run<'a> {
     /// still run), then the new ones go once the workers routing to them have
     /// drained.
     pub async fn switch_back(&mut self) -> Result<(), String> {
-        let back = self.original.backends.clone();
+        // A canary this run resumed was routed before it began: the way back
+        // is its stable group alone.
+        let back: Vec<Backend> = self
+            .original
+            .backends
+            .iter()
+            .filter(|b| self.original.split.is_none() || b.role == Role::Stable)
+            .cloned()
+            .collect();
         let names: Vec<String> = back.iter().map(|b| b.name.clone()).collect();
         self.begin(&Step::Switching {
             batch: 0,
@@ -993,6 +1026,19 @@ impl<'a> Run<'a> {
             replicas: self.started.keys().cloned().collect(),
         });
         self.remove_unrouted().await;
+        // ... and the canary replicas the resumed run started go too.
+        let resumed: Vec<Backend> = self
+            .original
+            .backends
+            .iter()
+            .filter(|b| self.routing.backend(&b.name).is_none())
+            .cloned()
+            .collect();
+        for b in resumed {
+            if let Err(e) = self.inner.runtime.remove(&b.id).await {
+                warn!(replica = %b.name, error = %e, "removing a canary replica");
+            }
+        }
         Ok(())
     }
 
@@ -1042,7 +1088,15 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let plan = strategy::plan(&self.service.name, &view, Some(&live.digest), self.shape);
+        // The way back is never a canary: the previous version was live.
+        let shape = Shape {
+            strategy: match self.shape.strategy {
+                Strategy::Canary => Strategy::BlueGreen,
+                s => s,
+            },
+            ..self.shape.clone()
+        };
+        let plan = strategy::plan(&self.service.name, &view, Some(&live.digest), shape);
         self.plan.colour = plan.colour;
         let steps: Vec<Step> = plan
             .steps

@@ -11,7 +11,7 @@ use crate::domain::plan::{Slot, Step, Strategy};
 use crate::domain::routing::{Backend, Routing};
 
 /// What a plan asks of a rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shape {
     pub strategy: Strategy,
     pub replicas: u32,
@@ -21,6 +21,8 @@ pub struct Shape {
     pub max_unavailable: u32,
     /// Blue-green: watch the new colour after the switch while the old runs.
     pub soak: bool,
+    /// Canary: the new version's share of users at each step, growing.
+    pub canary_steps: Vec<u32>,
 }
 
 /// A plan and the colour its new replicas take.
@@ -36,7 +38,71 @@ pub fn plan(service: &str, current: &Routing, target: Option<&str>, shape: Shape
     match shape.strategy {
         Strategy::BlueGreen => blue_green(service, current, shape),
         Strategy::Rolling => rolling(service, current, target, shape),
+        Strategy::Canary => canary(service, current, target, shape),
     }
+}
+
+/// Start all new replicas beside the old ones, gate them, then give them a
+/// growing share of users step by step (one reload each; the analysis
+/// decides in each step), and promote: switch everyone to them in one
+/// reload, drain, stop the old ones. With nothing else live (a first
+/// deployment, or a redeploy of the live digest) there is nothing to compare
+/// with: blue-green. A re-run after an interruption keeps the new replicas
+/// already routed and resumes at the step its split records.
+fn canary(service: &str, current: &Routing, target: Option<&str>, shape: Shape) -> Plan {
+    let (done, stable): (Vec<&Backend>, Vec<&Backend>) = current
+        .backends
+        .iter()
+        .partition(|b| target.is_some() && Some(b.digest.as_str()) == target);
+    if stable.is_empty() || shape.canary_steps.is_empty() {
+        return blue_green(service, current, shape);
+    }
+    let stable_only = current.next(stable.iter().map(|b| (*b).clone()).collect());
+    let colour = done
+        .first()
+        .map(|b| b.colour)
+        .unwrap_or_else(|| new_colour(&stable_only));
+    let done = &done[..done.len().min(shape.replicas as usize)];
+    let need = shape.replicas - done.len() as u32;
+    let mut taken = BTreeSet::new();
+    let slots = free_slots(service, current, colour, &mut taken, need);
+    let mut all: Vec<Slot> = done
+        .iter()
+        .filter_map(|b| {
+            let index = b.name.rsplit('-').next()?.parse().ok()?;
+            Some(Slot {
+                colour: b.colour,
+                index,
+            })
+        })
+        .collect();
+    all.extend(slots.iter().copied());
+    let reached = match (&current.split, done.is_empty()) {
+        (Some(split), false) => split.percent,
+        _ => 0,
+    };
+    let old = names(&stable);
+    let mut steps = vec![Step::Resolving, Step::Pulling];
+    if need > 0 {
+        steps.extend([
+            Step::Starting {
+                batch: 0,
+                slots: slots.clone(),
+            },
+            Step::HealthGate { batch: 0, slots },
+        ]);
+    }
+    for (i, percent) in shape.canary_steps.iter().enumerate() {
+        if *percent >= reached {
+            steps.push(Step::Canary {
+                stage: i as u32 + 1,
+                percent: *percent,
+            });
+        }
+    }
+    // The new replicas are routed already: the promotion takes the old out.
+    steps.extend(switch_all(Vec::new(), all, old, false));
+    Plan { colour, steps }
 }
 
 /// The colour new replicas take: the one the routed replicas do not have (or
@@ -99,14 +165,27 @@ fn blue_green(service: &str, current: &Routing, shape: Shape) -> Plan {
             batch: 0,
             slots: slots.clone(),
         },
+    ];
+    let soak = shape.soak && !old.is_empty();
+    steps.extend(switch_all(slots.clone(), slots, old, soak));
+    Plan { colour, steps }
+}
+
+/// One reload from `old` to the new replicas (`add` joins the routing then;
+/// `verify` are proved), [a soak,] then the old ones drained and stopped.
+fn switch_all(add: Vec<Slot>, verify: Vec<Slot>, old: Vec<String>, soak: bool) -> Vec<Step> {
+    let mut steps = vec![
         Step::Switching {
             batch: 0,
-            add: slots.clone(),
+            add,
             remove: old.clone(),
         },
-        Step::Verifying { batch: 0, slots },
+        Step::Verifying {
+            batch: 0,
+            slots: verify,
+        },
     ];
-    if shape.soak && !old.is_empty() {
+    if soak {
         steps.push(Step::Soaking);
     }
     steps.extend([
@@ -117,7 +196,7 @@ fn blue_green(service: &str, current: &Routing, shape: Shape) -> Plan {
         },
         Step::Pruning,
     ]);
-    Plan { colour, steps }
+    steps
 }
 
 /// Replace replicas in batches of `max_surge + max_unavailable`: each batch
@@ -277,6 +356,7 @@ mod tests {
         Routing {
             service: "web".into(),
             generation: 3,
+            split: None,
             backends: (1..=n)
                 .map(|i| Backend::example(&format!("web-{colour}-{i}"), i, colour, digest))
                 .collect(),
@@ -290,7 +370,121 @@ mod tests {
             max_surge,
             max_unavailable,
             soak: false,
+            canary_steps: vec![5, 25, 50],
         }
+    }
+
+    #[test]
+    fn a_canary_starts_beside_the_old_steps_up_and_promotes_in_one_reload() {
+        let current = routing(2, Colour::Blue, "sha256:old");
+        let plan_ = plan(
+            "web",
+            &current,
+            Some("sha256:new"),
+            shape(Strategy::Canary, 2, 0, 0),
+        );
+        let plan = &plan_;
+        assert_eq!(plan.colour, Colour::Green);
+        assert_eq!(
+            names(plan),
+            [
+                "resolving",
+                "pulling",
+                "starting",
+                "health_gate",
+                "canary",
+                "canary",
+                "canary",
+                "switching",
+                "verifying",
+                "draining",
+                "stopping_old",
+                "pruning"
+            ]
+        );
+        let stages: Vec<(u32, u32)> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Canary { stage, percent } => Some((*stage, *percent)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stages, [(1, 5), (2, 25), (3, 50)]);
+        assert!(plan.steps.contains(&Step::Switching {
+            batch: 0,
+            add: Vec::new(),
+            remove: vec!["web-blue-1".into(), "web-blue-2".into()],
+        }));
+        // Nothing live to compare with: blue-green.
+        let first = super::plan(
+            "web",
+            &Routing::empty("web"),
+            Some("sha256:new"),
+            shape(Strategy::Canary, 2, 0, 0),
+        );
+        assert!(!names(&first).contains(&"canary"));
+    }
+
+    #[test]
+    fn a_canary_cut_short_resumes_at_its_recorded_step_with_its_replicas() {
+        let mut current = routing(2, Colour::Blue, "sha256:old");
+        let mut new = routing(2, Colour::Green, "sha256:new").backends;
+        for b in &mut new {
+            b.role = crate::domain::routing::Role::New;
+        }
+        current.backends.extend(new);
+        current.split = Some(crate::domain::routing::Split {
+            percent: 25,
+            salt: "s".into(),
+            override_cookie: "c".into(),
+            allow_cookie: None,
+            allow_header: None,
+            log: None,
+        });
+        let plan = plan(
+            "web",
+            &current,
+            Some("sha256:new"),
+            shape(Strategy::Canary, 2, 0, 0),
+        );
+        assert_eq!(
+            names(&plan),
+            [
+                "resolving",
+                "pulling",
+                "canary",
+                "canary",
+                "switching",
+                "verifying",
+                "draining",
+                "stopping_old",
+                "pruning"
+            ]
+        );
+        assert_eq!(
+            plan.steps[2],
+            Step::Canary {
+                stage: 2,
+                percent: 25
+            }
+        );
+        assert_eq!(
+            plan.steps[5],
+            Step::Verifying {
+                batch: 0,
+                slots: vec![
+                    Slot {
+                        colour: Colour::Green,
+                        index: 1
+                    },
+                    Slot {
+                        colour: Colour::Green,
+                        index: 2
+                    }
+                ]
+            }
+        );
     }
 
     fn names(plan: &Plan) -> Vec<&'static str> {

@@ -17,6 +17,10 @@ pub enum Strategy {
     BlueGreen,
     /// Replace replicas in batches within `max_surge` and `max_unavailable`.
     Rolling,
+    /// Start the new replicas beside the old, give them a growing, sticky
+    /// share of users step by step while comparing them with the old ones,
+    /// then switch all traffic (or abort).
+    Canary,
 }
 
 impl Strategy {
@@ -24,6 +28,7 @@ impl Strategy {
         match self {
             Strategy::BlueGreen => "blue-green",
             Strategy::Rolling => "rolling",
+            Strategy::Canary => "canary",
         }
     }
 }
@@ -40,7 +45,10 @@ impl std::str::FromStr for Strategy {
         match s {
             "blue-green" => Ok(Strategy::BlueGreen),
             "rolling" => Ok(Strategy::Rolling),
-            _ => Err(format!("unknown strategy {s:?} (blue-green or rolling)")),
+            "canary" => Ok(Strategy::Canary),
+            _ => Err(format!(
+                "unknown strategy {s:?} (blue-green, rolling or canary)"
+            )),
         }
     }
 }
@@ -89,10 +97,14 @@ pub enum Step {
     Monitoring { batch: u32, slots: Vec<Slot> },
     /// Remove this service's images beyond `keep_images`.
     Pruning,
+    /// Canary step `stage` (from 1): route `percent`% of users to the new
+    /// replicas (one reload), prove both groups answer, then bake: compare
+    /// the new with the old until they pass, fail or prove nothing.
+    Canary { stage: u32, percent: u32 },
 }
 
 /// Every step name, in the order a deployment meets them.
-pub const STEP_NAMES: [&str; 11] = [
+pub const STEP_NAMES: [&str; 12] = [
     "resolving",
     "pulling",
     "starting",
@@ -104,6 +116,7 @@ pub const STEP_NAMES: [&str; 11] = [
     "stopping_old",
     "monitoring",
     "pruning",
+    "canary",
 ];
 
 impl Step {
@@ -120,6 +133,7 @@ impl Step {
             Step::StoppingOld { .. } => STEP_NAMES[8],
             Step::Monitoring { .. } => STEP_NAMES[9],
             Step::Pruning => STEP_NAMES[10],
+            Step::Canary { .. } => STEP_NAMES[11],
         }
     }
 
@@ -133,6 +147,7 @@ impl Step {
             | Step::Draining { batch }
             | Step::StoppingOld { batch, .. }
             | Step::Monitoring { batch, .. } => *batch,
+            Step::Canary { stage, .. } => *stage,
             _ => 0,
         }
     }
@@ -202,6 +217,14 @@ mod tests {
     fn strategies_read_as_the_config_writes_them() {
         assert_eq!("rolling".parse::<Strategy>().unwrap(), Strategy::Rolling);
         assert_eq!(Strategy::BlueGreen.to_string(), "blue-green");
-        assert!("canary".parse::<Strategy>().is_err());
+        assert_eq!("canary".parse::<Strategy>().unwrap(), Strategy::Canary);
+        assert!("canary-ish".parse::<Strategy>().is_err());
+        let step = Step::Canary {
+            stage: 2,
+            percent: 25,
+        };
+        let json = serde_json::to_string(&step).unwrap();
+        assert_eq!(json, r#"{"step":"canary","stage":2,"percent":25}"#);
+        assert_eq!(step.batch(), 2);
     }
 }

@@ -14,6 +14,31 @@ pub struct Routing {
     /// with it, so a request through that name proves a worker runs this render.
     pub generation: u64,
     pub backends: Vec<Backend>,
+    /// A canary split: the `New` backends get this share of users, the
+    /// `Stable` ones the rest. `None`: every backend in one group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// How nginx divides a service's users between its stable and canary groups:
+/// sticky per user (nginx's userid cookie), salted per deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// The canary's share of users, 1 to 99.
+    pub percent: u32,
+    /// Mixed into each user's hash: a new salt, a new cohort.
+    pub salt: String,
+    /// A cookie whose value `always` or `never` forces the canary or stable.
+    pub override_cookie: String,
+    /// A cookie (or header) that, when set, sends a request to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_header: Option<String>,
+    /// Where the access log stood (inode, offset) when this step's split
+    /// began: a run that resumes the step reads the log from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<(u64, u64)>,
 }
 
 /// One replica nginx routes to.
@@ -72,16 +97,29 @@ impl Routing {
             service: service.to_string(),
             generation: 0,
             backends: Vec::new(),
+            split: None,
         }
     }
 
-    /// The next render: these backends, one generation on.
+    /// The next render: these backends, one generation on, without a split.
     pub fn next(&self, backends: Vec<Backend>) -> Routing {
         Routing {
             service: self.service.clone(),
             generation: self.generation + 1,
             backends,
+            split: None,
         }
+    }
+
+    /// The name of the upstream group of the canary's backends.
+    pub fn canary_upstream(&self) -> String {
+        format!("{}__canary", self.service)
+    }
+
+    /// The nginx variable a site proxies to: `$greenlight_<service>_upstream`
+    /// (a `-` in the name becomes `_`, the only change nginx needs).
+    pub fn upstream_variable(service: &str) -> String {
+        format!("greenlight_{}_upstream", service.replace('-', "_"))
     }
 
     pub fn backend(&self, name: &str) -> Option<&Backend> {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::Admin;
 use super::errors::{error, internal};
 use super::AppState;
+use crate::deploy::canary::Command as CanaryCommand;
 use crate::deploy::{Rollback, RollbackError, SubmitError};
 use crate::domain::deployment::Colour;
 use crate::domain::plan::Strategy;
@@ -20,6 +21,15 @@ pub fn scope() -> Scope {
         .route("/services/{name}", web::get().to(service))
         .route("/services/{name}/deploy", web::post().to(deploy))
         .route("/services/{name}/rollback", web::post().to(rollback))
+        .route("/services/{name}/canary", web::get().to(canary_status))
+        .route(
+            "/services/{name}/canary/promote",
+            web::post().to(canary_promote),
+        )
+        .route(
+            "/services/{name}/canary/abort",
+            web::post().to(canary_abort),
+        )
         .route("/deployments", web::get().to(deployments))
         .route("/deployments/{id}", web::get().to(deployment))
         .route("/deliveries", web::get().to(deliveries))
@@ -158,6 +168,8 @@ async fn service(_: Admin, state: web::Data<AppState>, name: web::Path<String>) 
 pub struct DeployBody {
     pub tag: Option<String>,
     pub digest: Option<String>,
+    /// This deployment's strategy, instead of the service's.
+    pub strategy: Option<String>,
 }
 
 async fn deploy(
@@ -167,16 +179,70 @@ async fn deploy(
     body: web::Json<DeployBody>,
 ) -> HttpResponse {
     let body = body.into_inner();
-    match state.deployer.submit(&name, body.tag, body.digest) {
+    let strategy = match body.strategy.as_deref().map(str::parse::<Strategy>) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match state
+        .deployer
+        .submit(&name, body.tag, body.digest, strategy)
+    {
         Ok(id) => HttpResponse::Accepted().json(serde_json::json!({
             "deployment": id,
             "url": format!("/api/deployments/{id}"),
         })),
-        Err(SubmitError::UnknownService(s)) => {
+        Err(e) => submit_error(e),
+    }
+}
+
+fn submit_error(e: SubmitError) -> HttpResponse {
+    match e {
+        SubmitError::UnknownService(s) => {
             error(StatusCode::NOT_FOUND, &format!("no service named {s:?}"))
         }
-        Err(SubmitError::BadRequest(m)) => error(StatusCode::BAD_REQUEST, &m),
-        Err(e) => internal(e),
+        SubmitError::BadRequest(m) => error(StatusCode::BAD_REQUEST, &m),
+        SubmitError::Conflict(m) => error(StatusCode::CONFLICT, &m),
+        e => internal(e),
+    }
+}
+
+/// The service's running canary: `{"canary": status}`, `null` when none runs.
+async fn canary_status(
+    _: Admin,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> HttpResponse {
+    if state.deployer.config().service(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, &format!("no service named {name:?}"));
+    }
+    HttpResponse::Ok().json(serde_json::json!({ "canary": state.deployer.canary(&name) }))
+}
+
+async fn canary_promote(
+    _: Admin,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> HttpResponse {
+    canary_command(&state, &name, CanaryCommand::Promote)
+}
+
+async fn canary_abort(
+    _: Admin,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> HttpResponse {
+    canary_command(&state, &name, CanaryCommand::Abort)
+}
+
+fn canary_command(state: &AppState, name: &str, command: CanaryCommand) -> HttpResponse {
+    match state.deployer.canary_command(name, command) {
+        Ok(id) => HttpResponse::Accepted().json(serde_json::json!({
+            "deployment": id,
+            "url": format!("/api/deployments/{id}"),
+            "command": command,
+        })),
+        Err(e) => submit_error(e),
     }
 }
 

@@ -34,8 +34,9 @@ async fn scrape(_: Admin, state: web::Data<AppState>, metrics: web::Data<Metrics
     .into_iter()
     .map(|(s, n)| (s.to_string(), n.load(Ordering::Relaxed)))
     .collect();
+    let canaries = state.deployer.canaries();
     let started = std::time::Instant::now();
-    let text = web::block(move || metrics.render(&store, &services, auth_failures)).await;
+    let text = web::block(move || metrics.render(&store, &services, auth_failures, canaries)).await;
     match text {
         Ok(Ok(text)) => {
             tracing::debug!(

@@ -12,6 +12,8 @@ use super::api::{self, ServiceView};
 use super::errors;
 use super::session::{self, Session, Sessions};
 use super::AppState;
+use crate::canary::{Check, Summary};
+use crate::deploy::canary::Status as CanaryStatus;
 use crate::display::{duration, short_digest, timestamp};
 use crate::domain::deployment::State;
 use crate::ledger::Delivery;
@@ -140,6 +142,8 @@ struct Snapshot {
     services: Vec<(String, Option<ServiceView>)>,
     deployments: Vec<Deployment>,
     deliveries: Vec<Delivery>,
+    /// The running canaries.
+    canaries: Vec<CanaryStatus>,
 }
 
 /// The newest deployments, each with its steps.
@@ -177,6 +181,7 @@ async fn status_page(
         services,
         deployments,
         deliveries,
+        canaries: state.deployer.canaries(),
     };
     let nonce = crate::secret::random_token();
     html_page(
@@ -247,6 +252,9 @@ button{font:inherit;font-size:.9rem;padding:.25rem .7rem;border-radius:5px;borde
 button.primary{background:#101828;color:#fff;border-color:#101828}
 header button{background:transparent;color:#fff;border-color:#667085}
 button:disabled{opacity:.5;cursor:default}
+.charts{display:flex;flex-wrap:wrap;gap:1rem}.charts figure{margin:0}
+.canary-line{color:#d92d20}.stable-line{color:#667085}
+ol.checks li.fail,ol.checks li.flagrant{color:#b42318}ol.checks li.pass{color:#067647}
 input,select{font:inherit;padding:.3rem .45rem;border:1px solid #98a2b3;border-radius:5px;background:#fff;max-width:100%}
 label{display:flex;flex-direction:column;gap:.15rem;font-size:.85rem;color:var(--muted)}
 form.deploy{display:flex;flex-wrap:wrap;gap:.6rem;align-items:flex-end;background:#fff;border:1px solid var(--line);border-radius:6px;padding:.7rem}
@@ -339,6 +347,9 @@ const SCRIPT: &str = r#"
     if (b.dataset.action === "redeliver") {
       call("Redeliver " + b.dataset.delivery,
         "/api/deliveries/" + encodeURIComponent(b.dataset.delivery) + "/redeliver", null, b);
+    } else if (b.dataset.action === "promote" || b.dataset.action === "abort") {
+      call(b.dataset.action + " the canary of " + b.dataset.service,
+        "/api/services/" + encodeURIComponent(b.dataset.service) + "/canary/" + b.dataset.action, null, b);
     } else if (b.dataset.action === "rollback") {
       call("Roll back " + b.dataset.service,
         "/api/services/" + encodeURIComponent(b.dataset.service) + "/rollback", null, b);
@@ -428,6 +439,9 @@ fn status_view(nonce: &str, session: &Session, snap: &Snapshot, now: i64) -> Mar
                     p #message role="status" hidden {}
                     noscript { p #noscript { "The buttons need JavaScript." } }
                     (services_view(&snap.services, now))
+                    @for c in &snap.canaries {
+                        (canary_view(c, now))
+                    }
                     (deploy_form(&snap.services))
                     (deployments_view(&snap.deployments, now))
                     (deliveries_view(&snap.deliveries, now))
@@ -569,6 +583,124 @@ fn service_cells(v: &ServiceView, now: i64) -> Markup {
                 " " span.badge.(state_class(d.state)) { (d.state.as_str()) }
             } @else {
                 span.muted { "-" }
+            }
+        }
+    }
+}
+
+/// A running canary: its step, share and time left, each variant's figures,
+/// every check's verdict, and a chart of error rate and p95 per variant.
+fn canary_view(c: &CanaryStatus, now: i64) -> Markup {
+    let left = |end: i64| duration((end - now).max(0));
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
+    let row = |name: &str, v: &Summary| {
+        html! {
+            tr {
+                th { (name) }
+                td.num { (v.requests) }
+                td.num { (v.errors) }
+                td.num { (format!("{:.2}%", 100.0 * v.error_rate)) }
+                td.num { (ms(v.p50_ms)) }
+                td.num { (ms(v.p95_ms)) }
+                td.num { (ms(v.p99_ms)) }
+            }
+        }
+    };
+    html! {
+        section.canary data-canary=(c.service) {
+            h2 { "Canary: " (c.service) }
+            p {
+                "Deployment #" (c.deployment) " (" (short_digest(&c.digest)) "): step "
+                (c.stage) " of " (c.stages) " at " strong { (c.percent) "%" } " of users, "
+                span.state { (c.state) }
+                @match c.state {
+                    "baking" => { ", " (left(c.bake_ends_ms)) " of bake left" }
+                    "extended" => { ", waiting for traffic up to " (left(c.extension_ends_ms)) " more" }
+                    _ => {}
+                }
+                " "
+                button type="button" data-action="promote" data-service=(c.service) { "Promote" }
+                " "
+                button type="button" data-action="abort" data-service=(c.service) { "Abort" }
+            }
+            @if let Some(reason) = &c.reason {
+                p.reason { (reason) }
+            }
+            div.scroll {
+                table {
+                    thead { tr { th { "this step" } th { "requests" } th { "5xx" } th { "rate" } th { "p50" } th { "p95" } th { "p99" } } }
+                    tbody {
+                        (row("canary", &c.canary))
+                        (row("stable", &c.stable))
+                    }
+                }
+            }
+            (canary_chart(&c.checks))
+            details {
+                summary { (c.checks.len()) " checks" }
+                ol.checks {
+                    @for check in c.checks.iter().rev() {
+                        li class=(check.verdict.as_str()) {
+                            (ago(check.at_ms, now)) " step " (check.stage) " (" (check.percent) "%): "
+                            strong { (check.verdict.as_str()) }
+                            @if !check.reasons.is_empty() { " - " (check.reasons.join("; ")) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Two small line charts over the deployment's checks: error rate and p95
+/// latency, canary against stable (inline SVG: no script, no library).
+fn canary_chart(checks: &[Check]) -> Markup {
+    const W: f64 = 320.0;
+    const H: f64 = 90.0;
+    let series = |f: &dyn Fn(&Summary) -> Option<f64>| -> [Vec<f64>; 2] {
+        [
+            checks.iter().map(|c| f(&c.canary).unwrap_or(0.0)).collect(),
+            checks.iter().map(|c| f(&c.stable).unwrap_or(0.0)).collect(),
+        ]
+    };
+    let line = |values: &[f64], max: f64| -> String {
+        let n = values.len().max(2) - 1;
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    W * i as f64 / n as f64,
+                    H - H * (v / max).min(1.0)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let charts = [
+        (
+            "error rate",
+            series(&|s: &Summary| Some(100.0 * s.error_rate)),
+            "%",
+        ),
+        ("p95 latency", series(&|s: &Summary| s.p95_ms), " ms"),
+    ];
+    html! {
+        @if checks.len() >= 2 {
+            div.charts {
+                @for (title, [canary, stable], unit) in &charts {
+                    @let max = canary.iter().chain(stable.iter()).cloned().fold(0.0_f64, f64::max).max(1e-9);
+                    figure {
+                        figcaption { (title) ", up to " (format!("{max:.1}")) (unit) ": "
+                            span.canary-line { "canary" } " / " span.stable-line { "stable" } }
+                        svg viewBox=(format!("0 0 {W} {H}")) width=(W) height=(H) role="img"
+                            aria-label=(format!("{title} per check, canary and stable")) {
+                            polyline points=(line(stable, max)) fill="none" stroke="#667085" stroke-width="2" {}
+                            polyline points=(line(canary, max)) fill="none" stroke="#d92d20" stroke-width="2" {}
+                        }
+                    }
+                }
             }
         }
     }
@@ -784,6 +916,65 @@ mod tests {
         assert!(!html.contains("<manifest"), "{html}");
         assert!(html.contains(r#"data-state="failed""#));
         assert!(html.contains("abababababab"));
+    }
+
+    #[test]
+    fn a_canary_shows_its_step_figures_checks_and_chart_escaped() {
+        use crate::canary::Verdict;
+        let summary = |requests, errors, p95| Summary {
+            requests,
+            errors,
+            error_rate: errors as f64 / requests as f64,
+            p95_ms: Some(p95),
+            ..Summary::default()
+        };
+        let check = |at_ms, verdict, reason: &str| Check {
+            at_ms,
+            stage: 1,
+            percent: 5,
+            verdict,
+            reasons: vec![reason.into()],
+            p_value: None,
+            canary: summary(40, 2, 210.0),
+            stable: summary(800, 0, 9.0),
+        };
+        let c = CanaryStatus {
+            service: "web".into(),
+            deployment: 7,
+            digest: "sha256:0123456789abcdef".into(),
+            stage: 1,
+            stages: 3,
+            percent: 5,
+            state: "baking",
+            reason: Some("<b>why</b>".into()),
+            step_started_ms: 0,
+            bake_ends_ms: 65_000,
+            extension_ends_ms: 0,
+            canary: summary(40, 2, 210.0),
+            stable: summary(800, 0, 9.0),
+            checks: vec![
+                check(1_000, Verdict::Inconclusive, "few"),
+                check(2_000, Verdict::Fail, "p95 latency 210 ms"),
+            ],
+            canary_totals: Default::default(),
+            stable_totals: Default::default(),
+        };
+        let html = canary_view(&c, 5_000).into_string();
+        assert!(
+            html.contains("step 1 of 3 at <strong>5%</strong> of users"),
+            "{html}"
+        );
+        assert!(html.contains("1m 00s of bake left"), "{html}");
+        assert!(html.contains("&lt;b&gt;why&lt;/b&gt;"), "escaped: {html}");
+        assert!(html.contains("<td class=\"num\">5.00%</td>"), "{html}");
+        assert!(html.contains("<td class=\"num\">210 ms</td>"), "{html}");
+        assert!(html.contains("<li class=\"fail\">"), "{html}");
+        assert!(html.contains("p95 latency 210 ms"), "{html}");
+        assert_eq!(html.matches("<polyline").count(), 4, "{html}");
+        assert!(
+            html.contains(r#"data-action="abort" data-service="web""#),
+            "{html}"
+        );
     }
 
     #[test]

@@ -258,6 +258,30 @@ impl Notifier {
         }
     }
 
+    /// A running canary paused (too little traffic to judge, or stable
+    /// failing too): said now, with the evidence in `why`, though the
+    /// deployment waits for an operator and has not ended. Returns at once.
+    pub fn canary_paused(&self, deployment_id: i64, why: &str) {
+        if !self.has_channels() {
+            return;
+        }
+        let inner = self.inner.clone();
+        let why = why.to_string();
+        spawn(async move {
+            let Some(mut d) = inner.load(deployment_id) else {
+                return;
+            };
+            d.state = crate::domain::deployment::State::Paused;
+            d.error = Some(why);
+            let message = render::message(&d, Event::Paused);
+            for (_, route) in inner.routes_for(&d.service, Event::Paused) {
+                inner
+                    .deliver(deployment_id, Event::Paused, &route.destination, &message)
+                    .await;
+            }
+        });
+    }
+
     /// A deployment reached a terminal state. Returns at once.
     pub fn finished(&self, deployment_id: i64) {
         if !self.has_channels() {

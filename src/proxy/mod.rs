@@ -175,6 +175,11 @@ impl Nginx {
     }
 
     /// `nginx -t` over the whole configuration.
+    /// `nginx -T`: the whole configuration as nginx reads it.
+    pub async fn dump(&self) -> Result<String> {
+        self.control.dump().await
+    }
+
     pub async fn test(&self) -> Result<String> {
         self.control.test().await
     }

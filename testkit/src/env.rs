@@ -1163,6 +1163,83 @@ impl Nginx {
         Ok(())
     }
 
+    /// Changes the site as the README's canary section tells operators to,
+    /// once greenlight has rendered each service's file: nginx's userid
+    /// cookie on, and `proxy_pass http://$greenlight_<service>_upstream`, the
+    /// group greenlight's split picks per user. Then reloads nginx (host
+    /// mode) and waits until the site answers through the new config.
+    pub fn use_canary_site(&self) -> Result<()> {
+        let path = self.dir.path().join("nginx.conf");
+        let text = fs::read_to_string(&path)?;
+        let mut out = String::new();
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            if let Some(service) = line
+                .trim()
+                .strip_prefix("set $greenlight_upstream ")
+                .and_then(|s| s.strip_suffix(';'))
+            {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                let var = format!("greenlight_{}_upstream", service.replace('-', "_"));
+                for directive in [
+                    "userid on;",
+                    "userid_name greenlight_uid;",
+                    "userid_path /;",
+                    "userid_expires 365d;",
+                    &format!("proxy_pass http://${var};"),
+                ] {
+                    out.push_str(&format!("{indent}{directive}\n"));
+                }
+                // The old proxy_pass line goes.
+                if lines
+                    .peek()
+                    .is_some_and(|l| l.trim() == "proxy_pass http://$greenlight_upstream;")
+                {
+                    lines.next();
+                }
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        anyhow::ensure!(
+            out != text,
+            "no site location to change in {}",
+            path.display()
+        );
+        fs::write(&path, out)?;
+        let Runtime::Host { child } = &self.runtime else {
+            bail!("use_canary_site: host mode only");
+        };
+        let test = Command::new(NGINX_BINARY)
+            .arg("-t")
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-c")
+            .arg(&path)
+            .arg("-e")
+            .arg(self.dir.path().join("error.log"))
+            .output()?;
+        anyhow::ensure!(
+            test.status.success(),
+            "nginx -t refused the canary site: {}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+        send_signal(child.id(), libc::SIGHUP);
+        let port = self.port;
+        wait_for(
+            "the canary site to set its user cookie",
+            START_DEADLINE,
+            || {
+                let answer = http_request(&format!("127.0.0.1:{port}"), "GET", "/", &[])?;
+                Ok(answer
+                    .header("set-cookie")
+                    .is_some_and(|c| c.starts_with("greenlight_uid="))
+                    .then_some(()))
+            },
+        )
+    }
+
     /// Port of the site on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

@@ -94,6 +94,11 @@ pub struct ProbeOpts {
     pub timeout: Duration,
     /// Hard stop for scheduling, even if [`ProbeHandle::stop`] is never called (default 600 s).
     pub max_duration: Duration,
+    /// 0 (default): one anonymous client that keeps no cookies. N > 0: N
+    /// simulated users taking turns (request `i` is user `i % N`'s), each with
+    /// its own cookie jar: the cookies a response sets are sent with that
+    /// user's later requests, as a browser would.
+    pub users: u32,
 }
 
 impl Default for ProbeOpts {
@@ -107,6 +112,7 @@ impl Default for ProbeOpts {
             keepalive: true,
             timeout: Duration::from_secs(10),
             max_duration: Duration::from_secs(600),
+            users: 0,
         }
     }
 }
@@ -187,6 +193,8 @@ pub struct Sample {
     pub version: Option<String>,
     /// `X-Demo-Colour` of the response.
     pub colour: Option<String>,
+    /// The simulated user who sent it (with [`ProbeOpts::users`]).
+    pub user: Option<u32>,
 }
 
 impl Sample {
@@ -534,6 +542,9 @@ async fn run(
     let mut index: u64 = 0;
     let mut late_sends: u64 = 0;
     let mut max_late = Duration::ZERO;
+    let jars: Arc<Mutex<Vec<Jar>>> = Arc::new(Mutex::new(
+        (0..opts.users).map(|_| Jar::default()).collect(),
+    ));
 
     loop {
         if *stop_rx.borrow_and_update() {
@@ -557,8 +568,13 @@ async fn run(
 
         let kind = RequestKind::for_index(index, opts.post_ratio, opts.slow_ratio);
         let (client, url, task_shared) = (client.clone(), targets.url(kind), Arc::clone(&shared));
+        let user = (opts.users > 0).then(|| (index % u64::from(opts.users)) as u32);
+        let jars = Arc::clone(&jars);
         tasks.spawn(async move {
-            let result = send_one(&client, kind, url, index).await;
+            let cookies = user.and_then(|u| {
+                jars.lock().unwrap_or_else(|e| e.into_inner())[u as usize].cookie_header()
+            });
+            let result = send_one(&client, kind, url, index, cookies).await;
             let done = Instant::now();
             let completed_s = done.duration_since(start).as_secs_f64();
             let mut sample = Sample {
@@ -572,9 +588,14 @@ async fn run(
                 error: None,
                 version: None,
                 colour: None,
+                user: None,
             };
+            sample.user = user;
             match result {
-                Ok((status, version, colour)) => {
+                Ok((status, version, colour, set)) => {
+                    if let Some(u) = user {
+                        jars.lock().unwrap_or_else(|e| e.into_inner())[u as usize].store(&set);
+                    }
                     sample.status = Some(status);
                     sample.version = version;
                     sample.colour = colour;
@@ -625,14 +646,41 @@ async fn run(
     )
 }
 
-/// Sends one request and reads the whole body: `(status, version, colour)` or the error kind.
+/// One simulated user's cookies: `name=value` by name.
+#[derive(Default)]
+struct Jar(BTreeMap<String, String>);
+
+impl Jar {
+    fn cookie_header(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| self.0.values().cloned().collect::<Vec<_>>().join("; "))
+    }
+
+    /// Keeps each `Set-Cookie`'s `name=value` (attributes are not needed here).
+    fn store(&mut self, set: &[String]) {
+        for header in set {
+            let pair = header.split(';').next().unwrap_or_default().trim();
+            if let Some((name, _)) = pair.split_once('=') {
+                self.0.insert(name.to_string(), pair.to_string());
+            }
+        }
+    }
+}
+
+/// What one request got back: status, version, colour and the cookies set.
+type Answer = (u16, Option<String>, Option<String>, Vec<String>);
+
+/// Sends one request and reads the whole body, or says the error kind.
 async fn send_one(
     client: &Client,
     kind: RequestKind,
     url: Url,
     index: u64,
-) -> Result<(u16, Option<String>, Option<String>), &'static str> {
+    cookies: Option<String>,
+) -> Result<Answer, &'static str> {
     let mut req = client.request(kind.method(), url);
+    if let Some(c) = cookies {
+        req = req.header(reqwest::header::COOKIE, c);
+    }
     if kind.method() == Method::POST {
         req = req
             .header(CONTENT_TYPE, "application/json")
@@ -646,8 +694,14 @@ async fn send_one(
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
     let (version, colour) = (header(VERSION_HEADER), header(COLOUR_HEADER));
+    let set: Vec<String> = resp
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
     resp.bytes().await.map_err(|e| classify(&e))?;
-    Ok((status, version, colour))
+    Ok((status, version, colour, set))
 }
 
 /// Maps a reqwest error to one of the `ERR_*` kinds.
@@ -980,6 +1034,7 @@ mod tests {
             error: None,
             version: Some(version.to_string()),
             colour: Some(if version == "v1" { "blue" } else { "green" }.to_string()),
+            user: None,
         }
     }
 

@@ -759,6 +759,16 @@ pub fn planned_steps(d: &Value) -> Vec<String> {
 }
 
 /// The names of the steps a deployment recorded, in order.
+/// The recorded steps of deployment `d` named `name`.
+pub fn steps<'a>(d: &'a Value, name: &str) -> Vec<&'a Value> {
+    d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step"] == name)
+        .collect()
+}
+
 pub fn recorded_steps(d: &Value) -> Vec<String> {
     d["steps"]
         .as_array()
