@@ -534,6 +534,27 @@ impl Store {
         Ok(())
     }
 
+    /// Closes the open step as `error`, its detail ending with `error`.
+    fn fail_step_on(tx: &rusqlite::Transaction, id: i64, now: i64, error: &str) -> Result<()> {
+        tx.execute(
+            "UPDATE steps SET finished_at = ?2, outcome = 'error', detail = CASE \
+             WHEN detail IS NULL OR detail = '' THEN ?3 ELSE detail || '; ' || ?3 END \
+             WHERE deployment_id = ?1 AND finished_at IS NULL",
+            params![id, now, error],
+        )?;
+        Ok(())
+    }
+
+    /// Closes the open step with the error that failed it (before the
+    /// `on_failure` hook is recorded after it).
+    pub fn fail_step(&self, id: i64, error: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        Self::fail_step_on(&tx, id, now_ms(), error)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn open_step(
         tx: &rusqlite::Transaction,
@@ -624,12 +645,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
-        tx.execute(
-            "UPDATE steps SET finished_at = ?2, outcome = 'error', detail = CASE \
-             WHEN detail IS NULL OR detail = '' THEN ?3 ELSE detail || '; ' || ?3 END \
-             WHERE deployment_id = ?1 AND finished_at IS NULL",
-            params![id, now, failure.error],
-        )?;
+        Self::fail_step_on(&tx, id, now, &failure.error)?;
         tx.execute(
             "UPDATE deployments SET state = 'unwinding', failed_step = ?2, failure_kind = ?3, \
              error = ?4, exit_code = ?5, log_tail = ?6, updated_at = ?7 WHERE id = ?1",
@@ -665,12 +681,7 @@ impl Store {
         match failure.filter(|_| !unwinding) {
             // The failure is the open step's own.
             Some(f) => {
-                tx.execute(
-                    "UPDATE steps SET finished_at = ?2, outcome = 'error', detail = CASE \
-                     WHEN detail IS NULL OR detail = '' THEN ?3 ELSE detail || '; ' || ?3 END \
-                     WHERE deployment_id = ?1 AND finished_at IS NULL",
-                    params![id, now, f.error],
-                )?;
+                Self::fail_step_on(&tx, id, now, &f.error)?;
             }
             None => Self::close_step(&tx, id, now)?,
         }
@@ -709,6 +720,36 @@ impl Store {
         };
         tx.commit()?;
         Ok(())
+    }
+
+    /// Closes the open step now: `ok`, or `error` (a hook that failed
+    /// without failing the deployment, a failed step before its way back).
+    pub fn end_step(&self, id: i64, ok: bool) -> Result<()> {
+        self.conn().execute(
+            "UPDATE steps SET finished_at = ?2, outcome = ?3 \
+             WHERE deployment_id = ?1 AND finished_at IS NULL",
+            params![id, now_ms(), if ok { "ok" } else { "error" }],
+        )?;
+        Ok(())
+    }
+
+    /// The deployment this one re-runs (or one before it, along the chain of
+    /// re-runs after interruptions) that finished the release of `digest`.
+    pub fn release_done(&self, id: i64, digest: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "WITH RECURSIVE chain(id) AS ( \
+                   SELECT resume_of FROM deployments WHERE id = ?1 AND resume_of IS NOT NULL \
+                   UNION SELECT d.resume_of FROM deployments d JOIN chain c ON d.id = c.id \
+                   WHERE d.resume_of IS NOT NULL) \
+                 SELECT s.deployment_id FROM steps s JOIN deployments d ON d.id = s.deployment_id \
+                 WHERE s.deployment_id IN chain AND s.step = 'releasing' AND s.outcome = 'ok' \
+                 AND d.digest = ?2 ORDER BY s.deployment_id DESC LIMIT 1",
+                params![id, digest],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Adds a note to the open step (what was decided, what was waited for),

@@ -574,7 +574,11 @@ fn print_timeline(d: &Value) {
                 .as_str()
                 .map(|r| format!("[{r}] "))
                 .unwrap_or_default(),
-            s["detail"].as_str().unwrap_or("")
+            // A release's or a hook's output spans lines: under the step.
+            s["detail"]
+                .as_str()
+                .unwrap_or("")
+                .replace('\n', &format!("\n  {indent}{:23}", ""))
         );
     }
     for n in d["notifications"].as_array().into_iter().flatten() {

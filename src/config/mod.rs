@@ -6,6 +6,7 @@
 //! refused. Every error names the key it is about, so `greenlight check` can print
 //! one line an operator can act on.
 
+pub mod container;
 pub mod locate;
 pub mod notify;
 
@@ -337,6 +338,89 @@ pub struct ServiceConfig {
     pub rollout: RolloutConfig,
     /// Per-service notification channels (overrides `[notify]`).
     pub notify: Option<notify::ServiceNotify>,
+    /// A one-off command of the new image before any new replica starts.
+    pub release: Option<ReleaseConfig>,
+    /// Host commands at points of a deployment.
+    #[serde(default)]
+    pub hooks: HooksConfig,
+    // ---- container options (compose's names; see container.rs)
+    /// Networks the replicas join besides `network` (e.g. the database's).
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Labels of the containers (besides greenlight's own).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Hard memory limit, in bytes.
+    #[serde(default, deserialize_with = "container::optional_size")]
+    pub memory: Option<u64>,
+    /// Soft memory limit, in bytes.
+    #[serde(default, deserialize_with = "container::optional_size")]
+    pub memory_reservation: Option<u64>,
+    pub cpus: Option<f64>,
+    pub user: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// `path[:options]` tmpfs mounts.
+    #[serde(default)]
+    pub tmpfs: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// `host:address` lines added to the containers' /etc/hosts.
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    pub stop_signal: Option<String>,
+    pub init: Option<bool>,
+    #[serde(default, deserialize_with = "container::optional_size")]
+    pub shm_size: Option<u64>,
+    #[serde(default)]
+    pub ulimits: BTreeMap<String, container::Ulimit>,
+    #[serde(default)]
+    pub security_opt: Vec<String>,
+    pub logging: Option<container::LoggingConfig>,
+    pub healthcheck: Option<container::HealthcheckConfig>,
+}
+
+/// `[service.release]`: run once per deployment, in a one-off container of the
+/// new image (the service's env, env file, networks, volumes and options),
+/// after the pull and before any new replica starts. Like the service's
+/// `command`, it replaces the image's CMD (the ENTRYPOINT stays).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseConfig {
+    pub command: Vec<String>,
+    /// Longest the command may run; then it is killed and the deployment fails.
+    #[serde(default = "default_release_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+/// `[service.hooks]`: host commands (argv; `["sh", "-c", "..."]` for a shell),
+/// each given the deployment's facts as `GREENLIGHT_*` variables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    /// After the health gate, before nginx routes to the new replicas; a
+    /// non-zero exit fails the deployment (nginx unchanged).
+    pub pre_switch: Option<Vec<String>>,
+    /// After a deployment succeeded; a failure is noted, never undoes it.
+    pub post_deploy: Option<Vec<String>>,
+    /// After a deployment failed or was rolled back.
+    pub on_failure: Option<Vec<String>>,
+    /// Longest each hook may run; then its process group is killed.
+    #[serde(default = "default_hook_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            pre_switch: None,
+            post_deploy: None,
+            on_failure: None,
+            timeout: default_hook_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -505,6 +589,12 @@ fn default_keep_images() -> usize {
 fn default_rollout_deadline() -> Duration {
     Duration::from_secs(15 * 60)
 }
+fn default_release_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_docker_timeout() -> Duration {
     Duration::from_secs(120)
 }
@@ -533,7 +623,7 @@ fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Err
         .collect()
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(text.trim()).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -876,6 +966,32 @@ impl Config {
                     format!("must be 1 to {MAX_REPLICAS}, got {}", s.replicas),
                 ));
             }
+            container::validate(s).map_err(|(k, m)| bad(&key(&k), m))?;
+            if let Some(release) = &s.release {
+                if release.command.first().is_none_or(|c| c.is_empty()) {
+                    return Err(bad(
+                        &key("release.command"),
+                        "must name a command, like [\"/app\", \"migrate\"]".into(),
+                    ));
+                }
+                if release.timeout.is_zero() {
+                    return Err(bad(
+                        &key("release.timeout"),
+                        "must be longer than 0s".into(),
+                    ));
+                }
+            }
+            for (name, argv) in s.hooks.each() {
+                if argv.first().is_none_or(|c| c.is_empty()) {
+                    return Err(bad(
+                        &key(&format!("hooks.{name}")),
+                        "must be a command as a list, like [\"/usr/local/bin/smoke\", \"--quick\"] (use [\"sh\", \"-c\", \"...\"] for a shell)".into(),
+                    ));
+                }
+            }
+            if s.hooks.timeout.is_zero() {
+                return Err(bad(&key("hooks.timeout"), "must be longer than 0s".into()));
+            }
             let r = &s.rollout;
             if r.strategy == Strategy::Rolling {
                 if r.max_surge == 0 && r.max_unavailable == 0 {
@@ -914,6 +1030,19 @@ impl Config {
         self.registries
             .iter()
             .find(|r| r.host.eq_ignore_ascii_case(host))
+    }
+}
+
+impl HooksConfig {
+    /// The hooks that are set, by name.
+    pub fn each(&self) -> impl Iterator<Item = (&'static str, &Vec<String>)> {
+        [
+            ("pre_switch", &self.pre_switch),
+            ("post_deploy", &self.post_deploy),
+            ("on_failure", &self.on_failure),
+        ]
+        .into_iter()
+        .filter_map(|(n, h)| h.as_ref().map(|h| (n, h)))
     }
 }
 

@@ -43,6 +43,8 @@ pub(crate) fn shape(service: &ServiceConfig, current: &Routing) -> Shape {
         max_unavailable: r.max_unavailable,
         // A first deployment has nothing to go back to: no soak.
         soak: !r.soak.is_zero() && !current.backends.is_empty(),
+        release: service.release.is_some(),
+        pre_switch: service.hooks.pre_switch.is_some(),
     }
 }
 
@@ -141,6 +143,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
             }
         }
     }
+    post_deploy(&run).await;
     run.record(inner.store.finish(id, State::Succeeded, None));
     info!(
         step_ms = step_started.elapsed().as_millis() as u64,
@@ -153,6 +156,56 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
         "Deployed"
     );
     true
+}
+
+/// The `post_deploy` hook, recorded as a step: its failure is noted and
+/// never undoes the deployment.
+async fn post_deploy(run: &Run<'_>) {
+    let Some(argv) = &run.service.hooks.post_deploy else {
+        return;
+    };
+    let id = run.deployment.id;
+    run.record(
+        run.inner
+            .store
+            .begin_step(id, &Step::PostDeploy, &run.service.name),
+    );
+    let env = run.hook_env("post_deploy");
+    let ok = run.run_hook("post_deploy", argv, env).await.is_ok();
+    if !ok {
+        run.record(run.inner.store.note(
+            id,
+            "the deployment stands: a post_deploy hook's failure never undoes it",
+        ));
+        warn!("the post_deploy hook failed; the deployment stands");
+    }
+    run.record(run.inner.store.end_step(id, ok));
+}
+
+/// The `on_failure` hook, recorded as a step after the failure (and its way
+/// back), before the end state.
+async fn on_failure(run: &Run<'_>, end: State, failure: &Failure) {
+    let Some(argv) = &run.service.hooks.on_failure else {
+        return;
+    };
+    let id = run.deployment.id;
+    let store = &run.inner.store;
+    run.record(store.begin_step(id, &Step::OnFailure, &run.service.name));
+    let mut env = run.hook_env("on_failure");
+    env.extend([
+        ("GREENLIGHT_OUTCOME".to_string(), end.to_string()),
+        (
+            "GREENLIGHT_FAILED_STEP".to_string(),
+            failure.step.clone().unwrap_or_default(),
+        ),
+        (
+            "GREENLIGHT_FAILURE_KIND".to_string(),
+            failure.kind.as_str().to_string(),
+        ),
+        ("GREENLIGHT_ERROR".to_string(), failure.error.clone()),
+    ]);
+    let ok = run.run_hook("on_failure", argv, env).await.is_ok();
+    run.record(store.end_step(id, ok));
 }
 
 /// Fails a deployment before it starts: nothing was touched.
@@ -194,6 +247,11 @@ async fn unwind(run: &mut Run<'_>, mut failure: Failure) -> State {
             State::Failed
         };
         warn!(step = %at, error = %failure.error, "{at} -> {end}");
+        if end == State::Failed && run.service.hooks.on_failure.is_some() {
+            // The failed step keeps its error; the hook's step follows it.
+            run.record(store.fail_step(id, &failure.error));
+            on_failure(run, end, &failure).await;
+        }
         run.record(store.finish(id, end, Some(&failure)));
         return end;
     }
@@ -251,6 +309,7 @@ async fn unwind(run: &mut Run<'_>, mut failure: Failure) -> State {
     };
     failure.error = format!("{}; {note}", failure.error);
     warn!(step = %at, error = %failure.error, "{at} -> {end}");
+    on_failure(run, end, &failure).await;
     run.record(store.finish(id, end, Some(&failure)));
     end
 }

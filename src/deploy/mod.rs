@@ -5,12 +5,14 @@
 //! - [`driver`]: walks a plan, records each step, unwinds on failure.
 //! - [`steps`]: what each step does, against the runtime and nginx.
 //! - [`health`]: the health gate, the soak and the monitor of new replicas.
+//! - [`hooks`]: an operator's host commands at points of a deployment, bounded in time.
 //! - [`intake`]: what a webhook push means (ignored, stale, duplicate, queued).
 //! - [`reconcile`]: on start, make the store agree with nginx and the runtime.
 //! - [`soaks`]: the soaks an operator's rollback can end early.
 
 mod driver;
 pub mod health;
+pub mod hooks;
 pub mod intake;
 mod reconcile;
 pub mod soaks;

@@ -20,7 +20,7 @@ use crate::domain::plan::{Slot, Step};
 use crate::domain::routing::{Backend, Role, Routing};
 use crate::registry::{self, Repository};
 use crate::retry::{Policy, SendError};
-use crate::runtime::{ErrorKind, Replica, ReplicaSpec, RuntimeError};
+use crate::runtime::{ErrorKind, Replica, ReplicaSpec, RuntimeError, TaskSpec};
 use crate::store::{now_ms, Deployment, Failure, Live};
 use crate::traffic::{self, AccessLog, Tally};
 
@@ -168,7 +168,167 @@ impl<'a> Run<'a> {
             Step::StoppingOld { replicas, .. } => self.stop_old(replicas).await,
             Step::Monitoring { slots, .. } => self.monitor(slots).await,
             Step::Pruning => self.prune().await,
+            Step::Releasing => self.release().await,
+            Step::PreSwitch { slots, .. } => self.pre_switch(slots).await,
+            // Run by the driver after the outcome, not as plan steps.
+            Step::PostDeploy | Step::OnFailure => Ok(()),
         }
+    }
+
+    /// Runs the release command once, in a one-off container of the new
+    /// image, before any replica of it starts. A re-run of an interrupted
+    /// deployment whose release of this digest finished does not run it again.
+    async fn release(&mut self) -> Result<(), Stop> {
+        let Some(release) = &self.service.release else {
+            return Ok(());
+        };
+        let id = self.deployment.id;
+        if let Ok(Some(earlier)) = self.inner.store.release_done(id, &self.digest) {
+            self.note(&format!(
+                "the release already finished in deployment {earlier}, which this one re-runs: not run again"
+            ));
+            return Ok(());
+        }
+        let image = self.image_id.clone().unwrap_or_else(|| self.image.clone());
+        let spec = TaskSpec::release(self.service, &release.command, id, &self.digest, &image)
+            .map_err(|e| fail(FailureKind::Invalid, e))?;
+        let started = Instant::now();
+        let out = self
+            .inner
+            .runtime
+            .run_task(&spec, release.timeout)
+            .await
+            .map_err(runtime_failure)?;
+        let tail = bound_log(&out.output);
+        let took = display::duration(started.elapsed().as_millis() as i64);
+        let shown = if tail.trim().is_empty() {
+            String::new()
+        } else {
+            format!("; output: {}", tail.trim())
+        };
+        match out.exit_code {
+            Some(0) => {
+                self.note(&format!(
+                    "release command {:?} exited 0 after {took}{shown}",
+                    release.command
+                ));
+                // Closed at once: a crash from here on does not run it again.
+                self.record(self.inner.store.end_step(id, true));
+                Ok(())
+            }
+            code => {
+                if !shown.is_empty() {
+                    self.note(shown.trim_start_matches("; "));
+                }
+                Err(Stop::Fail(Failure {
+                exit_code: code,
+                log_tail: (!tail.trim().is_empty()).then_some(tail),
+                ..Failure::new(
+                    FailureKind::Release,
+                    match code {
+                        Some(code) => format!(
+                            "the release command {:?} exited {code} after {took}; no new replica was started",
+                            release.command
+                        ),
+                        None => format!(
+                            "the release command {:?} ran past release.timeout {} and was killed; no new replica was started",
+                            release.command,
+                            display::span(release.timeout)
+                        ),
+                    },
+                )
+            }))
+            }
+        }
+    }
+
+    /// The deployment's facts, as every hook gets them.
+    pub fn hook_env(&self, hook: &str) -> Vec<(String, String)> {
+        let d = &self.deployment;
+        let env = vec![
+            ("GREENLIGHT_HOOK", hook.to_string()),
+            ("GREENLIGHT_SERVICE", self.service.name.clone()),
+            ("GREENLIGHT_DEPLOYMENT", d.id.to_string()),
+            ("GREENLIGHT_DIGEST", self.digest.clone()),
+            ("GREENLIGHT_IMAGE", self.image.clone()),
+            ("GREENLIGHT_TAG", self.tag.clone().unwrap_or_default()),
+            ("GREENLIGHT_TRIGGER", d.trigger.to_string()),
+            (
+                "GREENLIGHT_PREVIOUS_DIGEST",
+                self.live
+                    .as_ref()
+                    .map(|l| l.digest.clone())
+                    .unwrap_or_default(),
+            ),
+        ];
+        env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// Runs hook `name` and records how it ended in the open step; `Err` when
+    /// it could not run, exited non-zero or ran past its timeout.
+    pub async fn run_hook(
+        &self,
+        name: &str,
+        argv: &[String],
+        env: Vec<(String, String)>,
+    ) -> Result<(), (String, Option<i64>, Option<String>)> {
+        let timeout = self.service.hooks.timeout;
+        match super::hooks::run(argv, &env, timeout).await {
+            Ok(run) => {
+                let line = run.describe(name, argv, timeout);
+                self.note(&line);
+                if run.ok() {
+                    Ok(())
+                } else {
+                    let output = run.output.trim().to_string();
+                    Err((
+                        line,
+                        run.exit_code.map(i64::from),
+                        (!output.is_empty()).then_some(output),
+                    ))
+                }
+            }
+            Err(e) => {
+                let line = format!("{name} hook {argv:?} could not run: {e}");
+                self.note(&line);
+                Err((line, None, None))
+            }
+        }
+    }
+
+    /// The `pre_switch` hook, given the new replicas' addresses: a failure
+    /// fails the deployment before nginx changes.
+    async fn pre_switch(&mut self, slots: &[Slot]) -> Result<(), Stop> {
+        let Some(argv) = self.service.hooks.pre_switch.clone() else {
+            return Ok(());
+        };
+        let replicas = self.replicas_of(slots);
+        let mut env = self.hook_env("pre_switch");
+        env.push((
+            "GREENLIGHT_ADDRESSES".into(),
+            replicas
+                .iter()
+                .filter_map(|r| r.address.clone())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ));
+        env.push((
+            "GREENLIGHT_REPLICAS".into(),
+            replicas
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ));
+        self.run_hook("pre_switch", &argv, env)
+            .await
+            .map_err(|(error, exit_code, log_tail)| {
+                Stop::Fail(Failure {
+                    exit_code,
+                    log_tail,
+                    ..Failure::new(FailureKind::Hook, format!("{error}; nginx was not changed"))
+                })
+            })
     }
 
     async fn resolve(&mut self) -> Result<(), Stop> {
@@ -330,7 +490,7 @@ impl<'a> Run<'a> {
         };
         self.refuse_if_older_than_live(info.created.as_deref())
             .await?;
-        self.has_healthcheck = info.has_healthcheck;
+        self.has_healthcheck = self.healthcheck_applies(info.has_healthcheck);
         self.record(self.inner.store.set_image_id(self.deployment.id, &info.id));
         self.note(&format!(
             "image {}{}",
@@ -458,6 +618,16 @@ impl<'a> Run<'a> {
             None => Ok(()),
             Some(e) if e.kind == ErrorKind::Conflict => Err(fail(FailureKind::Invalid, e.message)),
             Some(e) => Err(runtime_failure(e)),
+        }
+    }
+
+    /// Whether replicas of an image run a Docker HEALTHCHECK the gate waits
+    /// for: the image's, unless `[service.healthcheck]` replaces or disables it.
+    fn healthcheck_applies(&self, image_has: bool) -> bool {
+        match &self.service.healthcheck {
+            Some(h) if h.disabled() => false,
+            Some(h) if h.test.is_some() => true,
+            _ => image_has,
         }
     }
 
@@ -884,6 +1054,10 @@ impl<'a> Run<'a> {
 
     /// Adds the log tail of the replica that failed (or the last one started).
     pub async fn add_log_tail(&self, failure: &mut Failure) {
+        // A release or a hook brought its own output.
+        if failure.log_tail.is_some() {
+            return;
+        }
         let id = self
             .failing
             .clone()
@@ -1028,7 +1202,7 @@ impl<'a> Run<'a> {
         self.unwinding = true;
         // The previous image's own health check gates its replicas, not the
         // failed version's.
-        self.has_healthcheck = info.has_healthcheck;
+        self.has_healthcheck = self.healthcheck_applies(info.has_healthcheck);
         self.digest = live.digest.clone();
         self.image = live.image.clone();
         self.image_id = Some(image_id);
@@ -1050,7 +1224,12 @@ impl<'a> Run<'a> {
             .filter(|s| {
                 !matches!(
                     s,
-                    Step::Resolving | Step::Pulling | Step::Pruning | Step::Monitoring { .. }
+                    Step::Resolving
+                        | Step::Pulling
+                        | Step::Releasing
+                        | Step::PreSwitch { .. }
+                        | Step::Pruning
+                        | Step::Monitoring { .. }
                 )
             })
             .collect();

@@ -21,6 +21,10 @@ pub struct Shape {
     pub max_unavailable: u32,
     /// Blue-green: watch the new colour after the switch while the old runs.
     pub soak: bool,
+    /// Run the service's release command after the pull.
+    pub release: bool,
+    /// Run the service's `pre_switch` hook before each switch that adds replicas.
+    pub pre_switch: bool,
 }
 
 /// A plan and the colour its new replicas take.
@@ -33,10 +37,30 @@ pub struct Plan {
 /// The plan that takes `current` to `shape.replicas` replicas of `target`
 /// (a digest; `None` before it is resolved: then nothing counts as done).
 pub fn plan(service: &str, current: &Routing, target: Option<&str>, shape: Shape) -> Plan {
-    match shape.strategy {
+    let mut plan = match shape.strategy {
         Strategy::BlueGreen => blue_green(service, current, shape),
         Strategy::Rolling => rolling(service, current, target, shape),
+    };
+    if shape.release {
+        // After the pull, before any replica of the new image starts.
+        plan.steps.insert(2, Step::Releasing);
     }
+    if shape.pre_switch {
+        let mut steps = Vec::with_capacity(plan.steps.len() + 1);
+        for step in plan.steps {
+            if let Step::Switching { batch, add, .. } = &step {
+                if !add.is_empty() {
+                    steps.push(Step::PreSwitch {
+                        batch: *batch,
+                        slots: add.clone(),
+                    });
+                }
+            }
+            steps.push(step);
+        }
+        plan.steps = steps;
+    }
+    plan
 }
 
 /// The colour new replicas take: the one the routed replicas do not have (or
@@ -290,6 +314,8 @@ mod tests {
             max_surge,
             max_unavailable,
             soak: false,
+            release: false,
+            pre_switch: false,
         }
     }
 

@@ -659,7 +659,7 @@ fn deployment_view(d: &Deployment, now: i64) -> Markup {
             }
             @if let Some(tail) = d.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
                 details {
-                    summary { "container log (last lines)" }
+                    summary { (crate::domain::plan::output_title(d.failed_step.as_deref())) }
                     pre.log { (tail) }
                 }
             }

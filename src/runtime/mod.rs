@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::config::ServiceConfig;
 use crate::domain::deployment::Colour;
 use crate::domain::plan::Slot;
-use crate::domain::replica::RestartPolicy;
+use crate::domain::replica::{ContainerOptions, RestartPolicy};
 
 pub use docker::Containers;
 
@@ -72,6 +72,79 @@ pub struct ReplicaSpec {
     pub volumes: Vec<String>,
     pub network: String,
     pub port: u16,
+    pub options: ContainerOptions,
+}
+
+/// A one-off container of a deployment's image (the release command): the
+/// service's env, env file, volumes, networks and options, its own command.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    pub service: String,
+    /// `<service>-release`.
+    pub name: String,
+    /// The image by ID.
+    pub image: String,
+    pub deployment: i64,
+    pub env: Vec<String>,
+    pub command: Vec<String>,
+    pub volumes: Vec<String>,
+    pub network: String,
+    pub options: ContainerOptions,
+}
+
+/// How a one-off container ended.
+#[derive(Debug, Clone)]
+pub struct TaskOutcome {
+    /// Its exit code (`None`: killed at the timeout).
+    pub exit_code: Option<i64>,
+    /// The last lines of its output.
+    pub output: String,
+}
+
+/// The service's env file and env, then `GREENLIGHT_*` facts.
+fn service_env(
+    svc: &ServiceConfig,
+    deployment: i64,
+    facts: &[(&str, &str)],
+) -> std::result::Result<Vec<String>, String> {
+    let mut env: Vec<String> = Vec::new();
+    if let Some(path) = &svc.env_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("env_file {}: {e}", path.display()))?;
+        env.extend(parse_env_file(&text));
+    }
+    env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
+    env.push(format!("GREENLIGHT_SERVICE={}", svc.name));
+    env.extend(facts.iter().map(|(k, v)| format!("GREENLIGHT_{k}={v}")));
+    env.push(format!("GREENLIGHT_DEPLOYMENT={deployment}"));
+    Ok(env)
+}
+
+impl TaskSpec {
+    /// The release container of `svc` for a deployment of `image` (by ID).
+    pub fn release(
+        svc: &ServiceConfig,
+        command: &[String],
+        deployment: i64,
+        digest: &str,
+        image: &str,
+    ) -> std::result::Result<TaskSpec, String> {
+        let env = service_env(svc, deployment, &[("RELEASE_DIGEST", digest)])?;
+        let mut options = svc.container_options();
+        // A one-off is not health-checked.
+        options.healthcheck = None;
+        Ok(TaskSpec {
+            service: svc.name.clone(),
+            name: format!("{}-release", svc.name),
+            image: image.to_string(),
+            deployment,
+            env,
+            command: command.to_vec(),
+            volumes: svc.volumes.clone(),
+            network: svc.network.clone(),
+            options,
+        })
+    }
 }
 
 impl ReplicaSpec {
@@ -84,18 +157,13 @@ impl ReplicaSpec {
         digest: &str,
         image: &str,
     ) -> std::result::Result<ReplicaSpec, String> {
-        let mut env: Vec<String> = Vec::new();
-        if let Some(path) = &svc.env_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("env_file {}: {e}", path.display()))?;
-            env.extend(parse_env_file(&text));
-        }
-        env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
         let name = slot.name(&svc.name);
-        env.push(format!("GREENLIGHT_SERVICE={}", svc.name));
-        env.push(format!("GREENLIGHT_COLOUR={}", slot.colour));
-        env.push(format!("GREENLIGHT_REPLICA={name}"));
-        env.push(format!("GREENLIGHT_DEPLOYMENT={deployment}"));
+        let colour = slot.colour.to_string();
+        let env = service_env(
+            svc,
+            deployment,
+            &[("COLOUR", colour.as_str()), ("REPLICA", name.as_str())],
+        )?;
         Ok(ReplicaSpec {
             service: svc.name.clone(),
             slot,
@@ -108,6 +176,7 @@ impl ReplicaSpec {
             volumes: svc.volumes.clone(),
             network: svc.network.clone(),
             port: svc.port,
+            options: svc.container_options(),
         })
     }
 }
@@ -177,6 +246,14 @@ impl Runtime {
     pub async fn start(&self, spec: &ReplicaSpec) -> Result<Replica> {
         match self {
             Runtime::Docker(c) => c.start(spec).await,
+        }
+    }
+
+    /// Runs a one-off container to its end, at most `timeout` (then it is
+    /// killed), and removes it; its output's tail is kept.
+    pub async fn run_task(&self, spec: &TaskSpec, timeout: Duration) -> Result<TaskOutcome> {
+        match self {
+            Runtime::Docker(c) => c.run_task(spec, timeout).await,
         }
     }
 
@@ -269,6 +346,9 @@ pub const LABEL_COLOUR: &str = "greenlight.colour";
 pub const LABEL_SLOT: &str = "greenlight.slot";
 pub const LABEL_DEPLOYMENT: &str = "greenlight.deployment";
 pub const LABEL_DIGEST: &str = "greenlight.digest";
+/// On a one-off (release) container: its service. Not `greenlight.service`,
+/// so it is never taken for a replica.
+pub const LABEL_TASK: &str = "greenlight.task-of";
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,234 @@
+//! Real apps: a release command (a migration) before the new version starts,
+//! lifecycle hooks on the host, and container options, against a real Docker
+//! engine, a real nginx and a real registry, with the load probe running
+//! through nginx during the deploys.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::load::{assert_flips_once, assert_zero_failures, probe, versions};
+use common::slack::SlackReceiver;
+use common::{NginxKind, Target, World};
+use serde_json::Value;
+
+const NO_ENV: &[(&str, &str)] = &[];
+const REQUIRES_MIGRATION: &[(&str, &str)] = &[("DEMO_REQUIRE_FILE", "/data/schema")];
+
+/// The step of `d` named `name` (the first one).
+fn step<'a>(d: &'a Value, name: &str) -> &'a Value {
+    d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("no {name} step: {d:#}"))
+}
+
+fn detail(d: &Value, name: &str) -> String {
+    step(d, name)["detail"].as_str().unwrap_or("").to_string()
+}
+
+/// Waits until deployment `id` is at `step`.
+async fn wait_step(w: &World, id: i64, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let d = w.gl.get(&format!("/api/deployments/{id}")).await;
+        if d["step"] == name {
+            return;
+        }
+        assert!(d["finished_at"].is_null(), "ended before {name}: {d:#}");
+        assert!(Instant::now() < deadline, "never reached {name}: {d:#}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until a Slack message whose payload contains every needle arrived.
+async fn slack_says(slack: &SlackReceiver, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let bodies: Vec<String> = slack
+            .received()
+            .iter()
+            .map(|r| r.body.to_string())
+            .collect();
+        if let Some(b) = bodies
+            .iter()
+            .find(|b| needles.iter().all(|n| b.contains(n)))
+        {
+            return b.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Slack message with {needles:?}: {bodies:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn release_section(timeout: &str) -> String {
+    format!("\n[service.release]\ncommand = [\"--migrate\", \"/data/schema\"]\ntimeout = \"{timeout}\"\n")
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Containers whose name starts with `prefix`, running or not.
+fn named(prefix: &str) -> Vec<String> {
+    greenlight_testkit::env::docker(&[
+        "ps",
+        "--all",
+        "--filter",
+        &format!("name=^{prefix}"),
+        "--format",
+        "{{.Names}}",
+    ])
+    .unwrap()
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_migrates_before_the_new_version_starts_and_a_rerun_does_not_repeat_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut w = World::new(
+        "relok",
+        NginxKind::Host,
+        &[
+            ("v1", NO_ENV),
+            ("v2", REQUIRES_MIGRATION),
+            ("v3", REQUIRES_MIGRATION),
+        ],
+    );
+    w.configure(
+        &format!("volumes = [\"{}:/data\"]", data.path().display()),
+        &release_section("60s"),
+    );
+    let schema = data.path().join("schema");
+    let runs = data.path().join("schema.log");
+
+    let d1 = w.deploy_ok("v1").await;
+    assert!(
+        detail(&d1, "releasing").contains("exited 0"),
+        "{}",
+        detail(&d1, "releasing")
+    );
+    assert_eq!(std::fs::read_to_string(&schema).unwrap(), "v1");
+    let probe = probe(&w, true);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+
+    // v2 starts only once its schema is there: the release ran first, with
+    // the service's volume, in the new image.
+    let d2 = w.deploy_ok("v2").await;
+    let order = common::recorded_steps(&d2);
+    let at = |s: &str| order.iter().position(|x| x == s).unwrap();
+    assert!(at("pulling") < at("releasing") && at("releasing") < at("starting"));
+    assert!(
+        detail(&d2, "releasing").contains("demo migrate: /data/schema is at v2"),
+        "{d2:#}"
+    );
+    assert_eq!(lines(&runs), ["v1", "v2"]);
+    // The release container is gone.
+    assert_eq!(
+        named(&format!("{}-release", w.service)),
+        Vec::<String>::new()
+    );
+    // history --steps shows the output.
+    let out = w.gl.cli(&["history", &w.service, "--steps"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("demo migrate: /data/schema is at v2"),
+        "{text}"
+    );
+
+    // v3's deployment is killed after its release finished, before any v3
+    // replica started; the re-run does not migrate again.
+    w.gl.env = vec![("GREENLIGHT_TEST_PAUSE_AT".into(), "starting".into())];
+    w.gl.restart();
+    let id = w.gl.deploy(&w.service, Target::Tag("v3")).await;
+    wait_step(&w, id, "starting").await;
+    assert_eq!(lines(&runs), ["v1", "v2", "v3"]);
+    w.gl.kill();
+    w.gl.env.clear();
+    w.gl.start();
+    let rerun = w.gl.rerun_of(&w.service, id).await;
+    let r = w.gl.wait_done(rerun).await;
+    assert_eq!(r["state"], "succeeded", "{r:#}\n{}", w.gl.log());
+    assert!(
+        detail(&r, "releasing").contains(&format!("finished in deployment {id}")),
+        "{r:#}"
+    );
+    assert_eq!(lines(&runs), ["v1", "v2", "v3"], "the release ran again");
+    assert_eq!(w.served().await, (200, "v3".into()));
+
+    let report = probe.stop().await;
+    // Two switches, and the reload reconciling nginx at each of two starts.
+    assert_zero_failures(&report, 4);
+    assert_flips_once(&report, &["v1", "v2", "v3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_release_leaves_the_old_version_serving_and_says_why() {
+    let slack = SlackReceiver::start(Vec::new()).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut w = World::with_config(
+        "relbad",
+        NginxKind::Host,
+        &[
+            ("v1", NO_ENV),
+            ("v2", &[("DEMO_MIGRATE_FAIL", "1")]),
+            ("v3", &[("DEMO_MIGRATE_SLEEP_MS", "60000")]),
+        ],
+        &format!("\n[notify.slack]\nwebhook_url = \"{}\"\n", slack.url()),
+    );
+    w.configure(
+        &format!("volumes = [\"{}:/data\"]", data.path().display()),
+        &release_section("3s"),
+    );
+    w.deploy_ok("v1").await;
+    let probe = probe(&w, true);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+
+    // A migration that fails: at `releasing`, with its exit code and output,
+    // and no v2 replica ever started.
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
+    assert_eq!(d["state"], "failed", "{d:#}");
+    assert_eq!(d["failed_step"], "releasing", "{d:#}");
+    assert_eq!(d["failure_kind"], "release", "{d:#}");
+    assert_eq!(d["exit_code"], 4, "{d:#}");
+    let tail = d["log_tail"].as_str().unwrap_or("");
+    assert!(tail.contains("column \"email\" already exists"), "{d:#}");
+    assert!(!common::recorded_steps(&d).contains(&"starting".to_string()));
+    assert_eq!(w.served().await, (200, "v1".into()));
+    let out = w.gl.cli(&["history", &w.service, "--steps"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("already exists"), "{text}");
+    slack_says(&slack, &["releasing", "already exists", "release command"]).await;
+
+    // One that hangs: killed at release.timeout, the release container gone.
+    let started = Instant::now();
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v3")).await;
+    assert_eq!(d["state"], "failed", "{d:#}");
+    assert_eq!(d["failed_step"], "releasing", "{d:#}");
+    let error = d["error"].as_str().unwrap();
+    assert!(error.contains("ran past release.timeout 3s"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        named(&format!("{}-release", w.service)),
+        Vec::<String>::new()
+    );
+    assert_eq!(w.served().await, (200, "v1".into()));
+
+    let report = probe.stop().await;
+    assert_zero_failures(&report, 0);
+    assert_eq!(versions(&report), ["v1"]);
+    let containers = w.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+}
