@@ -232,3 +232,113 @@ async fn a_failing_release_leaves_the_old_version_serving_and_says_why() {
     let containers = w.containers();
     assert_eq!(containers.len(), 1, "{containers:?}");
 }
+
+/// `KEY=VALUE` lines a hook wrote (its `GREENLIGHT_*` environment), as pairs.
+fn hook_env(path: &Path) -> std::collections::BTreeMap<String, String> {
+    lines(path)
+        .into_iter()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.into(), v.into())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_get_the_deployments_facts_and_a_failing_smoke_test_leaves_nginx_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let mut w = World::new(
+        "hooks",
+        NginxKind::Host,
+        &[("v1", NO_ENV), ("v2", NO_ENV), ("v3", NO_ENV)],
+    );
+    let save =
+        |name: &str| format!("env | grep ^GREENLIGHT_ | sort > {d}/{name}.$GREENLIGHT_DEPLOYMENT");
+    let hooks = format!(
+        "\n[service.hooks]\n\
+         pre_switch = ['sh', '-c', '{}; for a in $GREENLIGHT_ADDRESSES; do curl -fsS http://$a/ >> {d}/smoke.$GREENLIGHT_DEPLOYMENT || exit 9; done; if [ -e {d}/fail-pre-switch ]; then echo smoke test failed: /checkout answered 500; exit 7; fi']\n\
+         post_deploy = ['sh', '-c', '{}; if [ -e {d}/fail-post-deploy ]; then echo CDN purge refused: 403 >&2; exit 3; fi']\n\
+         on_failure = ['sh', '-c', '{}']\n\
+         timeout = \"20s\"\n",
+        save("pre_switch"),
+        save("post_deploy"),
+        save("on_failure"),
+    );
+    w.configure("", &hooks);
+    let file = |name: &str, id: &Value| dir.path().join(format!("{name}.{id}"));
+
+    let d1 = w.deploy_ok("v1").await;
+    let pre = hook_env(&file("pre_switch", &d1["id"]));
+    assert_eq!(pre["GREENLIGHT_HOOK"], "pre_switch");
+    assert_eq!(pre["GREENLIGHT_SERVICE"], w.service);
+    assert_eq!(pre["GREENLIGHT_DIGEST"], w.digest("v1"));
+    assert_eq!(pre["GREENLIGHT_REPLICAS"], format!("{}-blue-1", w.service));
+    // The smoke test reached the new replica on the address it was given.
+    let smoke = std::fs::read_to_string(file("smoke", &d1["id"])).unwrap();
+    assert!(smoke.contains("\"v1\""), "{smoke}");
+    assert!(detail(&d1, "pre_switch").contains("exited 0"), "{d1:#}");
+    let order = common::recorded_steps(&d1);
+    let at = |s: &str| order.iter().position(|x| x == s).unwrap();
+    assert!(at("health_gate") < at("pre_switch") && at("pre_switch") < at("switching"));
+    assert!(at("pruning") < at("post_deploy") && at("post_deploy") < at("succeeded"));
+    let probe = probe(&w, true);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+
+    let d2 = w.deploy_ok("v2").await;
+    let post = hook_env(&file("post_deploy", &d2["id"]));
+    assert_eq!(post["GREENLIGHT_HOOK"], "post_deploy");
+    assert_eq!(post["GREENLIGHT_DEPLOYMENT"], d2["id"].to_string());
+    assert_eq!(post["GREENLIGHT_TAG"], "v2");
+    assert_eq!(post["GREENLIGHT_DIGEST"], w.digest("v2"));
+    assert_eq!(post["GREENLIGHT_PREVIOUS_DIGEST"], w.digest("v1"));
+    assert!(post["GREENLIGHT_IMAGE"].ends_with(w.digest("v2")));
+
+    // A smoke test that fails: before nginx changes, the old version serving.
+    let before = w.upstream_file();
+    std::fs::write(dir.path().join("fail-pre-switch"), "").unwrap();
+    let d3 = w.gl.deploy_and_wait(&w.service, Target::Tag("v3")).await;
+    assert_eq!(d3["state"], "failed", "{d3:#}");
+    assert_eq!(d3["failed_step"], "pre_switch", "{d3:#}");
+    assert_eq!(d3["failure_kind"], "hook", "{d3:#}");
+    assert_eq!(d3["exit_code"], 7, "{d3:#}");
+    assert!(
+        d3["log_tail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("smoke test failed"),
+        "{d3:#}"
+    );
+    assert!(!common::recorded_steps(&d3).contains(&"switching".to_string()));
+    assert_eq!(w.upstream_file(), before, "nginx was changed");
+    assert_eq!(w.served().await, (200, "v2".into()));
+    let failed = hook_env(&file("on_failure", &d3["id"]));
+    assert_eq!(failed["GREENLIGHT_OUTCOME"], "failed");
+    assert_eq!(failed["GREENLIGHT_FAILED_STEP"], "pre_switch");
+    assert_eq!(failed["GREENLIGHT_FAILURE_KIND"], "hook");
+    assert!(
+        failed["GREENLIGHT_ERROR"].contains("exited 7"),
+        "{failed:?}"
+    );
+    assert_eq!(step(&d3, "on_failure")["outcome"], "ok", "{d3:#}");
+    assert_eq!(step(&d3, "pre_switch")["outcome"], "error", "{d3:#}");
+    assert_eq!(w.containers().len(), 1, "{:?}", w.containers());
+
+    // A post_deploy hook that fails is noted; the deployment stands.
+    std::fs::remove_file(dir.path().join("fail-pre-switch")).unwrap();
+    std::fs::write(dir.path().join("fail-post-deploy"), "").unwrap();
+    let d4 = w.gl.deploy_and_wait(&w.service, Target::Tag("v3")).await;
+    assert_eq!(d4["state"], "succeeded", "{d4:#}");
+    let post = step(&d4, "post_deploy");
+    assert_eq!(post["outcome"], "error", "{d4:#}");
+    let text = post["detail"].as_str().unwrap();
+    assert!(
+        text.contains("exited 3")
+            && text.contains("CDN purge refused")
+            && text.contains("never undoes"),
+        "{text}"
+    );
+    assert!(!file("on_failure", &d4["id"]).exists());
+    assert_eq!(w.served().await, (200, "v3".into()));
+
+    let report = probe.stop().await;
+    assert_zero_failures(&report, 2);
+    assert_flips_once(&report, &["v1", "v2", "v3"]);
+}
