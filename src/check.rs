@@ -119,7 +119,53 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         nginx = Some(checked);
     }
     out.push(verify_server(config, nginx.as_ref()).await);
+    for svc in &config.services {
+        out.extend(hooks(svc));
+    }
     out
+}
+
+/// Each hook's program is there and may be run (a hook that cannot run fails
+/// its deployment at `pre_switch`, or goes unheard after it).
+fn hooks(svc: &ServiceConfig) -> Vec<Finding> {
+    svc.hooks
+        .each()
+        .map(|(name, argv)| {
+            let what = format!("service {} hooks.{name}", svc.name);
+            let program = &argv[0];
+            match find_program(program) {
+                Some(path) => ok(&what, format!("{} ({})", argv.join(" "), path.display())),
+                None => bad(
+                    &what,
+                    format!(
+                        "{program:?} is not an executable file{}",
+                        if program.contains('/') {
+                            ""
+                        } else {
+                            " on PATH"
+                        }
+                    ),
+                    "install it, give its absolute path, or make it executable (chmod +x)",
+                ),
+            }
+        })
+        .collect()
+}
+
+/// `program` as the hook runner finds it: a path, or a name on PATH.
+fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = std::path::PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
 }
 
 /// What nginx routes the service to, and whether each of those replicas
@@ -326,5 +372,27 @@ async fn verify_server(config: &Config, nginx: Option<&Nginx>) -> Finding {
             format!("{url} does not answer: {}", crate::display::error_chain(&e)),
             fix,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hook_program_is_found_on_path_or_by_path_and_must_be_executable() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("/bin/sh").is_some());
+        assert!(find_program("no-such-hook-program").is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("purge");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert!(
+            find_program(script.to_str().unwrap()).is_none(),
+            "not executable"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(find_program(script.to_str().unwrap()), Some(script));
     }
 }

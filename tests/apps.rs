@@ -342,3 +342,128 @@ async fn hooks_get_the_deployments_facts_and_a_failing_smoke_test_leaves_nginx_a
     assert_zero_failures(&report, 2);
     assert_flips_once(&report, &["v1", "v2", "v3"]);
 }
+
+/// `docker inspect` of a container, as JSON.
+fn inspect(name: &str) -> Value {
+    let out = greenlight_testkit::env::docker(&["inspect", name]).unwrap();
+    let list: Value = serde_json::from_str(&out).unwrap();
+    list[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_options_reach_docker_and_the_service_deploys_under_load_with_them() {
+    use greenlight_testkit::env::DemoImageOpts;
+    let images = ["v1", "v2", "v3"]
+        .iter()
+        .map(|v| {
+            (
+                v.to_string(),
+                DemoImageOpts {
+                    healthcheck: true,
+                    env: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    let mut w = World::with_images("opts", NginxKind::Host, images);
+    let db = format!("{}-db", w.prefix);
+    w.configure(
+        &format!(
+            "networks = [\"{db}\"]\n\
+             labels = {{ \"com.example.team\" = \"web\" }}\n\
+             memory = \"64m\"\n\
+             memory_reservation = \"32m\"\n\
+             cpus = 0.5\n\
+             user = \"1000:1000\"\n\
+             read_only = true\n\
+             tmpfs = [\"/tmp\", \"/run:size=16m\"]\n\
+             cap_drop = [\"ALL\"]\n\
+             extra_hosts = [\"db.internal:10.0.0.5\"]\n\
+             stop_signal = \"SIGINT\"\n\
+             init = true\n\
+             shm_size = \"16m\"\n\
+             ulimits = {{ nofile = {{ soft = 1024, hard = 2048 }}, nproc = 512 }}\n\
+             security_opt = [\"no-new-privileges:true\"]\n"
+        ),
+        "\n[service.logging]\ndriver = \"json-file\"\noptions = { max-size = \"1m\", max-file = \"2\" }\n\
+         \n[service.healthcheck]\ndisable = true\n",
+    );
+    w.deploy_ok("v1").await;
+    let probe = probe(&w, true);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+    w.deploy_ok("v2").await;
+
+    let c = inspect(&format!("{}-green-1", w.service));
+    let host = &c["HostConfig"];
+    let config = &c["Config"];
+    assert_eq!(host["Memory"], 64 << 20, "{host:#}");
+    assert_eq!(host["MemoryReservation"], 32 << 20);
+    assert_eq!(host["NanoCpus"], 500_000_000);
+    assert_eq!(config["User"], "1000:1000");
+    assert_eq!(host["ReadonlyRootfs"], true);
+    assert_eq!(host["Tmpfs"]["/tmp"], "");
+    assert_eq!(host["Tmpfs"]["/run"], "size=16m");
+    assert_eq!(host["CapDrop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        host["ExtraHosts"],
+        serde_json::json!(["db.internal:10.0.0.5"])
+    );
+    assert_eq!(config["StopSignal"], "SIGINT");
+    assert_eq!(host["Init"], true);
+    assert_eq!(host["ShmSize"], 16 << 20);
+    let ulimits = host["Ulimits"].as_array().unwrap();
+    assert!(ulimits.contains(&serde_json::json!({"Name": "nofile", "Soft": 1024, "Hard": 2048})));
+    assert!(ulimits.contains(&serde_json::json!({"Name": "nproc", "Soft": 512, "Hard": 512})));
+    assert_eq!(
+        host["SecurityOpt"],
+        serde_json::json!(["no-new-privileges:true"])
+    );
+    assert_eq!(host["LogConfig"]["Type"], "json-file");
+    assert_eq!(host["LogConfig"]["Config"]["max-size"], "1m");
+    assert_eq!(config["Labels"]["com.example.team"], "web");
+    assert_eq!(config["Labels"]["greenlight.service"], w.service);
+    assert_eq!(config["Healthcheck"]["Test"], serde_json::json!(["NONE"]));
+    // On both networks: nginx's and the database's.
+    let networks = c["NetworkSettings"]["Networks"].as_object().unwrap();
+    for n in [format!("{}-net", w.prefix), db.clone()] {
+        let ip = networks.get(&n).map(|e| e["IPAddress"].clone());
+        assert!(
+            ip.as_ref()
+                .and_then(Value::as_str)
+                .is_some_and(|ip| !ip.is_empty()),
+            "not on {n}: {networks:?}"
+        );
+    }
+
+    // The image's HEALTHCHECK replaced: the gate waits for Docker's verdict on ours.
+    w.gl.edit_config(|c| {
+        c.replace(
+            "[service.healthcheck]\ndisable = true\n",
+            "[service.healthcheck]\ntest = [\"CMD\", \"/greenlight-demo\", \"--probe\", \"http://127.0.0.1:8080/healthz?hc=ours\"]\ninterval = \"500ms\"\nretries = 2\n",
+        )
+    });
+    w.gl.restart();
+    w.deploy_ok("v3").await;
+    let c = inspect(&format!("{}-blue-1", w.service));
+    assert_eq!(
+        c["Config"]["Healthcheck"]["Test"],
+        serde_json::json!([
+            "CMD",
+            "/greenlight-demo",
+            "--probe",
+            "http://127.0.0.1:8080/healthz?hc=ours"
+        ])
+    );
+    assert_eq!(c["Config"]["Healthcheck"]["Interval"], 500_000_000);
+    assert_eq!(c["Config"]["Healthcheck"]["Retries"], 2);
+    assert_eq!(
+        c["State"]["Health"]["Status"], "healthy",
+        "{:#}",
+        c["State"]
+    );
+
+    let report = probe.stop().await;
+    // Two switches, and the reload reconciling nginx at the restart.
+    assert_zero_failures(&report, 3);
+    assert_flips_once(&report, &["v1", "v2", "v3"]);
+}

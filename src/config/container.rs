@@ -143,7 +143,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "t" => 1 << 40,
         _ => {
             return Err(format!(
-                "{text:?} has an unknown unit (b, k, m, g, t; e.g. \"512m\")"
+                "{text:?} is not a size: the unit must be b, k, m, g or t (e.g. \"512m\")"
             ))
         }
     };
