@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::config::live::Loaded;
 use crate::config::{Config, NginxMode, ServiceConfig};
 use crate::display::short_digest;
 use crate::docker::Engine;
@@ -36,11 +37,13 @@ fn bad(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding
     }
 }
 
-pub async fn run(config: &Config) -> Vec<Finding> {
+pub async fn run(loaded: &Loaded) -> Vec<Finding> {
+    let config = &*loaded.config;
     let mut out = vec![ok(
         "config",
         format!("{} service(s)", config.services.len()),
     )];
+    out.push(running_config(loaded).await);
     out.push(match Store::open(&config.server.state) {
         Ok(_) => ok("state", config.server.state.display().to_string()),
         Err(e) => bad(
@@ -123,6 +126,53 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         out.extend(hooks(svc));
     }
     out
+}
+
+/// The config the running greenlight (at `server.listen`, asked with the
+/// admin token) loaded, and whether this file still says the same.
+async fn running_config(loaded: &Loaded) -> Finding {
+    const WHAT: &str = "running config";
+    let server = &loaded.config.server;
+    let listen = server
+        .listen
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace("[::]", "[::1]");
+    let http = crate::tls::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("static reqwest client config");
+    let answer = http
+        .get(format!("http://{listen}/api/config"))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await;
+    let running: serde_json::Value = match answer {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+        Ok(r) => {
+            return bad(
+                WHAT,
+                format!("greenlight at {listen} answered {} to GET /api/config", r.status()),
+                "is it another greenlight, or one with another admin token? check server.listen and server.admin_token",
+            )
+        }
+        Err(_) => return ok(WHAT, format!("no greenlight answers at {listen} (not running)")),
+    };
+    let at = running["loaded_at"]
+        .as_i64()
+        .map(crate::display::timestamp)
+        .unwrap_or_else(|| "?".into());
+    if running["file_digest"].as_str() == Some(loaded.file_digest.as_str()) {
+        ok(
+            WHAT,
+            format!("greenlight at {listen} runs this file (loaded {at})"),
+        )
+    } else {
+        bad(
+            WHAT,
+            format!("the file differs from the config greenlight at {listen} loaded {at}"),
+            "greenlight reload (or systemctl reload greenlight) applies it",
+        )
+    }
 }
 
 /// Each hook's program is there and may be run (a hook that cannot run fails

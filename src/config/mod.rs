@@ -7,6 +7,7 @@
 //! one line an operator can act on.
 
 pub mod container;
+pub mod live;
 pub mod locate;
 pub mod notify;
 

@@ -51,7 +51,10 @@ pub(crate) fn shape(service: &ServiceConfig, current: &Routing) -> Shape {
 /// Returns false when the deployment was not claimed (superseded meanwhile).
 async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
     let id = deployment.id;
-    let Some(service) = inner.config.service(&deployment.service) else {
+    // The config as it is now, kept to the end: a reload meanwhile does not
+    // change a deployment in progress.
+    let config = inner.config.get();
+    let Some(service) = config.service(&deployment.service) else {
         return false;
     };
     let current = match inner.nginx.current(&service.name) {
@@ -86,7 +89,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
         replicas = shape.replicas,
         "Deploying"
     );
-    let mut run = Run::new(inner, service, deployment, current, shape, plan);
+    let mut run = Run::new(inner, &config, service, deployment, current, shape, plan);
     let deadline = tokio::time::Instant::now() + service.rollout.deadline;
     let mut previous = "received";
     let mut step_started = Instant::now();

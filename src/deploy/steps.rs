@@ -62,6 +62,8 @@ fn gate_failure(g: GateFailure, kind: FailureKind) -> Stop {
 
 pub(crate) struct Run<'a> {
     pub inner: &'a Inner,
+    /// The config the deployment started with.
+    pub config: &'a crate::config::Config,
     pub service: &'a ServiceConfig,
     pub deployment: Deployment,
     pub live: Option<Live>,
@@ -100,6 +102,7 @@ pub(crate) struct Run<'a> {
 impl<'a> Run<'a> {
     pub fn new(
         inner: &'a Inner,
+        config: &'a crate::config::Config,
         service: &'a ServiceConfig,
         deployment: Deployment,
         current: Routing,
@@ -107,7 +110,7 @@ impl<'a> Run<'a> {
         plan: Plan,
     ) -> Run<'a> {
         let live = inner.store.live(&service.name).ok().flatten();
-        let traffic = inner.config.nginx.access_log.as_deref().and_then(|path| {
+        let traffic = config.nginx.access_log.as_deref().and_then(|path| {
             match AccessLog::from_end(path) {
                 Ok(log) => Some((log, HashMap::new())),
                 Err(e) => {
@@ -118,6 +121,7 @@ impl<'a> Run<'a> {
         });
         let run = Run {
             inner,
+            config,
             service,
             tag: deployment.tag.clone(),
             deployment,
@@ -365,7 +369,7 @@ impl<'a> Run<'a> {
                     .id
             }
             (None, Some(t)) => {
-                let cfg = self.inner.config.registry_for(&repo.host);
+                let cfg = self.config.registry_for(&repo.host);
                 self.with_retries("resolving the tag", || async {
                     registry::resolve_tag(&repo, t, cfg).await.map_err(|e| {
                         let transient = matches!(e, registry::RegistryError::Unavailable { .. });
@@ -441,7 +445,7 @@ impl<'a> Run<'a> {
 
     async fn pull(&mut self) -> Result<(), Stop> {
         let repo = Repository::parse(&self.service.image);
-        let creds = registry::credentials(self.inner.config.registry_for(&repo.host));
+        let creds = registry::credentials(self.config.registry_for(&repo.host));
         let runtime = &self.inner.runtime;
         let inspect = || async { runtime.image(&self.image).await.map_err(runtime_failure) };
         // A digest names its content: an image already here needs no pull (a
@@ -456,7 +460,7 @@ impl<'a> Run<'a> {
         let mut tries = 0;
         while found.is_none() && self.service.pull && tries < PULL_TRIES {
             tries += 1;
-            let limit = self.inner.config.pull.timeout;
+            let limit = self.config.pull.timeout;
             self.with_retries("pulling", || async {
                 match tokio::time::timeout(limit, runtime.pull(&self.image, creds.clone())).await {
                     Ok(Ok(())) => Ok(()),
@@ -512,7 +516,7 @@ impl<'a> Run<'a> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, SendError>>,
     {
-        let cfg = &self.inner.config.pull;
+        let cfg = &self.config.pull;
         let policy = Policy {
             base: cfg.backoff,
             max_attempts: cfg.attempts,
@@ -946,7 +950,7 @@ impl<'a> Run<'a> {
                 warn!(left, "old nginx workers still running after drain_timeout");
                 self.note(&format!(
                     "{left} old nginx workers still running after drain_timeout {}",
-                    display::span(self.inner.config.nginx.drain_timeout)
+                    display::span(self.config.nginx.drain_timeout)
                 ))
             }
             Err(e) => self.note(&format!("cannot watch nginx workers: {e}")),
@@ -1013,7 +1017,7 @@ impl<'a> Run<'a> {
         let mut protected: HashSet<String> = HashSet::new();
         protected.extend(self.image_id.clone());
         protected.extend(self.live.as_ref().and_then(|l| l.image_id.clone()));
-        for svc in &self.inner.config.services {
+        for svc in &self.config.services {
             if let Ok(Some(l)) = self.inner.store.live(&svc.name) {
                 protected.extend(l.image_id);
                 protected.extend(l.previous_image_id);

@@ -140,6 +140,8 @@ struct Snapshot {
     services: Vec<(String, Option<ServiceView>)>,
     deployments: Vec<Deployment>,
     deliveries: Vec<Delivery>,
+    /// When the running config was loaded, and whether its file now differs.
+    config: Option<(i64, Option<bool>)>,
 }
 
 /// The newest deployments, each with its steps.
@@ -173,10 +175,17 @@ async fn status_page(
         Ok(d) => d,
         Err(e) => return errors::internal(e),
     };
+    let loaded = state.deployer.loaded();
+    let loaded_at = loaded.loaded_at;
+    let differs = web::block(move || loaded.file_differs())
+        .await
+        .ok()
+        .flatten();
     let snap = Snapshot {
         services,
         deployments,
         deliveries,
+        config: Some((loaded_at, differs)),
     };
     let nonce = crate::secret::random_token();
     html_page(
@@ -425,6 +434,16 @@ fn status_view(nonce: &str, session: &Session, snap: &Snapshot, now: i64) -> Mar
                     }
                 }
                 main {
+                    @if let Some((at, differs)) = snap.config {
+                        p #config {
+                            "Config loaded " (ago(at, now))
+                            @match differs {
+                                Some(true) => { strong.bad { "; the file on disk differs: run greenlight reload to apply it" } }
+                                Some(false) => { "; the file on disk is the same" }
+                                None => {}
+                            }
+                        }
+                    }
                     p #message role="status" hidden {}
                     noscript { p #noscript { "The buttons need JavaScript." } }
                     (services_view(&snap.services, now))
