@@ -445,6 +445,18 @@ impl Engine {
         }
     }
 
+    /// The host PID of a running container's main process (`None`: not
+    /// running, or the engine does not say).
+    pub async fn pid(&self, id: &str) -> Result<Option<u32>> {
+        Ok(self
+            .inspect(id)
+            .await?
+            .and_then(|c| c.state)
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .map(|p| p as u32))
+    }
+
     pub async fn status(&self, id: &str) -> Result<Option<ContainerStatus>> {
         let Some(c) = self.inspect(id).await? else {
             return Ok(None);

@@ -373,7 +373,7 @@ async fn container_options_reach_docker_and_the_service_deploys_under_load_with_
              labels = {{ \"com.example.team\" = \"web\" }}\n\
              memory = \"64m\"\n\
              memory_reservation = \"32m\"\n\
-             cpus = 0.5\n\
+             cpus = 1.5\n\
              user = \"1000:1000\"\n\
              read_only = true\n\
              tmpfs = [\"/tmp\", \"/run:size=16m\"]\n\
@@ -398,7 +398,7 @@ async fn container_options_reach_docker_and_the_service_deploys_under_load_with_
     let config = &c["Config"];
     assert_eq!(host["Memory"], 64 << 20, "{host:#}");
     assert_eq!(host["MemoryReservation"], 32 << 20);
-    assert_eq!(host["NanoCpus"], 500_000_000);
+    assert_eq!(host["NanoCpus"], 1_500_000_000);
     assert_eq!(config["User"], "1000:1000");
     assert_eq!(host["ReadonlyRootfs"], true);
     assert_eq!(host["Tmpfs"]["/tmp"], "");
@@ -466,4 +466,146 @@ async fn container_options_reach_docker_and_the_service_deploys_under_load_with_
     // Two switches, and the reload reconciling nginx at the restart.
     assert_zero_failures(&report, 3);
     assert_flips_once(&report, &["v1", "v2", "v3"]);
+}
+
+/// How a WebSocket client's connection ended.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    /// The test closed it.
+    Closed,
+    /// The server side went away (the old replica stopped).
+    Cut,
+}
+
+/// A WebSocket client through nginx on its own thread: connects to `/ws`,
+/// sends back what it was greeted with (`hello <version>`), then holds the
+/// connection until told to close it or the server ends it.
+struct WsClient {
+    greeting: String,
+    close: std::sync::mpsc::Sender<()>,
+    ended: std::thread::JoinHandle<Ended>,
+}
+
+impl WsClient {
+    fn open(port: u16) -> WsClient {
+        let (greeted_tx, greeted) = std::sync::mpsc::channel();
+        let (close, close_rx) = std::sync::mpsc::channel::<()>();
+        let ended = std::thread::spawn(move || {
+            use tungstenite::Message;
+            let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut ws, response) =
+                tungstenite::client::client(format!("ws://127.0.0.1:{port}/ws"), stream).unwrap();
+            assert_eq!(response.status(), 101);
+            let hello = ws.read().unwrap().into_text().unwrap().to_string();
+            ws.send(Message::text("ping")).unwrap();
+            let echo = ws.read().unwrap().into_text().unwrap().to_string();
+            greeted_tx.send(format!("{hello}; {echo}")).unwrap();
+            ws.get_ref()
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            loop {
+                if close_rx.try_recv().is_ok() {
+                    let _ = ws.close(None);
+                    while ws.read().is_ok() {}
+                    return Ended::Closed;
+                }
+                match ws.read() {
+                    Ok(Message::Close(_)) => return Ended::Cut,
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e))
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return Ended::Cut,
+                }
+            }
+        });
+        let greeting = greeted
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no WebSocket greeting");
+        WsClient {
+            greeting,
+            close,
+            ended,
+        }
+    }
+
+    /// Waits (bounded) for the connection's end.
+    fn ended(self) -> Ended {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ended.is_finished() {
+            assert!(Instant::now() < deadline, "the WebSocket never ended");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.ended.join().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_open_across_a_deploy_are_counted_and_cut_after_long_lived_timeout() {
+    let slack = SlackReceiver::start(Vec::new()).await;
+    let mut w = World::with_config(
+        "wscut",
+        NginxKind::Host,
+        &[("v1", NO_ENV), ("v2", NO_ENV)],
+        &format!("\n[notify.slack]\nwebhook_url = \"{}\"\n", slack.url()),
+    );
+    // Old nginx workers relaying WebSockets outlive drain_timeout: keep it short.
+    w.gl.edit_config(|c| c.replace("drain_timeout = \"20s\"", "drain_timeout = \"2s\""));
+    w.configure("", "long_lived_timeout = \"3s\"");
+    w.deploy_ok("v1").await;
+    let probe = probe(&w, true);
+    assert!(probe.wait_for_version("v1", Duration::from_secs(10)).await);
+
+    let clients: Vec<WsClient> = (0..3).map(|_| WsClient::open(w.nginx.port())).collect();
+    for c in &clients {
+        assert_eq!(c.greeting, "hello v1; v1: ping");
+    }
+    let id = w.gl.deploy(&w.service, Target::Tag("v2")).await;
+    wait_step(&w, id, "draining").await;
+    // One closes during the drain; two stay open past long_lived_timeout.
+    let mut clients = clients.into_iter();
+    let first = clients.next().unwrap();
+    first.close.send(()).unwrap();
+    assert_eq!(first.ended(), Ended::Closed);
+    let d = w.gl.wait_done(id).await;
+    assert_eq!(d["state"], "succeeded", "{d:#}");
+    assert_eq!(d["connections_cut"], 2, "{d:#}");
+    let stopping = detail(&d, "stopping_old");
+    assert!(
+        stopping.contains("2 connections still open to the old replicas")
+            && stopping.contains(
+                "2 long-lived connections still open after rollout.long_lived_timeout 3s"
+            ),
+        "{stopping}"
+    );
+    for c in clients {
+        assert_eq!(c.ended(), Ended::Cut);
+    }
+    // A new one reaches the new version.
+    let fresh = WsClient::open(w.nginx.port());
+    assert_eq!(fresh.greeting, "hello v2; v2: ping");
+    fresh.close.send(()).unwrap();
+    assert_eq!(fresh.ended(), Ended::Closed);
+
+    slack_says(&slack, &["2 long-lived connections", "cut"]).await;
+    let metrics = greenlight_testkit::http()
+        .get(format!("{}/metrics", w.gl.url()))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!(
+        "greenlight_connections_cut_total{{service=\"{}\"}} 2",
+        w.service
+    );
+    assert!(metrics.contains(&line), "{metrics}");
+
+    let report = probe.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_flips_once(&report, &["v1", "v2"]);
 }

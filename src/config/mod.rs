@@ -489,6 +489,11 @@ pub struct RolloutConfig {
     /// every replica) or `pause` (hold where it is, and notify).
     #[serde(default)]
     pub failure_action: FailureAction,
+    /// How long connections still open to old replicas after the drain
+    /// (WebSockets, server-sent events) may take to close before the replicas
+    /// stop anyway; the number cut is reported.
+    #[serde(default = "default_long_lived_timeout", deserialize_with = "duration")]
+    pub long_lived_timeout: Duration,
 }
 
 impl Default for RolloutConfig {
@@ -503,6 +508,7 @@ impl Default for RolloutConfig {
             max_unavailable: 0,
             monitor: default_monitor(),
             failure_action: FailureAction::default(),
+            long_lived_timeout: default_long_lived_timeout(),
         }
     }
 }
@@ -589,6 +595,9 @@ fn default_keep_images() -> usize {
 }
 fn default_rollout_deadline() -> Duration {
     Duration::from_secs(15 * 60)
+}
+fn default_long_lived_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_release_timeout() -> Duration {
     Duration::from_secs(10 * 60)
@@ -1248,6 +1257,83 @@ interval = "250ms"
         assert_eq!(c.services[0].name, "web");
         assert_eq!(c.services[0].rollout.soak, Duration::from_secs(30));
         assert_eq!(c.pull.attempts, 5);
+    }
+
+    /// The keys agreed with `greenlight import-compose` (which emits them) all
+    /// parse, into what they say.
+    #[test]
+    fn every_container_option_release_and_hook_key_parses() {
+        let keys = r#"
+networks    = ["backend"]
+labels      = { "com.example.team" = "web" }
+memory      = "512m"
+memory_reservation = "256m"
+cpus        = 1.5
+user        = "1000:1000"
+read_only   = true
+tmpfs       = ["/tmp", "/run:size=64m"]
+cap_drop    = ["ALL"]
+cap_add     = ["NET_BIND_SERVICE"]
+extra_hosts = ["db.internal:10.0.0.5"]
+stop_signal = "SIGINT"
+init        = true
+shm_size    = "64m"
+ulimits     = { nofile = { soft = 1024, hard = 2048 }, nproc = 512 }
+security_opt = ["no-new-privileges:true"]
+
+[service.logging]
+driver  = "json-file"
+options = { max-size = "10m", max-file = "3" }
+
+[service.healthcheck]
+test         = ["CMD", "/app", "health"]
+interval     = "10s"
+timeout      = "3s"
+retries      = 3
+start_period = "5s"
+
+[service.release]
+command = ["/app", "migrate"]
+timeout = "10m"
+
+[service.hooks]
+pre_switch  = ["/usr/local/bin/smoke", "--quick"]
+post_deploy = ["/usr/local/bin/purge-cdn"]
+on_failure  = ["/usr/local/bin/page-someone"]
+timeout     = "60s"
+"#;
+        let c = parse(&GOOD.replace("[service.health]\ninterval = \"250ms\"\n", keys)).unwrap();
+        let web = c.service("web").unwrap();
+        let o = web.container_options();
+        assert_eq!(o.networks, ["backend"]);
+        assert_eq!(o.memory, Some(512 << 20));
+        assert_eq!(o.memory_reservation, Some(256 << 20));
+        assert_eq!(o.nano_cpus, Some(1_500_000_000));
+        assert_eq!(o.tmpfs["/run"], "size=64m");
+        assert_eq!(o.tmpfs["/tmp"], "");
+        assert_eq!(o.shm_size, Some(64 << 20));
+        assert!(o.ulimits.contains(&("nofile".into(), 1024, 2048)));
+        assert!(o.ulimits.contains(&("nproc".into(), 512, 512)));
+        assert_eq!(o.logging.as_ref().unwrap().1["max-file"], "3");
+        let h = o.healthcheck.unwrap();
+        assert_eq!(h.test, ["CMD", "/app", "health"]);
+        assert_eq!(h.start_period, Some(Duration::from_secs(5)));
+        assert_eq!(
+            web.release.as_ref().unwrap().timeout,
+            Duration::from_secs(600)
+        );
+        assert_eq!(web.hooks.each().count(), 3);
+        // disable = true is test = ["NONE"].
+        let off = parse(&GOOD.replace(
+            "[service.health]\ninterval = \"250ms\"\n",
+            "[service.healthcheck]\ndisable = true\n",
+        ))
+        .unwrap();
+        assert!(off.services[0]
+            .container_options()
+            .healthcheck
+            .unwrap()
+            .disabled());
     }
 
     #[test]

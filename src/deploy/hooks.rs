@@ -1,7 +1,8 @@
 //! Lifecycle hooks: an operator's host command (argv, no shell unless the
 //! operator writes `sh -c`), run in a process group of its own with the
-//! deployment's facts as `GREENLIGHT_*` variables, bounded in time (the whole
-//! group is killed at the timeout), its output's tail kept.
+//! deployment's facts as `GREENLIGHT_*` variables (and only PATH, HOME, LANG,
+//! LC_ALL, TZ and TMPDIR of greenlight's environment), bounded in time (the
+//! whole group is killed at the timeout), its output's tail kept.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -15,6 +16,9 @@ const OUTPUT_KEPT: usize = 8 * 1024;
 /// How long the output is still read after the hook exited (a background
 /// child it left may hold the pipe open).
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// Variables of greenlight's environment a hook gets; nothing else of it.
+const PASSED_ON: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
 /// How a hook ended.
 #[derive(Debug, Clone)]
@@ -73,8 +77,16 @@ pub async fn run(
         .try_clone()
         .map_err(|e| format!("a pipe for its output: {e}"))?;
     let mut command = tokio::process::Command::new(program);
+    // A clean environment: greenlight's own may hold secrets (its admin
+    // token, registry passwords behind ${VAR}s) that a hook has no need of.
     command
         .args(args)
+        .env_clear()
+        .envs(
+            PASSED_ON
+                .iter()
+                .filter_map(|k| Some((*k, std::env::var_os(k)?))),
+        )
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(writer)
@@ -160,6 +172,13 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(run.exit_code, Some(3));
+        // Nothing else of greenlight's environment (CARGO_* here) reaches it.
+        let all = super::run(&argv(&["sh", "-c", "env"]), &env, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(all.output.contains("GREENLIGHT_SERVICE=web"), "{all:?}");
+        assert!(all.output.contains("PATH="), "{all:?}");
+        assert!(!all.output.contains("CARGO"), "{all:?}");
         assert!(!run.timed_out && !run.ok());
         assert!(
             run.output.contains("to web") && run.output.contains("oops"),

@@ -187,6 +187,18 @@ impl<'a> Run<'a> {
             return Ok(());
         };
         let id = self.deployment.id;
+        let rollback = self
+            .deployment
+            .trigger_detail
+            .as_ref()
+            .is_some_and(|d| d["command"] == "rollback");
+        if rollback {
+            // The previous version's migration ran when it was deployed; run
+            // again against a newer schema, many tools refuse, and a rollback
+            // must not fail on that.
+            self.note("a rollback does not run the release command");
+            return Ok(());
+        }
         if let Ok(Some(earlier)) = self.inner.store.release_done(id, &self.digest) {
             self.note(&format!(
                 "the release already finished in deployment {earlier}, which this one re-runs: not run again"
@@ -977,6 +989,21 @@ impl<'a> Run<'a> {
             .filter(|r| self.routing.backend(&r.name).is_none())
             .filter(|r| names.contains(&r.name) || !self.started.contains_key(&r.name))
             .collect();
+        if let Some(cut) = self.long_lived(&doomed).await {
+            self.record(
+                self.inner
+                    .store
+                    .add_connections_cut(self.deployment.id, cut as i64),
+            );
+            if cut > 0 {
+                warn!(cut, "stopping the old replicas cuts long-lived connections");
+                self.note(&format!(
+                    "{cut} long-lived connection{} still open after rollout.long_lived_timeout {}: cut by the stop",
+                    if cut == 1 { "" } else { "s" },
+                    display::span(self.service.rollout.long_lived_timeout)
+                ));
+            }
+        }
         let grace = self.service.rollout.stop_grace;
         let outcomes = join_all(doomed.iter().map(|r| async move {
             // A stop that fails (the engine busy or timing out) is tried again
@@ -1009,6 +1036,51 @@ impl<'a> Run<'a> {
         }
         self.stopped.extend(stopped);
         Ok(())
+    }
+
+    /// Connections still open to replicas about to stop, after the drain: the
+    /// old nginx workers relaying WebSockets or server-sent events to them.
+    /// Waits up to `rollout.long_lived_timeout` for them to close; returns
+    /// how many were still open then (`None`: they cannot be counted here).
+    async fn long_lived(&self, doomed: &[&Replica]) -> Option<usize> {
+        if doomed.is_empty() {
+            return None;
+        }
+        let runtime = &self.inner.runtime;
+        let port = self.service.port;
+        let count = || async {
+            let mut total = None;
+            for r in doomed {
+                if let Some(n) = runtime.open_connections(&r.id, port).await {
+                    *total.get_or_insert(0) += n;
+                }
+            }
+            total
+        };
+        let first = count().await?;
+        if first == 0 {
+            return Some(0);
+        }
+        let timeout = self.service.rollout.long_lived_timeout;
+        self.note(&format!(
+            "{first} connection{} still open to the old replicas after the drain (WebSockets, \
+             server-sent events): waiting up to rollout.long_lived_timeout {} for them to close",
+            if first == 1 { "" } else { "s" },
+            display::span(timeout)
+        ));
+        let started = Instant::now();
+        let mut open = first;
+        while open > 0 && started.elapsed() < timeout {
+            tokio::time::sleep(LONG_LIVED_POLL.min(timeout - started.elapsed())).await;
+            open = count().await.unwrap_or(0);
+        }
+        if open == 0 {
+            self.note(&format!(
+                "they closed within {}",
+                display::duration(started.elapsed().as_millis() as i64)
+            ));
+        }
+        Some(open)
     }
 
     async fn prune(&mut self) -> Result<(), Stop> {
@@ -1274,6 +1346,9 @@ impl<'a> Run<'a> {
         }
     }
 }
+
+/// How often connections still open to old replicas are counted.
+const LONG_LIVED_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Tries of one stop before it is reported as failed.
 const STOP_TRIES: usize = 3;

@@ -105,6 +105,13 @@ fn replica_counts(d: &Deployment) -> Option<String> {
     if restored > 0 {
         text.push_str(&format!("; {restored} put back on the previous version"));
     }
+    if let Some(cut) = d.connections_cut.filter(|n| *n > 0) {
+        text.push_str(&format!(
+            "; {cut} long-lived connection{} (WebSockets, server-sent events) to the old version cut \
+             after rollout.long_lived_timeout",
+            if cut == 1 { "" } else { "s" }
+        ));
+    }
     Some(text)
 }
 

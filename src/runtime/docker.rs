@@ -222,6 +222,21 @@ impl Containers {
         }
     }
 
+    /// Read from the replica's network namespace, `/proc/<pid>/net/tcp{,6}`
+    /// of its main process (needs the engine on this host).
+    pub async fn open_connections(&self, id: &str, port: u16) -> Option<usize> {
+        let pid = self.engine.pid(id).await.ok()??;
+        let mut n = 0;
+        let mut read_any = false;
+        for table in ["tcp", "tcp6"] {
+            if let Ok(text) = tokio::fs::read_to_string(format!("/proc/{pid}/net/{table}")).await {
+                read_any = true;
+                n += super::established_to(&text, port);
+            }
+        }
+        read_any.then_some(n)
+    }
+
     pub async fn promote(&self, id: &str, restart: RestartPolicy) -> Result<()> {
         self.engine
             .set_restart_policy(id, restart)

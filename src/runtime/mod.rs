@@ -257,6 +257,14 @@ impl Runtime {
         }
     }
 
+    /// How many TCP connections to `port` a replica has established now (the
+    /// clients nginx still relays to it), or `None` when that cannot be seen.
+    pub async fn open_connections(&self, id: &str, port: u16) -> Option<usize> {
+        match self {
+            Runtime::Docker(c) => c.open_connections(id, port).await,
+        }
+    }
+
     /// A replica that passed its gate gets the service's restart policy.
     pub async fn promote(&self, id: &str, restart: RestartPolicy) -> Result<()> {
         match self {
@@ -318,6 +326,26 @@ impl Runtime {
 /// Registry credentials for a pull.
 pub type Credentials = bollard::auth::DockerCredentials;
 
+/// Established connections to local `port` in a `/proc/net/tcp` or `tcp6`
+/// table (a network namespace's sockets: local address, remote, state).
+pub fn established_to(table: &str, port: u16) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1).unwrap_or_default();
+            let state = fields.nth(1).unwrap_or_default();
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            // 01: TCP_ESTABLISHED.
+            state == "01" && local_port == Some(port)
+        })
+        .count()
+}
+
 /// `KEY=VALUE` lines; blank lines and `#` comments skipped.
 fn parse_env_file(text: &str) -> Vec<String> {
     text.lines()
@@ -353,6 +381,21 @@ pub const LABEL_TASK: &str = "greenlight.task-of";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn established_connections_to_the_port_are_counted() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 020012AC:1F90 010012AC:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1
+   2: 020012AC:1F90 010012AC:C352 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+   3: 020012AC:1F90 010012AC:C354 06 00000000:00000000 00:00000000 00000000     0        0 0 3
+   4: 020012AC:A2F0 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4 1
+";
+        // Two established to 8080 (0x1F90); the listener, a TIME_WAIT and an
+        // outgoing connection to someone's 8080 do not count.
+        assert_eq!(established_to(table, 8080), 2);
+        assert_eq!(established_to(table, 80), 0);
+    }
 
     #[test]
     fn env_files_skip_comments_and_blank_lines() {
