@@ -168,10 +168,32 @@ async fn a_release_migrates_before_the_new_version_starts_and_a_rerun_does_not_r
     assert_eq!(lines(&runs), ["v1", "v2", "v3"], "the release ran again");
     assert_eq!(w.served().await, (200, "v3".into()));
 
+    // A rollback does not run the previous version's migration (v2 runs on
+    // v3's schema).
+    let out = w.gl.cli(&["rollback", &w.service]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let back =
+        w.gl.get(&format!("/api/deployments?service={}", w.service))
+            .await;
+    let back = w.gl.wait_done(back[0]["id"].as_i64().unwrap()).await;
+    assert_eq!(back["state"], "succeeded", "{back:#}");
+    assert!(
+        detail(&back, "releasing").contains("a rollback does not run the release command"),
+        "{back:#}"
+    );
+    assert_eq!(lines(&runs), ["v1", "v2", "v3"]);
+    assert_eq!(std::fs::read_to_string(&schema).unwrap(), "v3");
+    assert_eq!(w.served().await, (200, "v2".into()));
+
     let report = probe.stop().await;
-    // Two switches, and the reload reconciling nginx at each of two starts.
-    assert_zero_failures(&report, 4);
-    assert_flips_once(&report, &["v1", "v2", "v3"]);
+    // Three switches, and the reload reconciling nginx at each of two starts.
+    assert_zero_failures(&report, 5);
+    // v2 again after the rollback.
+    assert_eq!(versions(&report), ["v1", "v2", "v3", "v2"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

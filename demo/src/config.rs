@@ -37,7 +37,8 @@ pub struct Config {
     /// `GREENLIGHT_REPLICA` (set by the deployer), default "none".
     pub replica: String,
     /// `DEMO_REQUIRE_FILE`: refuse to start unless this file holds the version
-    /// (written by `--migrate`, the release command).
+    /// or a later one, compared as text (written by `--migrate`, the release
+    /// command).
     pub require_file: Option<String>,
 }
 

@@ -88,10 +88,12 @@ fn serve() -> ExitCode {
     // this version before it may serve.
     if let Some(file) = &config.require_file {
         match std::fs::read_to_string(file) {
-            Ok(at) if at.trim() == config.version => {}
+            // A schema at this version or a later one (compared as text): the
+            // previous version still runs on its successor's schema.
+            Ok(at) if at.trim() >= config.version.as_str() => {}
             Ok(at) => {
                 eprintln!(
-                    "demo: {file} is at {:?}, not {:?}: run the migration first",
+                    "demo: {file} is at {:?}, before {:?}: run the migration first",
                     at.trim(),
                     config.version
                 );
