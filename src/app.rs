@@ -1,21 +1,21 @@
 //! Wires the real adapters (SQLite, Docker, nginx) and runs the HTTP server and
-//! the deploy workers until SIGINT/SIGTERM (a graceful stop); SIGHUP is logged
-//! and ignored, never fatal.
+//! the deploy workers until SIGINT/SIGTERM (a graceful stop); SIGHUP reloads
+//! the config file, never fatal.
 
 use std::net::TcpListener;
-use std::sync::Arc;
 
 use anyhow::Context;
 use tracing::info;
 
-use crate::config::Config;
+use crate::config::live::{Live, Loaded};
 use crate::deploy::Deployer;
 use crate::docker::Engine;
 use crate::proxy::Nginx;
 use crate::runtime::{Containers, Runtime};
 use crate::store::Store;
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
+    let config = loaded.config.clone();
     // First: from here on no signal can kill greenlight halfway through a step.
     let mut signals = Signals::install().context("installing signal handlers")?;
     let listener = TcpListener::bind(&config.server.listen).with_context(|| {
@@ -29,14 +29,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let engine = Engine::connect(&config.docker).await?;
     let nginx = Nginx::new(config.nginx.clone(), engine.clone());
     let runtime = Runtime::Docker(Containers::new(engine));
-    let config = Arc::new(config);
-    let deployer = Deployer::start(config.clone(), store, runtime, nginx).await;
+    let deployer = Deployer::start(Live::new(loaded), store, runtime, nginx).await;
     spawn_ledger_pruning(deployer.store().clone(), config.server.ledger_retention);
-    let server = crate::http::server(listener, deployer, 2)?;
+    let server = crate::http::server(listener, deployer.clone(), 2)?;
     let handle = server.handle();
     info!(listen = %config.server.listen, services = config.services.len(), "greenlight serving");
+    let reloader = deployer.clone();
     tokio::spawn(async move {
-        let signal = signals.stop().await;
+        let signal = signals
+            .stop(|| {
+                let deployer = reloader.clone();
+                // The file is read off the runtime's threads.
+                tokio::task::spawn_blocking(move || match deployer.reload_file() {
+                    Ok(r) => info!(added = ?r.added, removed = ?r.removed, changed = ?r.changed, "SIGHUP: config reloaded"),
+                    Err(why) => tracing::warn!(error = %why, "SIGHUP: config reload refused"),
+                });
+            })
+            .await;
         info!(
             signal,
             "shutting down: no new requests; those in flight finish (a deployment in \
@@ -69,10 +78,10 @@ fn spawn_ledger_pruning(store: Store, retention: std::time::Duration) {
     });
 }
 
-/// The signals `serve` handles. SIGHUP (a closed terminal, `systemctl
-/// reload`, a log rotation script) would end the process by default, in the
-/// middle of a deployment; greenlight cannot take a new config while running,
-/// so it says so and carries on. SIGINT and SIGTERM stop it gracefully.
+/// The signals `serve` handles. SIGHUP (`systemctl reload`, `kill -HUP`)
+/// re-reads the config file, as `greenlight reload` does; it would end the
+/// process by default, in the middle of a deployment. SIGINT and SIGTERM stop
+/// it gracefully.
 struct Signals {
     hangup: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
@@ -89,14 +98,12 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGINT or SIGTERM (its name), logging every SIGHUP meanwhile.
-    async fn stop(&mut self) -> &'static str {
+    /// Waits for SIGINT or SIGTERM (its name), calling `hangup` at every
+    /// SIGHUP meanwhile.
+    async fn stop(&mut self, hangup: impl Fn()) -> &'static str {
         loop {
             tokio::select! {
-                _ = self.hangup.recv() => info!(
-                    "SIGHUP ignored: greenlight reads its config at start; restart it to apply a change \
-                     (a deployment in progress carries on)"
-                ),
+                _ = self.hangup.recv() => hangup(),
                 _ = self.interrupt.recv() => return "SIGINT",
                 _ = self.terminate.recv() => return "SIGTERM",
             }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::config::live::Loaded;
 use crate::config::{Config, NginxMode, ServiceConfig};
 use crate::display::short_digest;
 use crate::docker::Engine;
@@ -37,11 +38,13 @@ fn bad(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Finding
     }
 }
 
-pub async fn run(config: &Config) -> Vec<Finding> {
+pub async fn run(loaded: &Loaded) -> Vec<Finding> {
+    let config = &*loaded.config;
     let mut out = vec![ok(
         "config",
         format!("{} service(s)", config.services.len()),
     )];
+    out.push(running_config(loaded).await);
     out.push(match Store::open(&config.server.state) {
         Ok(_) => ok("state", config.server.state.display().to_string()),
         Err(e) => bad(
@@ -139,6 +142,9 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         nginx = Some(checked);
     }
     out.push(verify_server(config, nginx.as_ref()).await);
+    for svc in &config.services {
+        out.extend(hooks(svc));
+    }
     out
 }
 
@@ -184,6 +190,96 @@ pub fn canary_site(dump: &str, service: &str) -> Finding {
             "change the site as the README's \"Canary releases\" says (after greenlight's first deployment of the service rendered its file), reload nginx",
         )
     }
+}
+
+/// The config the running greenlight (at `server.listen`, asked with the
+/// admin token) loaded, and whether this file still says the same.
+async fn running_config(loaded: &Loaded) -> Finding {
+    const WHAT: &str = "running config";
+    let server = &loaded.config.server;
+    let listen = server
+        .listen
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace("[::]", "[::1]");
+    let http = crate::tls::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("static reqwest client config");
+    let answer = http
+        .get(format!("http://{listen}/api/config"))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await;
+    let running: serde_json::Value = match answer {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+        Ok(r) => {
+            return bad(
+                WHAT,
+                format!("greenlight at {listen} answered {} to GET /api/config", r.status()),
+                "is it another greenlight, or one with another admin token? check server.listen and server.admin_token",
+            )
+        }
+        Err(_) => return ok(WHAT, format!("no greenlight answers at {listen} (not running)")),
+    };
+    let at = running["loaded_at"]
+        .as_i64()
+        .map(crate::display::timestamp)
+        .unwrap_or_else(|| "?".into());
+    if running["file_digest"].as_str() == Some(loaded.file_digest.as_str()) {
+        ok(
+            WHAT,
+            format!("greenlight at {listen} runs this file (loaded {at})"),
+        )
+    } else {
+        bad(
+            WHAT,
+            format!("the file differs from the config greenlight at {listen} loaded {at}"),
+            "greenlight reload (or systemctl reload greenlight) applies it",
+        )
+    }
+}
+
+/// Each hook's program is there and may be run (a hook that cannot run fails
+/// its deployment at `pre_switch`, or goes unheard after it).
+fn hooks(svc: &ServiceConfig) -> Vec<Finding> {
+    svc.hooks
+        .each()
+        .map(|(name, argv)| {
+            let what = format!("service {} hooks.{name}", svc.name);
+            let program = &argv[0];
+            match find_program(program) {
+                Some(path) => ok(&what, format!("{} ({})", argv.join(" "), path.display())),
+                None => bad(
+                    &what,
+                    format!(
+                        "{program:?} is not an executable file{}",
+                        if program.contains('/') {
+                            ""
+                        } else {
+                            " on PATH"
+                        }
+                    ),
+                    "install it, give its absolute path, or make it executable (chmod +x)",
+                ),
+            }
+        })
+        .collect()
+}
+
+/// `program` as the hook runner finds it: a path, or a name on PATH.
+fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = std::path::PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
 }
 
 /// What nginx routes the service to, and whether each of those replicas
@@ -427,5 +523,22 @@ mod tests {
             "{}",
             found.detail
         );
+    }
+
+    #[test]
+    fn a_hook_program_is_found_on_path_or_by_path_and_must_be_executable() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("/bin/sh").is_some());
+        assert!(find_program("no-such-hook-program").is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("purge");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert!(
+            find_program(script.to_str().unwrap()).is_none(),
+            "not executable"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(find_program(script.to_str().unwrap()), Some(script));
     }
 }

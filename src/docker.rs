@@ -7,7 +7,8 @@ use std::time::Duration;
 use bollard::auth::DockerCredentials;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerUpdateBody, HostConfig, NetworkCreateRequest, RestartPolicy,
+    ContainerCreateBody, ContainerUpdateBody, HealthConfig, HostConfig, HostConfigLogConfig,
+    NetworkConnectRequest, NetworkCreateRequest, ResourcesUlimits, RestartPolicy,
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
@@ -18,7 +19,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use crate::domain::replica::RestartPolicy as Restart;
+use crate::domain::replica::{ContainerOptions, RestartPolicy as Restart};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -78,6 +79,8 @@ pub struct ContainerPlan {
     pub binds: Vec<String>,
     pub network: String,
     pub restart: Restart,
+    /// The service's container options (extra networks are joined before the start).
+    pub options: ContainerOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +128,82 @@ pub struct ImageSummary {
     pub repo_tags: Vec<String>,
     pub repo_digests: Vec<String>,
     pub created: i64,
+}
+
+/// The engine's create-container body of a plan: every container option is
+/// mapped here and nowhere else.
+fn create_body(plan: &ContainerPlan) -> ContainerCreateBody {
+    let o = &plan.options;
+    let mut labels = plan.labels.clone();
+    for (k, v) in &o.labels {
+        labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let nanos = |d: Option<Duration>| d.map(|d| d.as_nanos() as i64);
+    ContainerCreateBody {
+        image: Some(plan.image.clone()),
+        env: Some(plan.env.clone()),
+        cmd: plan.command.clone(),
+        labels: Some(labels),
+        user: o.user.clone(),
+        stop_signal: o.stop_signal.clone(),
+        healthcheck: o.healthcheck.as_ref().map(|h| HealthConfig {
+            test: (!h.test.is_empty()).then(|| h.test.clone()),
+            interval: nanos(h.interval),
+            timeout: nanos(h.timeout),
+            retries: h.retries.map(i64::from),
+            start_period: nanos(h.start_period),
+            start_interval: None,
+        }),
+        host_config: Some(HostConfig {
+            binds: some_vec(&plan.binds),
+            network_mode: Some(plan.network.clone()),
+            restart_policy: Some(RestartPolicy {
+                name: Some(restart_policy(plan.restart)),
+                maximum_retry_count: None,
+            }),
+            memory: o.memory.map(|m| m as i64),
+            memory_reservation: o.memory_reservation.map(|m| m as i64),
+            nano_cpus: o.nano_cpus,
+            readonly_rootfs: o.read_only.then_some(true),
+            tmpfs: (!o.tmpfs.is_empty()).then(|| {
+                o.tmpfs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+            cap_drop: some_vec(&o.cap_drop),
+            cap_add: some_vec(&o.cap_add),
+            extra_hosts: some_vec(&o.extra_hosts),
+            init: o.init,
+            shm_size: o.shm_size.map(|s| s as i64),
+            ulimits: (!o.ulimits.is_empty()).then(|| {
+                o.ulimits
+                    .iter()
+                    .map(|(name, soft, hard)| ResourcesUlimits {
+                        name: Some(name.clone()),
+                        soft: Some(*soft),
+                        hard: Some(*hard),
+                    })
+                    .collect()
+            }),
+            security_opt: some_vec(&o.security_opt),
+            log_config: o
+                .logging
+                .as_ref()
+                .map(|(driver, options)| HostConfigLogConfig {
+                    typ: Some(driver.clone()),
+                    config: Some(
+                        options
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    ),
+                }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn restart_policy(policy: Restart) -> RestartPolicyNameEnum {
@@ -308,29 +387,28 @@ impl Engine {
         }
     }
 
+    /// Creates the container of `plan`, joined to its extra networks (not started).
     pub async fn create(&self, plan: &ContainerPlan) -> Result<String> {
-        let restart = restart_policy(plan.restart);
-        let spec = ContainerCreateBody {
-            image: Some(plan.image.clone()),
-            env: Some(plan.env.clone()),
-            cmd: plan.command.clone(),
-            labels: Some(plan.labels.clone()),
-            host_config: Some(HostConfig {
-                binds: (!plan.binds.is_empty()).then(|| plan.binds.clone()),
-                network_mode: Some(plan.network.clone()),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(restart),
-                    maximum_retry_count: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
         let opts = CreateContainerOptions {
             name: Some(plan.name.clone()),
             ..Default::default()
         };
-        let created = self.docker.create_container(Some(opts), spec).await?;
+        let created = self
+            .docker
+            .create_container(Some(opts), create_body(plan))
+            .await?;
+        for network in &plan.options.networks {
+            let join = NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: None,
+            };
+            if let Err(e) = self.docker.connect_network(network, join).await {
+                let _ = self.remove(&created.id).await;
+                return Err(DockerError::Other(format!(
+                    "joining network {network}: {e}"
+                )));
+            }
+        }
         Ok(created.id)
     }
 
@@ -365,6 +443,18 @@ impl Engine {
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The host PID of a running container's main process (`None`: not
+    /// running, or the engine does not say).
+    pub async fn pid(&self, id: &str) -> Result<Option<u32>> {
+        Ok(self
+            .inspect(id)
+            .await?
+            .and_then(|c| c.state)
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .map(|p| p as u32))
     }
 
     pub async fn status(&self, id: &str) -> Result<Option<ContainerStatus>> {

@@ -8,8 +8,6 @@
 //! costs what a new one costs: its attempt number is a counter (never a count
 //! of earlier rows), and a body already stored is referenced, not stored again.
 
-use std::sync::Arc;
-
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -332,7 +330,7 @@ impl GroupCommit {
     /// `after_commit` runs in); it ends when the `GroupCommit` is dropped.
     pub fn start(
         store: Store,
-        config: Arc<Config>,
+        config: crate::config::live::Live,
         after_commit: AfterCommit,
     ) -> std::io::Result<GroupCommit> {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
@@ -351,7 +349,8 @@ impl GroupCommit {
                     }
                     let (entries, answers): (Vec<Entry>, Vec<_>) =
                         batch.into_iter().map(|j| (j.entry, j.done)).unzip();
-                    let results = store.record_deliveries(&config, &entries);
+                    // The config as it is at this batch (a reload may have changed it).
+                    let results = store.record_deliveries(&config.get(), &entries);
                     for (done, result) in answers.into_iter().zip(results) {
                         if let Ok(recorded) = &result {
                             after_commit(recorded);
@@ -686,12 +685,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_deliveries_through_the_writer_are_each_answered_after_their_commit() {
         let store = Store::in_memory().unwrap();
-        let committed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let committed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = committed.clone();
-        let writer = Arc::new(
+        let writer = std::sync::Arc::new(
             GroupCommit::start(
                 store.clone(),
-                Arc::new(config()),
+                crate::config::live::Live::new(crate::config::live::Loaded::in_memory(config())),
                 Box::new(move |_| {
                     seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }),

@@ -87,6 +87,8 @@ struct Totals {
     outcomes: BTreeMap<Key, u64>,
     /// (service, step) durations of the steps of finished deployments.
     steps: BTreeMap<Key, Histogram>,
+    /// Long-lived connections finished deployments cut, by service.
+    connections_cut: BTreeMap<String, u64>,
     deliveries_seen: i64,
     /// Deliveries still `received` (no verdict yet) when last looked at.
     deliveries_open: BTreeSet<i64>,
@@ -155,18 +157,20 @@ impl Totals {
     fn fold_open_deployments(&mut self, tx: &Transaction) -> Result<()> {
         let open = std::mem::take(&mut self.deployments_open);
         for id in open {
-            let row: Option<(String, String, bool)> = tx
+            let row: Option<(String, String, bool, i64)> = tx
                 .prepare_cached(
-                    "SELECT service, state, finished_at IS NOT NULL FROM deployments WHERE id = ?1",
+                    "SELECT service, state, finished_at IS NOT NULL, COALESCE(connections_cut, 0) \
+                     FROM deployments WHERE id = ?1",
                 )?
-                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
             match row {
-                Some((service, state, true)) => {
+                Some((service, state, true, cut)) => {
                     count_outcome(&mut self.outcomes, &service, &state, 1);
+                    *self.connections_cut.entry(service.clone()).or_default() += cut as u64;
                     add_histograms(tx, "d.id = ?1", [id], &mut self.steps)?;
                 }
-                Some((_, _, false)) => {
+                Some((_, _, false, _)) => {
                     self.deployments_open.insert(id);
                 }
                 None => {}
@@ -191,7 +195,7 @@ impl Totals {
                 self.deployments_open.insert(id?);
             }
             let mut stmt = tx.prepare_cached(
-                "SELECT service, state, COUNT(*) FROM deployments \
+                "SELECT service, state, COUNT(*), SUM(COALESCE(connections_cut, 0)) FROM deployments \
                  WHERE id > ?1 AND id <= ?2 AND finished_at IS NOT NULL GROUP BY service, state",
             )?;
             let mut rows = stmt.query(range)?;
@@ -199,6 +203,8 @@ impl Totals {
                 let service: String = r.get(0)?;
                 let state: String = r.get(1)?;
                 count_outcome(&mut self.outcomes, &service, &state, r.get(2)?);
+                let cut: i64 = r.get(3)?;
+                *self.connections_cut.entry(service).or_default() += cut as u64;
             }
         }
         add_histograms(
@@ -342,6 +348,8 @@ pub struct Snapshot {
     pub live: Vec<LiveInfo>,
     /// The running canaries (from memory, not the store).
     pub canaries: Vec<crate::deploy::canary::Status>,
+    /// Long-lived connections cut by finished deployments, by service.
+    pub connections_cut: BTreeMap<String, u64>,
 }
 
 /// The running totals behind `/metrics`, shared by the server's workers.
@@ -446,6 +454,11 @@ impl Metrics {
             attempts: totals.attempts.clone(),
             live,
             canaries: Vec::new(),
+            connections_cut: services
+                .iter()
+                .map(|s| (s.clone(), 0))
+                .chain(totals.connections_cut.clone())
+                .collect(),
         })
     }
 
@@ -551,6 +564,17 @@ impl Collector for Snapshot {
         )?;
         for (source, n) in &self.auth_failures {
             ConstCounter::new(*n).encode(auth.encode_family(&[("source", source.as_str())])?)?;
+        }
+
+        let mut cut = encoder.encode_descriptor(
+            "greenlight_connections_cut",
+            "Long-lived connections (WebSockets, server-sent events) to an old version still open \
+             when its replicas stopped, after rollout.long_lived_timeout, by service",
+            None,
+            MetricType::Counter,
+        )?;
+        for (service, n) in &self.connections_cut {
+            ConstCounter::new(*n).encode(cut.encode_family(&[("service", service.as_str())])?)?;
         }
 
         let mut queue = encoder.encode_descriptor(

@@ -44,7 +44,9 @@ const WAL_AUTOCHECKPOINT: i64 = 128;
 ///    `live.routing` (every backend) in place of one container and address;
 ///    `delivery_bodies` (one row per distinct body, `deliveries.body_ref`) and
 ///    `delivery_attempts` (the attempt counter per delivery id).
-const SCHEMA_VERSION: i64 = 3;
+/// 4: `deployments.connections_cut` (long-lived connections to the old
+///    version still open when its replicas stopped).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS deployments (
@@ -81,6 +83,9 @@ CREATE TABLE IF NOT EXISTS deployments (
     -- The interrupted deployment this one re-runs, and how many re-runs in a row.
     resume_of        INTEGER,
     resume_depth     INTEGER NOT NULL DEFAULT 0,
+    -- Long-lived connections (WebSockets, SSE) to the old version still open
+    -- when its replicas were stopped (NULL: none counted).
+    connections_cut  INTEGER,
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL,
     finished_at      INTEGER
@@ -188,6 +193,9 @@ CREATE TABLE IF NOT EXISTS notify_outbox (
     PRIMARY KEY (deployment_id, channel, event)
 );
 "#;
+
+/// From schema 3: the long-lived connections a deployment cut.
+const UPGRADE_3_TO_4: &str = "ALTER TABLE deployments ADD COLUMN connections_cut INTEGER;";
 
 /// From schema 2: one column per fact that rode in `trigger_detail`, the step
 /// apart from the state, the routing in place of one container, and each
@@ -332,6 +340,9 @@ pub struct Deployment {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    /// Long-lived connections to the old version still open when its replicas
+    /// were stopped (`None`: none were counted).
+    pub connections_cut: Option<i64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepRecord>,
 }
@@ -384,7 +395,7 @@ const DEPLOYMENT_COLUMNS: &str =
     "id, service, state, step, trigger, trigger_detail, strategy, replicas, plan, requested_tag, \
      requested_digest, tag, digest, image, image_id, colour, previous_colour, previous_tag, \
      previous_digest, failed_step, failure_kind, error, exit_code, log_tail, pushed_at, \
-     delivery, resume_of, resume_depth, created_at, updated_at, finished_at";
+     delivery, resume_of, resume_depth, created_at, updated_at, finished_at, connections_cut";
 
 fn parse_col<T: std::str::FromStr>(row: &Row, i: usize) -> rusqlite::Result<Option<T>> {
     let text: Option<String> = row.get(i)?;
@@ -429,6 +440,7 @@ fn deployment_from_row(row: &Row) -> rusqlite::Result<Deployment> {
         created_at: row.get(28)?,
         updated_at: row.get(29)?,
         finished_at: row.get(30)?,
+        connections_cut: row.get(31)?,
         steps: Vec::new(),
     })
 }
@@ -505,6 +517,11 @@ impl Store {
             }
             if (1..=2).contains(&version) {
                 before.push_str(UPGRADE_2_TO_3);
+            }
+            if (1..=3).contains(&version) {
+                before.push_str(UPGRADE_3_TO_4);
+            }
+            if (1..=2).contains(&version) {
                 after.push_str(
                     "INSERT INTO delivery_attempts (delivery_id, attempts) \
                      SELECT delivery_id, MAX(attempt) FROM deliveries GROUP BY delivery_id;",
@@ -535,6 +552,27 @@ impl Store {
              WHERE deployment_id = ?1 AND finished_at IS NULL",
             params![id, now],
         )?;
+        Ok(())
+    }
+
+    /// Closes the open step as `error`, its detail ending with `error`.
+    fn fail_step_on(tx: &rusqlite::Transaction, id: i64, now: i64, error: &str) -> Result<()> {
+        tx.execute(
+            "UPDATE steps SET finished_at = ?2, outcome = 'error', detail = CASE \
+             WHEN detail IS NULL OR detail = '' THEN ?3 ELSE detail || '; ' || ?3 END \
+             WHERE deployment_id = ?1 AND finished_at IS NULL",
+            params![id, now, error],
+        )?;
+        Ok(())
+    }
+
+    /// Closes the open step with the error that failed it (before the
+    /// `on_failure` hook is recorded after it).
+    pub fn fail_step(&self, id: i64, error: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        Self::fail_step_on(&tx, id, now_ms(), error)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -628,12 +666,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
-        tx.execute(
-            "UPDATE steps SET finished_at = ?2, outcome = 'error', detail = CASE \
-             WHEN detail IS NULL OR detail = '' THEN ?3 ELSE detail || '; ' || ?3 END \
-             WHERE deployment_id = ?1 AND finished_at IS NULL",
-            params![id, now, failure.error],
-        )?;
+        Self::fail_step_on(&tx, id, now, &failure.error)?;
         tx.execute(
             "UPDATE deployments SET state = 'unwinding', failed_step = ?2, failure_kind = ?3, \
              error = ?4, exit_code = ?5, log_tail = ?6, updated_at = ?7 WHERE id = ?1",
@@ -669,12 +702,7 @@ impl Store {
         match failure.filter(|_| !unwinding) {
             // The failure is the open step's own.
             Some(f) => {
-                tx.execute(
-                    "UPDATE steps SET finished_at = ?2, outcome = 'error', detail = CASE \
-                     WHEN detail IS NULL OR detail = '' THEN ?3 ELSE detail || '; ' || ?3 END \
-                     WHERE deployment_id = ?1 AND finished_at IS NULL",
-                    params![id, now, f.error],
-                )?;
+                Self::fail_step_on(&tx, id, now, &f.error)?;
             }
             None => Self::close_step(&tx, id, now)?,
         }
@@ -712,6 +740,45 @@ impl Store {
             )?,
         };
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Closes the open step now: `ok`, or `error` (a hook that failed
+    /// without failing the deployment, a failed step before its way back).
+    pub fn end_step(&self, id: i64, ok: bool) -> Result<()> {
+        self.conn().execute(
+            "UPDATE steps SET finished_at = ?2, outcome = ?3 \
+             WHERE deployment_id = ?1 AND finished_at IS NULL",
+            params![id, now_ms(), if ok { "ok" } else { "error" }],
+        )?;
+        Ok(())
+    }
+
+    /// The deployment this one re-runs (or one before it, along the chain of
+    /// re-runs after interruptions) that finished the release of `digest`.
+    pub fn release_done(&self, id: i64, digest: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "WITH RECURSIVE chain(id) AS ( \
+                   SELECT resume_of FROM deployments WHERE id = ?1 AND resume_of IS NOT NULL \
+                   UNION SELECT d.resume_of FROM deployments d JOIN chain c ON d.id = c.id \
+                   WHERE d.resume_of IS NOT NULL) \
+                 SELECT s.deployment_id FROM steps s JOIN deployments d ON d.id = s.deployment_id \
+                 WHERE s.deployment_id IN chain AND s.step = 'releasing' AND s.outcome = 'ok' \
+                 AND d.digest = ?2 ORDER BY s.deployment_id DESC LIMIT 1",
+                params![id, digest],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Adds `n` to the long-lived connections the deployment cut.
+    pub fn add_connections_cut(&self, id: i64, n: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET connections_cut = COALESCE(connections_cut, 0) + ?2 WHERE id = ?1",
+            params![id, n],
+        )?;
         Ok(())
     }
 
@@ -1019,6 +1086,7 @@ pub(crate) fn sample_deployment(state: State) -> Deployment {
         created_at: 1_000,
         updated_at: 3_000,
         finished_at: Some(3_000),
+        connections_cut: None,
         steps: Vec::new(),
     }
 }

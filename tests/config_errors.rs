@@ -88,3 +88,69 @@ fn a_missing_config_file_says_where_it_looked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/greenlight.toml"));
 }
+
+#[test]
+fn a_bad_container_option_release_or_hook_is_named() {
+    let with = |lines: &str| GOOD.replace("port = 8080", &format!("port = 8080\n{lines}"));
+    for (lines, needles) in [
+        (
+            "memory = \"12 parsecs\"",
+            &["service[0].memory", "not a size"][..],
+        ),
+        ("memory = \"1m\"", &["service[0].memory", "smallest limit"]),
+        (
+            "memory = \"64m\"\nmemory_reservation = \"128m\"",
+            &["service[0].memory_reservation", "above memory"],
+        ),
+        ("cpus = 0", &["service[0].cpus"]),
+        ("user = \"root user\"", &["service[0].user"]),
+        ("tmpfs = [\"tmp\"]", &["service[0].tmpfs", "absolute"]),
+        ("cap_drop = [\"net admin\"]", &["service[0].cap_drop"]),
+        (
+            "extra_hosts = [\"db.internal\"]",
+            &["service[0].extra_hosts", "host:address"],
+        ),
+        (
+            "stop_signal = \"SIGWHATEVER!\"",
+            &["service[0].stop_signal"],
+        ),
+        (
+            "ulimits = { nofiles = 10 }",
+            &["service[0].ulimits", "nofiles"],
+        ),
+        (
+            "ulimits = { nofile = { soft = 20, hard = 10 } }",
+            &["service[0].ulimits", "soft 20 is above hard 10"],
+        ),
+        (
+            "labels = { \"greenlight.colour\" = \"x\" }",
+            &["service[0].labels", "greenlight's own"],
+        ),
+        (
+            "networks = [\"greenlight\"]",
+            &["service[0].networks", "already"],
+        ),
+        (
+            "[service.healthcheck]\ntest = [\"/app\", \"health\"]",
+            &["service[0].healthcheck.test", "CMD"],
+        ),
+        (
+            "[service.release]\ncommand = []",
+            &["service[0].release.command"],
+        ),
+        (
+            "[service.hooks]\npre_switch = []",
+            &["service[0].hooks.pre_switch"],
+        ),
+        (
+            "[service.hooks]\npre_switch = \"smoke --quick\"",
+            &["hooks.pre_switch", "sequence"],
+        ),
+        (
+            "[service.release]\ncommand = [\"x\"]\ntimeout = \"0s\"",
+            &["service[0].release.timeout"],
+        ),
+    ] {
+        assert_one_line_naming(&with(lines), needles);
+    }
+}

@@ -37,6 +37,24 @@ fn assert_expected(actual: &str, dir: &Path, expected: &str) {
     assert_eq!(actual, want, "differs from {}", path.display());
 }
 
+/// `entries` after a [server] and [nginx], read as greenlight reads its config.
+fn load(dir: &Path, entries: &str) -> greenlight::config::Config {
+    let config = format!(
+        "[server]\nadmin_token = \"0123456789abcdef0123\"\n\n[nginx]\nmode = \"container\"\n\
+         container = \"nginx\"\nupstreams_dir = \"{}\"\n\n{entries}",
+        dir.display(),
+    );
+    // The compose file's ${REGION} and shell-valued SECRET_KEY come from
+    // greenlight's environment, as the import's comments say.
+    let env = |var: &str| match var {
+        "REGION" => Some("eu".to_string()),
+        "SECRET_KEY" => Some("s3cret".to_string()),
+        _ => None,
+    };
+    greenlight::config::Config::parse(&dir.join("greenlight.toml"), &config, env)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The design document's compose file and nginx site, in a directory named
 /// `seed` (compose's project name).
 fn seed() -> (tempfile::TempDir, PathBuf) {
@@ -64,15 +82,7 @@ fn the_design_documents_compose_file_becomes_one_blue_green_service() {
     );
 
     // What it printed is greenlight config: with a [server] and [nginx] it loads.
-    let config = format!(
-        "[server]\nadmin_token = \"0123456789abcdef0123\"\n\n[nginx]\nmode = \"container\"\n\
-         container = \"nginx\"\nupstreams_dir = \"{}\"\n\n{}",
-        dir.display(),
-        stdout(&out)
-    );
-    let path = dir.join("greenlight.toml");
-    std::fs::write(&path, config).unwrap();
-    let loaded = greenlight::config::Config::load(&path).unwrap();
+    let loaded = load(&dir, &stdout(&out));
     let app = loaded
         .service("app")
         .expect("the pair as one service `app`");
@@ -96,7 +106,31 @@ fn every_supported_option_is_carried_over_and_the_rest_is_listed() {
         "{}",
         stderr(&out)
     );
-    assert!(toml::from_str::<toml::Table>(&stdout(&out)).is_ok());
+    // Every option it printed is one greenlight reads, with the value meant.
+    let loaded = load(&dir, &stdout(&out));
+    let api = loaded.service("api").expect("api");
+    assert_eq!(api.port, 8080, "the port nginx's site uses");
+    assert_eq!(api.network, "shop_front");
+    assert_eq!(api.networks, ["back"]);
+    assert_eq!(api.replicas, 3);
+    assert_eq!(api.memory, Some(512 << 20));
+    assert_eq!(api.memory_reservation, Some(256 << 20));
+    assert_eq!(api.cpus, Some(1.5));
+    assert_eq!(api.shm_size, Some(64 << 20));
+    assert!(api.read_only);
+    assert_eq!(api.cap_drop, ["ALL"]);
+    assert_eq!(
+        api.extra_hosts,
+        ["db.internal:10.0.0.5", "cache.internal:10.0.0.6"]
+    );
+    assert_eq!(api.rollout.stop_grace, std::time::Duration::from_secs(90));
+    assert_eq!(
+        api.command.as_deref(),
+        Some(&["/app", "serve", "--port", "8080"].map(String::from)[..])
+    );
+    assert!(api.logging.is_some() && api.healthcheck.is_some());
+    assert_eq!(api.env.get("REGION").map(String::as_str), Some("eu"));
+    assert_eq!(api.env.get("PRICE").map(String::as_str), Some("5$"));
 }
 
 #[test]
@@ -108,6 +142,12 @@ fn named_services_are_imported_and_bad_input_is_refused_with_the_reason() {
     let out = import(&[file, "worker", "-p", "prod"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_expected(&stdout(&out), &dir, "worker.expected.toml");
+    // Given the port it could not find, it loads.
+    let with_port = stdout(&out).replace("network = \"back\"", "network = \"back\"\nport = 8080");
+    let loaded = load(&dir, &with_port);
+    let worker = loaded.service("worker").expect("worker");
+    assert_eq!(worker.memory, Some(1 << 30));
+    assert_eq!(worker.cpus, Some(0.5));
 
     let out = import(&[file, "nosuch"]);
     assert_eq!(out.status.code(), Some(2));

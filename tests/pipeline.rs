@@ -38,7 +38,7 @@ async fn host_mode_deploys_v1_v2_v3_with_zero_failed_requests() {
     );
     for step in greenlight::domain::plan::STEP_NAMES
         .into_iter()
-        .filter(|s| !["soaking", "monitoring", "canary"].contains(s))
+        .filter(|s| !greenlight::domain::plan::OPTIONAL_STEPS.contains(s))
     {
         assert!(stdout.contains(step), "step {step} not shown:\n{stdout}");
     }

@@ -39,6 +39,10 @@ pub struct Config {
     pub unhealthy_replicas: Vec<u32>,
     /// `GREENLIGHT_REPLICA` (set by the deployer), default "none".
     pub replica: String,
+    /// `DEMO_REQUIRE_FILE`: refuse to start unless this file holds the version
+    /// or a later one, compared as text (written by `--migrate`, the release
+    /// command).
+    pub require_file: Option<String>,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             extra_latency: Duration::ZERO,
             unhealthy_replicas: Vec::new(),
             replica: "none".to_string(),
+            require_file: None,
         }
     }
 }
@@ -114,6 +119,7 @@ impl Config {
         if let Some(replica) = get("GREENLIGHT_REPLICA") {
             config.replica = replica.to_string();
         }
+        config.require_file = get("DEMO_REQUIRE_FILE").map(str::to_string);
         if let Some(code) = get("DEMO_EXIT_CODE") {
             config.exit_code = code
                 .parse()

@@ -10,6 +10,8 @@
 //! - `http`: request head/body reading and parsing, response writing.
 //! - `app`: the routes (`/`, `/healthz`, `/slow`, `/echo`).
 //! - `server`: thread-per-connection serving and graceful shutdown.
+//! - `ws`: `GET /ws`, a WebSocket that greets with the version and echoes (a
+//!   long-lived connection for greenlight's drain).
 //! - `probe`: the `--probe URL` mode used as a Docker `HEALTHCHECK` in a shell-less image.
 
 pub mod app;
@@ -17,3 +19,4 @@ pub mod config;
 pub mod http;
 pub mod probe;
 pub mod server;
+pub mod ws;

@@ -8,8 +8,12 @@ use greenlight_demo::server::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-const USAGE: &str = "usage: greenlight-demo            serve on 0.0.0.0:$PORT (default 8080)
-       greenlight-demo --probe URL  exit 0 if GET URL answers 200, else 1";
+const USAGE: &str = "usage: greenlight-demo              serve on 0.0.0.0:$PORT (default 8080)
+       greenlight-demo --probe URL    exit 0 if GET URL answers 200, else 1
+       greenlight-demo --migrate FILE a release command: write $DEMO_VERSION to FILE
+                                      (and a line to FILE.log per run)
+                                      (DEMO_MIGRATE_FAIL=1: fail instead;
+                                      DEMO_MIGRATE_SLEEP_MS: take that long first)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,9 +30,48 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        [flag, file] if flag == "--migrate" => migrate(file),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// A release command's stand-in: "migrates the schema" by writing the
+/// version to `file` (a volume the new version checks at start).
+fn migrate(file: &str) -> ExitCode {
+    let version = std::env::var("DEMO_VERSION").unwrap_or_else(|_| "dev".into());
+    let wait = std::env::var("DEMO_MIGRATE_SLEEP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    println!("demo migrate: migrating {file} to {version}");
+    thread::sleep(std::time::Duration::from_millis(wait));
+    if matches!(std::env::var("DEMO_MIGRATE_FAIL").as_deref(), Ok("1")) {
+        println!("demo migrate: applying 0042_add_column");
+        eprintln!("demo migrate: 0042_add_column failed: column \"email\" already exists");
+        return ExitCode::from(4);
+    }
+    // Every run leaves a line in FILE.log, so a test can count them.
+    let log = format!("{file}.log");
+    let logged = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{version}\n").as_bytes()));
+    if let Err(err) = logged {
+        eprintln!("demo migrate: cannot append to {log}: {err}");
+        return ExitCode::from(1);
+    }
+    match std::fs::write(file, &version) {
+        Ok(()) => {
+            println!("demo migrate: {file} is at {version}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("demo migrate: cannot write {file}: {err}");
+            ExitCode::from(1)
         }
     }
 }
@@ -41,6 +84,27 @@ fn serve() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // DEMO_REQUIRE_FILE: the "schema" a release command must have migrated to
+    // this version before it may serve.
+    if let Some(file) = &config.require_file {
+        match std::fs::read_to_string(file) {
+            // A schema at this version or a later one (compared as text): the
+            // previous version still runs on its successor's schema.
+            Ok(at) if at.trim() >= config.version.as_str() => {}
+            Ok(at) => {
+                eprintln!(
+                    "demo: {file} is at {:?}, before {:?}: run the migration first",
+                    at.trim(),
+                    config.version
+                );
+                return ExitCode::from(5);
+            }
+            Err(err) => {
+                eprintln!("demo: cannot read {file} ({err}): run the migration first");
+                return ExitCode::from(5);
+            }
+        }
+    }
     // PID 1 in a container ignores SIGTERM unless a handler is installed: install it
     // before announcing that we listen.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {

@@ -239,7 +239,16 @@ fn serve_connection(app: &App, shared: &Shared, id: u64, stream: TcpStream) {
         }
         shared.mark_busy(id);
         let keep_alive = match serve_request(app, shared, &mut reader, &mut writer) {
-            Ok(keep_alive) => keep_alive,
+            Ok(Next::Upgraded) => {
+                // Idle as far as a shutdown goes: it closes the read side,
+                // which ends the WebSocket.
+                if shared.mark_idle(id) {
+                    crate::ws::echo(app, writer);
+                }
+                return;
+            }
+            Ok(Next::KeepAlive) => true,
+            Ok(Next::Close) => false,
             Err(ReadError::Malformed(why)) => {
                 let response = Response::text(400, &format!("bad request: {why}\n"));
                 let _ = response.write_to(&mut writer, &app.identity_headers(), false, false);
@@ -253,17 +262,40 @@ fn serve_connection(app: &App, shared: &Shared, id: u64, stream: TcpStream) {
     }
 }
 
-/// Reads one request and answers it; returns whether the connection stays open.
+/// What a connection does after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    /// It is a WebSocket now (`GET /ws`).
+    Upgraded,
+}
+
+/// Reads one request and answers it; says what the connection does next.
 fn serve_request<R: BufRead, W: Write>(
     app: &App,
     shared: &Shared,
     reader: &mut R,
     writer: &mut W,
-) -> Result<bool, ReadError> {
+) -> Result<Next, ReadError> {
     let Some(head_bytes) = read_head(reader)? else {
-        return Ok(false);
+        return Ok(Next::Close);
     };
     let head = parse_head(&head_bytes)?;
+    if head.path == "/ws" && !shared.is_shutting_down() {
+        if let Some(accept) = crate::ws::accept_key(&head) {
+            writer.write_all(
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\
+                     X-Demo-Version: {}\r\n\r\n",
+                    app.config().version
+                )
+                .as_bytes(),
+            )?;
+            writer.flush()?;
+            return Ok(Next::Upgraded);
+        }
+    }
     if head.expect_continue {
         writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         writer.flush()?;
@@ -278,5 +310,9 @@ fn serve_request<R: BufRead, W: Write>(
         keep_alive,
         head.method == "HEAD",
     )?;
-    Ok(keep_alive)
+    Ok(if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
 }

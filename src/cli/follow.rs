@@ -358,10 +358,11 @@ pub fn outcome(d: &Value, term: Term) -> Vec<String> {
                 d["error"].as_str().unwrap_or("no error recorded")
             )];
             if let Some(code) = d["exit_code"].as_i64() {
-                lines.push(format!("  container exit code: {code}"));
+                lines.push(format!("  exit code: {code}"));
             }
             if let Some(tail) = d["log_tail"].as_str().filter(|t| !t.trim().is_empty()) {
-                lines.push("  last lines of the new container's log:".into());
+                let title = crate::domain::plan::output_title(d["failed_step"].as_str());
+                lines.push(format!("  {}:", title.to_lowercase()));
                 lines.extend(tail.lines().map(|l| format!("    | {l}")));
             }
             lines
@@ -424,7 +425,7 @@ mod tests {
             outcome(&d, Term::PLAIN),
             [
                 "deployment 4 failed at health_gate after 1.5s: container exited",
-                "  container exit code: 3",
+                "  exit code: 3",
                 "  last lines of the new container's log:",
                 "    | demo: starting",
                 "    | demo: exiting",

@@ -115,6 +115,9 @@ pub enum Command {
     History(HistoryArgs),
     /// The webhook delivery ledger, newest first.
     Deliveries(DeliveriesArgs),
+    /// Make the running server re-read its config file (as SIGHUP does): services
+    /// added, removed or changed take effect; a file with an error is refused.
+    Reload,
     /// Run a stored webhook delivery through the same path again.
     Redeliver {
         /// The delivery id (GitHub's GUID, the registry's event id) or ledger row.
@@ -293,9 +296,9 @@ impl Cli {
     }
 }
 
-fn load_config(cli: &Cli) -> Result<Config, i32> {
+fn load_config(cli: &Cli) -> Result<crate::config::live::Loaded, i32> {
     let loaded = match cli.config_path() {
-        Ok(path) => Config::load(&path).map_err(|e| e.to_string()),
+        Ok(path) => crate::config::live::Loaded::read(&path).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     loaded.map_err(|e| {
@@ -359,7 +362,7 @@ async fn run(cli: Cli) -> i32 {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            notify_test(&config, *channel, cli.json, term).await
+            notify_test(&config.config, *channel, cli.json, term).await
         }
         Command::Init(args) => init(&cli, args).await,
         Command::ImportCompose(args) => import_compose(args),
@@ -404,6 +407,7 @@ async fn client_command(client: &Client, cli: &Cli, term: Term) -> i32 {
         Command::History(args) => history(client, args, json, term).await,
         Command::Deliveries(args) => deliveries(client, args, json, term).await,
         Command::Redeliver { delivery } => redeliver(client, delivery, json).await,
+        Command::Reload => reload(client, json).await,
         Command::Serve
         | Command::Check
         | Command::Init(_)
@@ -564,6 +568,30 @@ async fn deliveries(
     Ok(EXIT_OK)
 }
 
+async fn reload(client: &Client, json: bool) -> Result<i32, ApiError> {
+    let v = client.post(&ApiPath::api(&["reload"]), None).await?;
+    if json {
+        println!("{}", pretty(&v));
+        return Ok(EXIT_OK);
+    }
+    let list = |key: &str| {
+        let names: Vec<String> = v[key].as_array().into_iter().flatten().map(text).collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    println!(
+        "config reloaded: services added {}; removed {}; changed {}",
+        list("added"),
+        list("removed"),
+        list("changed")
+    );
+    println!("(a deployment in progress finishes with the config it started with)");
+    Ok(EXIT_OK)
+}
+
 async fn redeliver(client: &Client, delivery: &str, json: bool) -> Result<i32, ApiError> {
     let v = client
         .post(&ApiPath::api(&["deliveries", delivery, "redeliver"]), None)
@@ -664,7 +692,11 @@ fn print_timeline(d: &Value) {
                 .as_str()
                 .map(|r| format!("[{r}] "))
                 .unwrap_or_default(),
-            s["detail"].as_str().unwrap_or("")
+            // A release's or a hook's output spans lines: under the step.
+            s["detail"]
+                .as_str()
+                .unwrap_or("")
+                .replace('\n', &format!("\n  {indent}{:23}", ""))
         );
     }
     for n in d["notifications"].as_array().into_iter().flatten() {

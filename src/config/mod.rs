@@ -6,6 +6,8 @@
 //! refused. Every error names the key it is about, so `greenlight check` can print
 //! one line an operator can act on.
 
+pub mod container;
+pub mod live;
 pub mod locate;
 pub mod notify;
 
@@ -341,6 +343,89 @@ pub struct ServiceConfig {
     pub canary: CanaryConfig,
     /// Per-service notification channels (overrides `[notify]`).
     pub notify: Option<notify::ServiceNotify>,
+    /// A one-off command of the new image before any new replica starts.
+    pub release: Option<ReleaseConfig>,
+    /// Host commands at points of a deployment.
+    #[serde(default)]
+    pub hooks: HooksConfig,
+    // ---- container options (compose's names; see container.rs)
+    /// Networks the replicas join besides `network` (e.g. the database's).
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Labels of the containers (besides greenlight's own).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Hard memory limit, in bytes.
+    #[serde(default, deserialize_with = "container::optional_size")]
+    pub memory: Option<u64>,
+    /// Soft memory limit, in bytes.
+    #[serde(default, deserialize_with = "container::optional_size")]
+    pub memory_reservation: Option<u64>,
+    pub cpus: Option<f64>,
+    pub user: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// `path[:options]` tmpfs mounts.
+    #[serde(default)]
+    pub tmpfs: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// `host:address` lines added to the containers' /etc/hosts.
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    pub stop_signal: Option<String>,
+    pub init: Option<bool>,
+    #[serde(default, deserialize_with = "container::optional_size")]
+    pub shm_size: Option<u64>,
+    #[serde(default)]
+    pub ulimits: BTreeMap<String, container::Ulimit>,
+    #[serde(default)]
+    pub security_opt: Vec<String>,
+    pub logging: Option<container::LoggingConfig>,
+    pub healthcheck: Option<container::HealthcheckConfig>,
+}
+
+/// `[service.release]`: run once per deployment, in a one-off container of the
+/// new image (the service's env, env file, networks, volumes and options),
+/// after the pull and before any new replica starts. Like the service's
+/// `command`, it replaces the image's CMD (the ENTRYPOINT stays).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseConfig {
+    pub command: Vec<String>,
+    /// Longest the command may run; then it is killed and the deployment fails.
+    #[serde(default = "default_release_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+/// `[service.hooks]`: host commands (argv; `["sh", "-c", "..."]` for a shell),
+/// each given the deployment's facts as `GREENLIGHT_*` variables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    /// After the health gate, before nginx routes to the new replicas; a
+    /// non-zero exit fails the deployment (nginx unchanged).
+    pub pre_switch: Option<Vec<String>>,
+    /// After a deployment succeeded; a failure is noted, never undoes it.
+    pub post_deploy: Option<Vec<String>>,
+    /// After a deployment failed or was rolled back.
+    pub on_failure: Option<Vec<String>>,
+    /// Longest each hook may run; then its process group is killed.
+    #[serde(default = "default_hook_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            pre_switch: None,
+            post_deploy: None,
+            on_failure: None,
+            timeout: default_hook_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,6 +493,11 @@ pub struct RolloutConfig {
     /// every replica) or `pause` (hold where it is, and notify).
     #[serde(default)]
     pub failure_action: FailureAction,
+    /// How long connections still open to old replicas after the drain
+    /// (WebSockets, server-sent events) may take to close before the replicas
+    /// stop anyway; the number cut is reported.
+    #[serde(default = "default_long_lived_timeout", deserialize_with = "duration")]
+    pub long_lived_timeout: Duration,
 }
 
 impl Default for RolloutConfig {
@@ -422,6 +512,7 @@ impl Default for RolloutConfig {
             max_unavailable: 0,
             monitor: default_monitor(),
             failure_action: FailureAction::default(),
+            long_lived_timeout: default_long_lived_timeout(),
         }
     }
 }
@@ -796,6 +887,15 @@ fn default_keep_images() -> usize {
 fn default_rollout_deadline() -> Duration {
     Duration::from_secs(15 * 60)
 }
+fn default_long_lived_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_release_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_docker_timeout() -> Duration {
     Duration::from_secs(120)
 }
@@ -824,7 +924,7 @@ fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Err
         .collect()
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(text.trim()).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -1183,6 +1283,32 @@ impl Config {
                     ),
                 ));
             }
+            container::validate(s).map_err(|(k, m)| bad(&key(&k), m))?;
+            if let Some(release) = &s.release {
+                if release.command.first().is_none_or(|c| c.is_empty()) {
+                    return Err(bad(
+                        &key("release.command"),
+                        "must name a command, like [\"/app\", \"migrate\"]".into(),
+                    ));
+                }
+                if release.timeout.is_zero() {
+                    return Err(bad(
+                        &key("release.timeout"),
+                        "must be longer than 0s".into(),
+                    ));
+                }
+            }
+            for (name, argv) in s.hooks.each() {
+                if argv.first().is_none_or(|c| c.is_empty()) {
+                    return Err(bad(
+                        &key(&format!("hooks.{name}")),
+                        "must be a command as a list, like [\"/usr/local/bin/smoke\", \"--quick\"] (use [\"sh\", \"-c\", \"...\"] for a shell)".into(),
+                    ));
+                }
+            }
+            if s.hooks.timeout.is_zero() {
+                return Err(bad(&key("hooks.timeout"), "must be longer than 0s".into()));
+            }
             let r = &s.rollout;
             if r.strategy == Strategy::Canary && self.nginx.access_log.is_none() {
                 return Err(bad(
@@ -1227,6 +1353,19 @@ impl Config {
         self.registries
             .iter()
             .find(|r| r.host.eq_ignore_ascii_case(host))
+    }
+}
+
+impl HooksConfig {
+    /// The hooks that are set, by name.
+    pub fn each(&self) -> impl Iterator<Item = (&'static str, &Vec<String>)> {
+        [
+            ("pre_switch", &self.pre_switch),
+            ("post_deploy", &self.post_deploy),
+            ("on_failure", &self.on_failure),
+        ]
+        .into_iter()
+        .filter_map(|(n, h)| h.as_ref().map(|h| (n, h)))
     }
 }
 
@@ -1483,6 +1622,83 @@ interval = "250ms"
         assert_eq!(c.services[0].name, "web");
         assert_eq!(c.services[0].rollout.soak, Duration::from_secs(30));
         assert_eq!(c.pull.attempts, 5);
+    }
+
+    /// The keys agreed with `greenlight import-compose` (which emits them) all
+    /// parse, into what they say.
+    #[test]
+    fn every_container_option_release_and_hook_key_parses() {
+        let keys = r#"
+networks    = ["backend"]
+labels      = { "com.example.team" = "web" }
+memory      = "512m"
+memory_reservation = "256m"
+cpus        = 1.5
+user        = "1000:1000"
+read_only   = true
+tmpfs       = ["/tmp", "/run:size=64m"]
+cap_drop    = ["ALL"]
+cap_add     = ["NET_BIND_SERVICE"]
+extra_hosts = ["db.internal:10.0.0.5"]
+stop_signal = "SIGINT"
+init        = true
+shm_size    = "64m"
+ulimits     = { nofile = { soft = 1024, hard = 2048 }, nproc = 512 }
+security_opt = ["no-new-privileges:true"]
+
+[service.logging]
+driver  = "json-file"
+options = { max-size = "10m", max-file = "3" }
+
+[service.healthcheck]
+test         = ["CMD", "/app", "health"]
+interval     = "10s"
+timeout      = "3s"
+retries      = 3
+start_period = "5s"
+
+[service.release]
+command = ["/app", "migrate"]
+timeout = "10m"
+
+[service.hooks]
+pre_switch  = ["/usr/local/bin/smoke", "--quick"]
+post_deploy = ["/usr/local/bin/purge-cdn"]
+on_failure  = ["/usr/local/bin/page-someone"]
+timeout     = "60s"
+"#;
+        let c = parse(&GOOD.replace("[service.health]\ninterval = \"250ms\"\n", keys)).unwrap();
+        let web = c.service("web").unwrap();
+        let o = web.container_options();
+        assert_eq!(o.networks, ["backend"]);
+        assert_eq!(o.memory, Some(512 << 20));
+        assert_eq!(o.memory_reservation, Some(256 << 20));
+        assert_eq!(o.nano_cpus, Some(1_500_000_000));
+        assert_eq!(o.tmpfs["/run"], "size=64m");
+        assert_eq!(o.tmpfs["/tmp"], "");
+        assert_eq!(o.shm_size, Some(64 << 20));
+        assert!(o.ulimits.contains(&("nofile".into(), 1024, 2048)));
+        assert!(o.ulimits.contains(&("nproc".into(), 512, 512)));
+        assert_eq!(o.logging.as_ref().unwrap().1["max-file"], "3");
+        let h = o.healthcheck.unwrap();
+        assert_eq!(h.test, ["CMD", "/app", "health"]);
+        assert_eq!(h.start_period, Some(Duration::from_secs(5)));
+        assert_eq!(
+            web.release.as_ref().unwrap().timeout,
+            Duration::from_secs(600)
+        );
+        assert_eq!(web.hooks.each().count(), 3);
+        // disable = true is test = ["NONE"].
+        let off = parse(&GOOD.replace(
+            "[service.health]\ninterval = \"250ms\"\n",
+            "[service.healthcheck]\ndisable = true\n",
+        ))
+        .unwrap();
+        assert!(off.services[0]
+            .container_options()
+            .healthcheck
+            .unwrap()
+            .disabled());
     }
 
     #[test]

@@ -168,7 +168,7 @@ impl Run<'_> {
             self.note(&format!("skipped: {why}"));
             return Ok(());
         }
-        let Some(path) = self.inner.config.nginx.access_log.clone() else {
+        let Some(path) = self.inner.config.get().nginx.access_log.clone() else {
             return Err(Stop::Fail(Failure::new(
                 FailureKind::Invalid,
                 "a canary is judged from nginx's access log: set [nginx] access_log",

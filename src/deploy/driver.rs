@@ -52,13 +52,18 @@ pub(crate) fn shape(
         // A first deployment has nothing to go back to: no soak.
         soak: !r.soak.is_zero() && !current.backends.is_empty(),
         canary_steps: service.canary.steps.clone(),
+        release: service.release.is_some(),
+        pre_switch: service.hooks.pre_switch.is_some(),
     }
 }
 
 /// Returns false when the deployment was not claimed (superseded meanwhile).
 async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
     let id = deployment.id;
-    let Some(service) = inner.config.service(&deployment.service) else {
+    // The config as it is now, kept to the end: a reload meanwhile does not
+    // change a deployment in progress.
+    let config = inner.config.get();
+    let Some(service) = config.service(&deployment.service) else {
         return false;
     };
     let current = match inner.nginx.current(&service.name) {
@@ -93,7 +98,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
         replicas = shape.replicas,
         "Deploying"
     );
-    let mut run = Run::new(inner, service, deployment, current, shape, plan);
+    let mut run = Run::new(inner, &config, service, deployment, current, shape, plan);
     let deadline = tokio::time::Instant::now() + service.rollout.deadline;
     let mut previous = "received";
     let mut step_started = Instant::now();
@@ -150,6 +155,7 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
             }
         }
     }
+    post_deploy(&run).await;
     run.record(inner.store.finish(id, State::Succeeded, None));
     info!(
         step_ms = step_started.elapsed().as_millis() as u64,
@@ -162,6 +168,56 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
         "Deployed"
     );
     true
+}
+
+/// The `post_deploy` hook, recorded as a step: its failure is noted and
+/// never undoes the deployment.
+async fn post_deploy(run: &Run<'_>) {
+    let Some(argv) = &run.service.hooks.post_deploy else {
+        return;
+    };
+    let id = run.deployment.id;
+    run.record(
+        run.inner
+            .store
+            .begin_step(id, &Step::PostDeploy, &run.service.name),
+    );
+    let env = run.hook_env("post_deploy");
+    let ok = run.run_hook("post_deploy", argv, env).await.is_ok();
+    if !ok {
+        run.record(run.inner.store.note(
+            id,
+            "the deployment stands: a post_deploy hook's failure never undoes it",
+        ));
+        warn!("the post_deploy hook failed; the deployment stands");
+    }
+    run.record(run.inner.store.end_step(id, ok));
+}
+
+/// The `on_failure` hook, recorded as a step after the failure (and its way
+/// back), before the end state.
+async fn on_failure(run: &Run<'_>, end: State, failure: &Failure) {
+    let Some(argv) = &run.service.hooks.on_failure else {
+        return;
+    };
+    let id = run.deployment.id;
+    let store = &run.inner.store;
+    run.record(store.begin_step(id, &Step::OnFailure, &run.service.name));
+    let mut env = run.hook_env("on_failure");
+    env.extend([
+        ("GREENLIGHT_OUTCOME".to_string(), end.to_string()),
+        (
+            "GREENLIGHT_FAILED_STEP".to_string(),
+            failure.step.clone().unwrap_or_default(),
+        ),
+        (
+            "GREENLIGHT_FAILURE_KIND".to_string(),
+            failure.kind.as_str().to_string(),
+        ),
+        ("GREENLIGHT_ERROR".to_string(), failure.error.clone()),
+    ]);
+    let ok = run.run_hook("on_failure", argv, env).await.is_ok();
+    run.record(store.end_step(id, ok));
 }
 
 /// Fails a deployment before it starts: nothing was touched.
@@ -203,6 +259,11 @@ async fn unwind(run: &mut Run<'_>, mut failure: Failure) -> State {
             State::Failed
         };
         warn!(step = %at, error = %failure.error, "{at} -> {end}");
+        if end == State::Failed && run.service.hooks.on_failure.is_some() {
+            // The failed step keeps its error; the hook's step follows it.
+            run.record(store.fail_step(id, &failure.error));
+            on_failure(run, end, &failure).await;
+        }
         run.record(store.finish(id, end, Some(&failure)));
         return end;
     }
@@ -260,6 +321,7 @@ async fn unwind(run: &mut Run<'_>, mut failure: Failure) -> State {
     };
     failure.error = format!("{}; {note}", failure.error);
     warn!(step = %at, error = %failure.error, "{at} -> {end}");
+    on_failure(run, end, &failure).await;
     run.record(store.finish(id, end, Some(&failure)));
     end
 }

@@ -32,7 +32,8 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
     let mut requeue = Vec::new();
     let mut reload = false;
     let mut leftovers = Vec::new();
-    for svc in &inner.config.services {
+    let config = inner.config.get();
+    for svc in &config.services {
         let replicas = match inner.runtime.replicas(svc).await {
             Ok(r) => r,
             Err(e) => {

@@ -20,7 +20,7 @@ use crate::domain::plan::{Slot, Step, Strategy};
 use crate::domain::routing::{Backend, Role, Routing};
 use crate::registry::{self, Repository};
 use crate::retry::{Policy, SendError};
-use crate::runtime::{ErrorKind, Replica, ReplicaSpec, RuntimeError};
+use crate::runtime::{ErrorKind, Replica, ReplicaSpec, RuntimeError, TaskSpec};
 use crate::store::{now_ms, Deployment, Failure, Live};
 use crate::traffic::{self, AccessLog, Tally};
 
@@ -62,6 +62,8 @@ fn gate_failure(g: GateFailure, kind: FailureKind) -> Stop {
 
 pub(crate) struct Run<'a> {
     pub inner: &'a Inner,
+    /// The config the deployment started with.
+    pub config: &'a crate::config::Config,
     pub service: &'a ServiceConfig,
     pub deployment: Deployment,
     pub live: Option<Live>,
@@ -103,6 +105,7 @@ pub(crate) struct Run<'a> {
 impl<'a> Run<'a> {
     pub fn new(
         inner: &'a Inner,
+        config: &'a crate::config::Config,
         service: &'a ServiceConfig,
         deployment: Deployment,
         current: Routing,
@@ -110,7 +113,7 @@ impl<'a> Run<'a> {
         plan: Plan,
     ) -> Run<'a> {
         let live = inner.store.live(&service.name).ok().flatten();
-        let traffic = inner.config.nginx.access_log.as_deref().and_then(|path| {
+        let traffic = config.nginx.access_log.as_deref().and_then(|path| {
             match AccessLog::from_end(path) {
                 Ok(log) => Some((log, HashMap::new())),
                 Err(e) => {
@@ -121,6 +124,7 @@ impl<'a> Run<'a> {
         });
         let run = Run {
             inner,
+            config,
             service,
             tag: deployment.tag.clone(),
             deployment,
@@ -173,7 +177,179 @@ impl<'a> Run<'a> {
             Step::Monitoring { slots, .. } => self.monitor(slots).await,
             Step::Pruning => self.prune().await,
             Step::Canary { stage, percent } => self.canary(*stage, *percent).await,
+            Step::Releasing => self.release().await,
+            Step::PreSwitch { slots, .. } => self.pre_switch(slots).await,
+            // Run by the driver after the outcome, not as plan steps.
+            Step::PostDeploy | Step::OnFailure => Ok(()),
         }
+    }
+
+    /// Runs the release command once, in a one-off container of the new
+    /// image, before any replica of it starts. A re-run of an interrupted
+    /// deployment whose release of this digest finished does not run it again.
+    async fn release(&mut self) -> Result<(), Stop> {
+        let Some(release) = &self.service.release else {
+            return Ok(());
+        };
+        let id = self.deployment.id;
+        let rollback = self
+            .deployment
+            .trigger_detail
+            .as_ref()
+            .is_some_and(|d| d["command"] == "rollback");
+        if rollback {
+            // The previous version's migration ran when it was deployed; run
+            // again against a newer schema, many tools refuse, and a rollback
+            // must not fail on that.
+            self.note("a rollback does not run the release command");
+            return Ok(());
+        }
+        if let Ok(Some(earlier)) = self.inner.store.release_done(id, &self.digest) {
+            self.note(&format!(
+                "the release already finished in deployment {earlier}, which this one re-runs: not run again"
+            ));
+            return Ok(());
+        }
+        let image = self.image_id.clone().unwrap_or_else(|| self.image.clone());
+        let spec = TaskSpec::release(self.service, &release.command, id, &self.digest, &image)
+            .map_err(|e| fail(FailureKind::Invalid, e))?;
+        let started = Instant::now();
+        let out = self
+            .inner
+            .runtime
+            .run_task(&spec, release.timeout)
+            .await
+            .map_err(runtime_failure)?;
+        let tail = bound_log(&out.output);
+        let took = display::duration(started.elapsed().as_millis() as i64);
+        let shown = if tail.trim().is_empty() {
+            String::new()
+        } else {
+            format!("; output: {}", tail.trim())
+        };
+        match out.exit_code {
+            Some(0) => {
+                self.note(&format!(
+                    "release command {:?} exited 0 after {took}{shown}",
+                    release.command
+                ));
+                // Closed at once: a crash from here on does not run it again.
+                self.record(self.inner.store.end_step(id, true));
+                Ok(())
+            }
+            code => {
+                if !shown.is_empty() {
+                    self.note(shown.trim_start_matches("; "));
+                }
+                Err(Stop::Fail(Failure {
+                exit_code: code,
+                log_tail: (!tail.trim().is_empty()).then_some(tail),
+                ..Failure::new(
+                    FailureKind::Release,
+                    match code {
+                        Some(code) => format!(
+                            "the release command {:?} exited {code} after {took}; no new replica was started",
+                            release.command
+                        ),
+                        None => format!(
+                            "the release command {:?} ran past release.timeout {} and was killed; no new replica was started",
+                            release.command,
+                            display::span(release.timeout)
+                        ),
+                    },
+                )
+            }))
+            }
+        }
+    }
+
+    /// The deployment's facts, as every hook gets them.
+    pub fn hook_env(&self, hook: &str) -> Vec<(String, String)> {
+        let d = &self.deployment;
+        let env = vec![
+            ("GREENLIGHT_HOOK", hook.to_string()),
+            ("GREENLIGHT_SERVICE", self.service.name.clone()),
+            ("GREENLIGHT_DEPLOYMENT", d.id.to_string()),
+            ("GREENLIGHT_DIGEST", self.digest.clone()),
+            ("GREENLIGHT_IMAGE", self.image.clone()),
+            ("GREENLIGHT_TAG", self.tag.clone().unwrap_or_default()),
+            ("GREENLIGHT_TRIGGER", d.trigger.to_string()),
+            (
+                "GREENLIGHT_PREVIOUS_DIGEST",
+                self.live
+                    .as_ref()
+                    .map(|l| l.digest.clone())
+                    .unwrap_or_default(),
+            ),
+        ];
+        env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// Runs hook `name` and records how it ended in the open step; `Err` when
+    /// it could not run, exited non-zero or ran past its timeout.
+    pub async fn run_hook(
+        &self,
+        name: &str,
+        argv: &[String],
+        env: Vec<(String, String)>,
+    ) -> Result<(), (String, Option<i64>, Option<String>)> {
+        let timeout = self.service.hooks.timeout;
+        match super::hooks::run(argv, &env, timeout).await {
+            Ok(run) => {
+                let line = run.describe(name, argv, timeout);
+                self.note(&line);
+                if run.ok() {
+                    Ok(())
+                } else {
+                    let output = run.output.trim().to_string();
+                    Err((
+                        line,
+                        run.exit_code.map(i64::from),
+                        (!output.is_empty()).then_some(output),
+                    ))
+                }
+            }
+            Err(e) => {
+                let line = format!("{name} hook {argv:?} could not run: {e}");
+                self.note(&line);
+                Err((line, None, None))
+            }
+        }
+    }
+
+    /// The `pre_switch` hook, given the new replicas' addresses: a failure
+    /// fails the deployment before nginx changes.
+    async fn pre_switch(&mut self, slots: &[Slot]) -> Result<(), Stop> {
+        let Some(argv) = self.service.hooks.pre_switch.clone() else {
+            return Ok(());
+        };
+        let replicas = self.replicas_of(slots);
+        let mut env = self.hook_env("pre_switch");
+        env.push((
+            "GREENLIGHT_ADDRESSES".into(),
+            replicas
+                .iter()
+                .filter_map(|r| r.address.clone())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ));
+        env.push((
+            "GREENLIGHT_REPLICAS".into(),
+            replicas
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ));
+        self.run_hook("pre_switch", &argv, env)
+            .await
+            .map_err(|(error, exit_code, log_tail)| {
+                Stop::Fail(Failure {
+                    exit_code,
+                    log_tail,
+                    ..Failure::new(FailureKind::Hook, format!("{error}; nginx was not changed"))
+                })
+            })
     }
 
     async fn resolve(&mut self) -> Result<(), Stop> {
@@ -210,7 +386,7 @@ impl<'a> Run<'a> {
                     .id
             }
             (None, Some(t)) => {
-                let cfg = self.inner.config.registry_for(&repo.host);
+                let cfg = self.config.registry_for(&repo.host);
                 self.with_retries("resolving the tag", || async {
                     registry::resolve_tag(&repo, t, cfg).await.map_err(|e| {
                         let transient = matches!(e, registry::RegistryError::Unavailable { .. });
@@ -291,7 +467,7 @@ impl<'a> Run<'a> {
 
     async fn pull(&mut self) -> Result<(), Stop> {
         let repo = Repository::parse(&self.service.image);
-        let creds = registry::credentials(self.inner.config.registry_for(&repo.host));
+        let creds = registry::credentials(self.config.registry_for(&repo.host));
         let runtime = &self.inner.runtime;
         let inspect = || async { runtime.image(&self.image).await.map_err(runtime_failure) };
         // A digest names its content: an image already here needs no pull (a
@@ -306,7 +482,7 @@ impl<'a> Run<'a> {
         let mut tries = 0;
         while found.is_none() && self.service.pull && tries < PULL_TRIES {
             tries += 1;
-            let limit = self.inner.config.pull.timeout;
+            let limit = self.config.pull.timeout;
             self.with_retries("pulling", || async {
                 match tokio::time::timeout(limit, runtime.pull(&self.image, creds.clone())).await {
                     Ok(Ok(())) => Ok(()),
@@ -340,7 +516,7 @@ impl<'a> Run<'a> {
         };
         self.refuse_if_older_than_live(info.created.as_deref())
             .await?;
-        self.has_healthcheck = info.has_healthcheck;
+        self.has_healthcheck = self.healthcheck_applies(info.has_healthcheck);
         self.record(self.inner.store.set_image_id(self.deployment.id, &info.id));
         self.note(&format!(
             "image {}{}",
@@ -362,7 +538,7 @@ impl<'a> Run<'a> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, SendError>>,
     {
-        let cfg = &self.inner.config.pull;
+        let cfg = &self.config.pull;
         let policy = Policy {
             base: cfg.backoff,
             max_attempts: cfg.attempts,
@@ -468,6 +644,16 @@ impl<'a> Run<'a> {
             None => Ok(()),
             Some(e) if e.kind == ErrorKind::Conflict => Err(fail(FailureKind::Invalid, e.message)),
             Some(e) => Err(runtime_failure(e)),
+        }
+    }
+
+    /// Whether replicas of an image run a Docker HEALTHCHECK the gate waits
+    /// for: the image's, unless `[service.healthcheck]` replaces or disables it.
+    fn healthcheck_applies(&self, image_has: bool) -> bool {
+        match &self.service.healthcheck {
+            Some(h) if h.disabled() => false,
+            Some(h) if h.test.is_some() => true,
+            _ => image_has,
         }
     }
 
@@ -801,7 +987,7 @@ impl<'a> Run<'a> {
                 warn!(left, "old nginx workers still running after drain_timeout");
                 self.note(&format!(
                     "{left} old nginx workers still running after drain_timeout {}",
-                    display::span(self.inner.config.nginx.drain_timeout)
+                    display::span(self.config.nginx.drain_timeout)
                 ))
             }
             Err(e) => self.note(&format!("cannot watch nginx workers: {e}")),
@@ -828,6 +1014,21 @@ impl<'a> Run<'a> {
             .filter(|r| self.routing.backend(&r.name).is_none())
             .filter(|r| names.contains(&r.name) || !self.started.contains_key(&r.name))
             .collect();
+        if let Some(cut) = self.long_lived(&doomed).await {
+            self.record(
+                self.inner
+                    .store
+                    .add_connections_cut(self.deployment.id, cut as i64),
+            );
+            if cut > 0 {
+                warn!(cut, "stopping the old replicas cuts long-lived connections");
+                self.note(&format!(
+                    "{cut} long-lived connection{} still open after rollout.long_lived_timeout {}: cut by the stop",
+                    if cut == 1 { "" } else { "s" },
+                    display::span(self.service.rollout.long_lived_timeout)
+                ));
+            }
+        }
         let grace = self.service.rollout.stop_grace;
         let outcomes = join_all(doomed.iter().map(|r| async move {
             // A stop that fails (the engine busy or timing out) is tried again
@@ -862,13 +1063,58 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Connections still open to replicas about to stop, after the drain: the
+    /// old nginx workers relaying WebSockets or server-sent events to them.
+    /// Waits up to `rollout.long_lived_timeout` for them to close; returns
+    /// how many were still open then (`None`: they cannot be counted here).
+    async fn long_lived(&self, doomed: &[&Replica]) -> Option<usize> {
+        if doomed.is_empty() {
+            return None;
+        }
+        let runtime = &self.inner.runtime;
+        let port = self.service.port;
+        let count = || async {
+            let mut total = None;
+            for r in doomed {
+                if let Some(n) = runtime.open_connections(&r.id, port).await {
+                    *total.get_or_insert(0) += n;
+                }
+            }
+            total
+        };
+        let first = count().await?;
+        if first == 0 {
+            return Some(0);
+        }
+        let timeout = self.service.rollout.long_lived_timeout;
+        self.note(&format!(
+            "{first} connection{} still open to the old replicas after the drain (WebSockets, \
+             server-sent events): waiting up to rollout.long_lived_timeout {} for them to close",
+            if first == 1 { "" } else { "s" },
+            display::span(timeout)
+        ));
+        let started = Instant::now();
+        let mut open = first;
+        while open > 0 && started.elapsed() < timeout {
+            tokio::time::sleep(LONG_LIVED_POLL.min(timeout - started.elapsed())).await;
+            open = count().await.unwrap_or(0);
+        }
+        if open == 0 {
+            self.note(&format!(
+                "they closed within {}",
+                display::duration(started.elapsed().as_millis() as i64)
+            ));
+        }
+        Some(open)
+    }
+
     async fn prune(&mut self) -> Result<(), Stop> {
         // Never the live image, the rollback image, or any image a replica of
         // any greenlight service uses.
         let mut protected: HashSet<String> = HashSet::new();
         protected.extend(self.image_id.clone());
         protected.extend(self.live.as_ref().and_then(|l| l.image_id.clone()));
-        for svc in &self.inner.config.services {
+        for svc in &self.config.services {
             if let Ok(Some(l)) = self.inner.store.live(&svc.name) {
                 protected.extend(l.image_id);
                 protected.extend(l.previous_image_id);
@@ -909,6 +1155,10 @@ impl<'a> Run<'a> {
 
     /// Adds the log tail of the replica that failed (or the last one started).
     pub async fn add_log_tail(&self, failure: &mut Failure) {
+        // A release or a hook brought its own output.
+        if failure.log_tail.is_some() {
+            return;
+        }
         let id = self
             .failing
             .clone()
@@ -1074,7 +1324,7 @@ impl<'a> Run<'a> {
         self.unwinding = true;
         // The previous image's own health check gates its replicas, not the
         // failed version's.
-        self.has_healthcheck = info.has_healthcheck;
+        self.has_healthcheck = self.healthcheck_applies(info.has_healthcheck);
         self.digest = live.digest.clone();
         self.image = live.image.clone();
         self.image_id = Some(image_id);
@@ -1104,7 +1354,12 @@ impl<'a> Run<'a> {
             .filter(|s| {
                 !matches!(
                     s,
-                    Step::Resolving | Step::Pulling | Step::Pruning | Step::Monitoring { .. }
+                    Step::Resolving
+                        | Step::Pulling
+                        | Step::Releasing
+                        | Step::PreSwitch { .. }
+                        | Step::Pruning
+                        | Step::Monitoring { .. }
                 )
             })
             .collect();
@@ -1145,6 +1400,9 @@ impl<'a> Run<'a> {
         }
     }
 }
+
+/// How often connections still open to old replicas are counted.
+const LONG_LIVED_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Tries of one stop before it is reported as failed.
 const STOP_TRIES: usize = 3;

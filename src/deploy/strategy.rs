@@ -23,6 +23,10 @@ pub struct Shape {
     pub soak: bool,
     /// Canary: the new version's share of users at each step, growing.
     pub canary_steps: Vec<u32>,
+    /// Run the service's release command after the pull.
+    pub release: bool,
+    /// Run the service's `pre_switch` hook before each switch that adds replicas.
+    pub pre_switch: bool,
 }
 
 /// A plan and the colour its new replicas take.
@@ -35,11 +39,43 @@ pub struct Plan {
 /// The plan that takes `current` to `shape.replicas` replicas of `target`
 /// (a digest; `None` before it is resolved: then nothing counts as done).
 pub fn plan(service: &str, current: &Routing, target: Option<&str>, shape: Shape) -> Plan {
-    match shape.strategy {
+    let (release, pre_switch) = (shape.release, shape.pre_switch);
+    let mut plan = match shape.strategy {
         Strategy::BlueGreen => blue_green(service, current, shape),
         Strategy::Rolling => rolling(service, current, target, shape),
         Strategy::Canary => canary(service, current, target, shape),
+    };
+    if release {
+        // After the pull, before any replica of the new image starts.
+        plan.steps.insert(2, Step::Releasing);
     }
+    if pre_switch {
+        let mut steps = Vec::with_capacity(plan.steps.len() + 1);
+        // A canary's first share is where users first meet the new replicas
+        // (its promotion adds none): those the plan gated.
+        let mut gated: Vec<Slot> = Vec::new();
+        for step in plan.steps {
+            match &step {
+                Step::HealthGate { slots, .. } => gated.extend(slots.iter().copied()),
+                Step::Switching { batch, add, .. } if !add.is_empty() => {
+                    steps.push(Step::PreSwitch {
+                        batch: *batch,
+                        slots: add.clone(),
+                    });
+                }
+                Step::Canary { stage: 1, .. } if !gated.is_empty() => {
+                    steps.push(Step::PreSwitch {
+                        batch: 0,
+                        slots: gated.clone(),
+                    });
+                }
+                _ => {}
+            }
+            steps.push(step);
+        }
+        plan.steps = steps;
+    }
+    plan
 }
 
 /// Start all new replicas beside the old ones, gate them, then give them a
@@ -371,6 +407,8 @@ mod tests {
             max_unavailable,
             soak: false,
             canary_steps: vec![5, 25, 50],
+            release: false,
+            pre_switch: false,
         }
     }
 
@@ -485,6 +523,42 @@ mod tests {
                 ]
             }
         );
+    }
+
+    #[test]
+    fn a_canary_releases_after_the_pull_and_smoke_tests_before_its_first_share_only() {
+        let current = routing(2, Colour::Blue, "sha256:old");
+        let mut s = shape(Strategy::Canary, 2, 0, 0);
+        s.release = true;
+        s.pre_switch = true;
+        let plan = plan("web", &current, Some("sha256:new"), s);
+        assert_eq!(
+            names(&plan),
+            [
+                "resolving",
+                "pulling",
+                "releasing",
+                "starting",
+                "health_gate",
+                "pre_switch",
+                "canary",
+                "canary",
+                "canary",
+                "switching",
+                "verifying",
+                "draining",
+                "stopping_old",
+                "pruning"
+            ]
+        );
+        let green = |index| Slot {
+            colour: Colour::Green,
+            index,
+        };
+        assert!(plan.steps.contains(&Step::PreSwitch {
+            batch: 0,
+            slots: vec![green(1), green(2)],
+        }));
     }
 
     fn names(plan: &Plan) -> Vec<&'static str> {

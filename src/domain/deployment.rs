@@ -179,6 +179,10 @@ pub enum FailureKind {
     Interrupted,
     /// A request greenlight cannot carry out (no image, a bad tag).
     Invalid,
+    /// The release command exited non-zero or ran past its timeout.
+    Release,
+    /// The `pre_switch` hook exited non-zero or ran past its timeout.
+    Hook,
 }
 
 impl FailureKind {
@@ -196,6 +200,8 @@ impl FailureKind {
             FailureKind::Store => "store",
             FailureKind::Interrupted => "interrupted",
             FailureKind::Invalid => "invalid",
+            FailureKind::Release => "release",
+            FailureKind::Hook => "hook",
         }
     }
 }

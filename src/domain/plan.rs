@@ -75,10 +75,14 @@ pub enum Step {
     Resolving,
     /// Bring the image to this host (a digest already here is not pulled).
     Pulling,
+    /// Run the release command once in a one-off container of the new image.
+    Releasing,
     /// Start new replicas (without restarts until they pass their gate).
     Starting { batch: u32, slots: Vec<Slot> },
     /// Wait until each new replica is healthy on its own address.
     HealthGate { batch: u32, slots: Vec<Slot> },
+    /// Run the `pre_switch` hook, given the new replicas' addresses.
+    PreSwitch { batch: u32, slots: Vec<Slot> },
     /// Render the routing with `add` in and `remove` out, test, reload.
     Switching {
         batch: u32,
@@ -101,14 +105,21 @@ pub enum Step {
     /// replicas (one reload), prove both groups answer, then bake: compare
     /// the new with the old until they pass, fail or prove nothing.
     Canary { stage: u32, percent: u32 },
+    /// Run the `post_deploy` hook after success (its failure is noted only).
+    PostDeploy,
+    /// Run the `on_failure` hook after a failure and its way back.
+    OnFailure,
 }
 
 /// Every step name, in the order a deployment meets them.
-pub const STEP_NAMES: [&str; 12] = [
+pub const STEP_NAMES: [&str; 16] = [
     "resolving",
     "pulling",
+    "releasing",
     "starting",
     "health_gate",
+    "pre_switch",
+    "canary",
     "switching",
     "verifying",
     "soaking",
@@ -116,24 +127,51 @@ pub const STEP_NAMES: [&str; 12] = [
     "stopping_old",
     "monitoring",
     "pruning",
-    "canary",
+    "post_deploy",
+    "on_failure",
 ];
+
+/// Steps a plan has only when the service asks for them (a release command,
+/// hooks) or a strategy needs them (a soak, a rolling monitor, a canary).
+pub const OPTIONAL_STEPS: [&str; 7] = [
+    "releasing",
+    "pre_switch",
+    "canary",
+    "soaking",
+    "monitoring",
+    "post_deploy",
+    "on_failure",
+];
+
+/// What a failed deployment's kept output is, by the step that failed: the
+/// release command's, a hook's, or else the new container's log.
+pub fn output_title(failed_step: Option<&str>) -> &'static str {
+    match failed_step {
+        Some("releasing") => "Last lines of the release command's output",
+        Some("pre_switch") => "Last lines of the pre_switch hook's output",
+        _ => "Last lines of the new container's log",
+    }
+}
 
 impl Step {
     pub fn name(&self) -> &'static str {
         match self {
             Step::Resolving => STEP_NAMES[0],
             Step::Pulling => STEP_NAMES[1],
-            Step::Starting { .. } => STEP_NAMES[2],
-            Step::HealthGate { .. } => STEP_NAMES[3],
-            Step::Switching { .. } => STEP_NAMES[4],
-            Step::Verifying { .. } => STEP_NAMES[5],
-            Step::Soaking => STEP_NAMES[6],
-            Step::Draining { .. } => STEP_NAMES[7],
-            Step::StoppingOld { .. } => STEP_NAMES[8],
-            Step::Monitoring { .. } => STEP_NAMES[9],
-            Step::Pruning => STEP_NAMES[10],
-            Step::Canary { .. } => STEP_NAMES[11],
+            Step::Releasing => STEP_NAMES[2],
+            Step::Starting { .. } => STEP_NAMES[3],
+            Step::HealthGate { .. } => STEP_NAMES[4],
+            Step::PreSwitch { .. } => STEP_NAMES[5],
+            Step::Canary { .. } => STEP_NAMES[6],
+            Step::Switching { .. } => STEP_NAMES[7],
+            Step::Verifying { .. } => STEP_NAMES[8],
+            Step::Soaking => STEP_NAMES[9],
+            Step::Draining { .. } => STEP_NAMES[10],
+            Step::StoppingOld { .. } => STEP_NAMES[11],
+            Step::Monitoring { .. } => STEP_NAMES[12],
+            Step::Pruning => STEP_NAMES[13],
+            Step::PostDeploy => STEP_NAMES[14],
+            Step::OnFailure => STEP_NAMES[15],
         }
     }
 
@@ -142,6 +180,7 @@ impl Step {
         match self {
             Step::Starting { batch, .. }
             | Step::HealthGate { batch, .. }
+            | Step::PreSwitch { batch, .. }
             | Step::Switching { batch, .. }
             | Step::Verifying { batch, .. }
             | Step::Draining { batch }
@@ -158,6 +197,7 @@ impl Step {
         match self {
             Step::Starting { slots, .. }
             | Step::HealthGate { slots, .. }
+            | Step::PreSwitch { slots, .. }
             | Step::Verifying { slots, .. }
             | Step::Monitoring { slots, .. } => names(slots),
             Step::Switching { add, remove, .. } => {
@@ -172,7 +212,8 @@ impl Step {
 
     /// Whether `rollout.deadline` may cut this step off (until the
     /// deployment's first switch): the steps that can be undone by removing
-    /// what they made.
+    /// what they made. A release and a hook are bounded by their own
+    /// timeouts: cut off midway, neither could be cleaned up.
     pub fn cut_by_deadline(&self) -> bool {
         matches!(
             self,

@@ -31,3 +31,54 @@ impl fmt::Display for RestartPolicy {
         f.write_str(self.as_str())
     }
 }
+
+/// The container options of a service's replicas (and of its release
+/// container), in engine units: each engine maps this in one place.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerOptions {
+    /// Networks besides the one nginx reaches the replicas on.
+    pub networks: Vec<String>,
+    /// The operator's labels (greenlight adds its own).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Hard memory limit, bytes.
+    pub memory: Option<u64>,
+    /// Soft memory limit, bytes.
+    pub memory_reservation: Option<u64>,
+    /// CPU limit in billionths of a CPU (Docker's NanoCpus).
+    pub nano_cpus: Option<i64>,
+    pub user: Option<String>,
+    pub read_only: bool,
+    /// Mount point -> options (`size=64m,...`, empty for none).
+    pub tmpfs: std::collections::BTreeMap<String, String>,
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+    /// `host:address` lines.
+    pub extra_hosts: Vec<String>,
+    pub stop_signal: Option<String>,
+    pub init: Option<bool>,
+    /// /dev/shm size, bytes.
+    pub shm_size: Option<u64>,
+    /// (name, soft, hard).
+    pub ulimits: Vec<(String, i64, i64)>,
+    pub security_opt: Vec<String>,
+    /// Log driver and its options.
+    pub logging: Option<(String, std::collections::BTreeMap<String, String>)>,
+    /// The image's HEALTHCHECK replaced (`test = ["NONE"]`: turned off).
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// A HEALTHCHECK as the engine takes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Healthcheck {
+    pub test: Vec<String>,
+    pub interval: Option<std::time::Duration>,
+    pub timeout: Option<std::time::Duration>,
+    pub retries: Option<u32>,
+    pub start_period: Option<std::time::Duration>,
+}
+
+impl Healthcheck {
+    pub fn disabled(&self) -> bool {
+        self.test.first().map(String::as_str) == Some("NONE")
+    }
+}

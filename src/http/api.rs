@@ -35,6 +35,44 @@ pub fn scope() -> Scope {
         .route("/deliveries", web::get().to(deliveries))
         .route("/deliveries/{id}", web::get().to(delivery))
         .route("/deliveries/{id}/redeliver", web::post().to(redeliver))
+        .route("/config", web::get().to(config))
+        .route("/reload", web::post().to(reload))
+}
+
+/// The running config's origin: its file, when it was loaded, the digest of
+/// its bytes then, and whether the file now differs.
+async fn config(_: Admin, state: web::Data<AppState>) -> HttpResponse {
+    let loaded = state.deployer.loaded();
+    let path = loaded.path.clone();
+    let differs = web::block(move || loaded.file_differs())
+        .await
+        .ok()
+        .flatten();
+    let loaded = state.deployer.loaded();
+    HttpResponse::Ok().json(serde_json::json!({
+        "path": path,
+        "loaded_at": loaded.loaded_at,
+        "file_digest": loaded.file_digest,
+        "file_differs": differs,
+        "services": loaded.config.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
+    }))
+}
+
+/// Re-reads the config file: `200` with what changed, or `422` with why it
+/// was refused (the running config stays).
+async fn reload(_: Admin, state: web::Data<AppState>) -> HttpResponse {
+    let deployer = state.deployer.clone();
+    match web::block(move || deployer.reload_file()).await {
+        Ok(Ok(reloaded)) => {
+            tracing::info!(added = ?reloaded.added, removed = ?reloaded.removed, changed = ?reloaded.changed, "config reloaded");
+            HttpResponse::Ok().json(reloaded)
+        }
+        Ok(Err(why)) => {
+            tracing::warn!(error = %why, "config reload refused");
+            error(StatusCode::UNPROCESSABLE_ENTITY, &why)
+        }
+        Err(e) => internal(e),
+    }
 }
 
 /// One replica nginx routes to, as the runtime reports it now.
@@ -78,7 +116,8 @@ pub(crate) async fn service_view(
     name: &str,
 ) -> Result<ServiceView, HttpResponse> {
     let deployer = &state.deployer;
-    let Some(svc) = deployer.config().service(name) else {
+    let config = deployer.config();
+    let Some(svc) = config.service(name) else {
         return Err(error(
             StatusCode::NOT_FOUND,
             &format!("no service named {name:?}"),
@@ -432,7 +471,7 @@ async fn redeliver(_: Admin, state: web::Data<AppState>, id: web::Path<String>) 
         .unwrap_or_default();
     let lower = headers.iter().cloned().collect();
     let parsed =
-        match super::hooks::parse_delivery(state.deployer.config(), source, &lower, &d.raw_body) {
+        match super::hooks::parse_delivery(&state.deployer.config(), source, &lower, &d.raw_body) {
             Ok((_, parsed)) => parsed,
             Err(e) => {
                 return error(

@@ -204,7 +204,8 @@ async fn github_hook(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let server = &state.deployer.config().server;
+    let config = state.deployer.config();
+    let server = &config.server;
     let client = super::auth::client_addr(&req, &state.trusted_proxies);
     let Some(_slot) = state.unauthenticated.take(client) else {
         tracing::warn!(peer = %super::auth::peer_for_log(&req), "webhook refused: too many unauthenticated bodies being read");
@@ -214,7 +215,7 @@ async fn github_hook(
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let secrets = &state.deployer.config().webhooks.github_secrets;
+    let secrets = &config.webhooks.github_secrets;
     if let Err(e) = github::verify(secrets, &body, header(&req, "x-hub-signature-256")) {
         return unauthorized(&state, &req, Source::Github, e.0);
     }
@@ -227,7 +228,8 @@ async fn dockerhub_hook(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let expected = state.deployer.config().webhooks.dockerhub_token.as_deref();
+    let config = state.deployer.config();
+    let expected = config.webhooks.dockerhub_token.as_deref();
     if !webhook::token_matches(&token, expected) {
         return unauthorized(
             &state,
@@ -236,7 +238,7 @@ async fn dockerhub_hook(
             "wrong or unset Docker Hub token",
         );
     }
-    let server = &state.deployer.config().server;
+    let server = &config.server;
     match read_body(&req, payload, server.body_limit, server.body_timeout).await {
         Ok(body) => accept(&req, &state, Source::Dockerhub, body).await,
         Err(resp) => resp,
@@ -251,7 +253,8 @@ async fn registry_hook(
     let presented = header(&req, "authorization")
         .and_then(crate::secret::bearer)
         .unwrap_or("");
-    let expected = state.deployer.config().webhooks.registry_token.as_deref();
+    let config = state.deployer.config();
+    let expected = config.webhooks.registry_token.as_deref();
     if !webhook::token_matches(presented, expected) {
         return unauthorized(
             &state,
@@ -260,7 +263,7 @@ async fn registry_hook(
             "missing or wrong Authorization: Bearer token",
         );
     }
-    let server = &state.deployer.config().server;
+    let server = &config.server;
     match read_body(&req, payload, server.body_limit, server.body_timeout).await {
         Ok(body) => accept(&req, &state, Source::Registry, body).await,
         Err(resp) => resp,
@@ -275,11 +278,15 @@ async fn accept(
     body: Vec<u8>,
 ) -> HttpResponse {
     let headers = headers_of(req);
-    let (delivery_id, parsed) =
-        match parse_delivery(state.deployer.config(), source, &lowercase(&headers), &body) {
-            Ok(p) => p,
-            Err(e) => return unreadable(source, &e),
-        };
+    let (delivery_id, parsed) = match parse_delivery(
+        &state.deployer.config(),
+        source,
+        &lowercase(&headers),
+        &body,
+    ) {
+        Ok(p) => p,
+        Err(e) => return unreadable(source, &e),
+    };
     ingest(state, source, delivery_id, headers, body, parsed, None).await
 }
 

@@ -39,7 +39,7 @@ pub fn server(
     let queues = deployer.clone();
     let ledger = crate::ledger::GroupCommit::start(
         deployer.store().clone(),
-        deployer.shared_config(),
+        deployer.live_config(),
         Box::new(move |recorded| queues.admitted(&recorded.admitted)),
     )?;
     let state = web::Data::new(AppState {

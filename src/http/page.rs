@@ -144,6 +144,8 @@ struct Snapshot {
     deliveries: Vec<Delivery>,
     /// The running canaries.
     canaries: Vec<CanaryStatus>,
+    /// When the running config was loaded, and whether its file now differs.
+    config: Option<(i64, Option<bool>)>,
 }
 
 /// The newest deployments, each with its steps.
@@ -177,11 +179,18 @@ async fn status_page(
         Ok(d) => d,
         Err(e) => return errors::internal(e),
     };
+    let loaded = state.deployer.loaded();
+    let loaded_at = loaded.loaded_at;
+    let differs = web::block(move || loaded.file_differs())
+        .await
+        .ok()
+        .flatten();
     let snap = Snapshot {
         services,
         deployments,
         deliveries,
         canaries: state.deployer.canaries(),
+        config: Some((loaded_at, differs)),
     };
     let nonce = crate::secret::random_token();
     html_page(
@@ -436,6 +445,16 @@ fn status_view(nonce: &str, session: &Session, snap: &Snapshot, now: i64) -> Mar
                     }
                 }
                 main {
+                    @if let Some((at, differs)) = snap.config {
+                        p #config {
+                            "Config loaded " (ago(at, now))
+                            @match differs {
+                                Some(true) => { strong.bad { "; the file on disk differs: run greenlight reload to apply it" } }
+                                Some(false) => { "; the file on disk is the same" }
+                                None => {}
+                            }
+                        }
+                    }
                     p #message role="status" hidden {}
                     noscript { p #noscript { "The buttons need JavaScript." } }
                     (services_view(&snap.services, now))
@@ -791,7 +810,7 @@ fn deployment_view(d: &Deployment, now: i64) -> Markup {
             }
             @if let Some(tail) = d.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
                 details {
-                    summary { "container log (last lines)" }
+                    summary { (crate::domain::plan::output_title(d.failed_step.as_deref())) }
                     pre.log { (tail) }
                 }
             }

@@ -141,12 +141,8 @@ pub struct Notifier {
 
 struct Inner {
     store: Store,
-    /// Per service; `fallback` for a deployment of a service no longer configured.
-    routes: HashMap<String, Vec<Route>>,
-    fallback: Vec<Route>,
-    wants_started: bool,
-    policy: Policy,
-    timeout: Duration,
+    /// Who hears of what; replaced whole by a config reload.
+    channels: std::sync::RwLock<Arc<Channels>>,
     http: reqwest::Client,
     /// A deployment's `started` sends, so that on each channel its outcome
     /// follows its start.
@@ -198,6 +194,43 @@ impl Flood {
     }
 }
 
+/// The channels of the config, per service.
+struct Channels {
+    /// Per service; `fallback` for a deployment of a service no longer configured.
+    routes: HashMap<String, Vec<Route>>,
+    fallback: Vec<Route>,
+    wants_started: bool,
+    policy: Policy,
+    timeout: Duration,
+}
+
+impl Channels {
+    fn of(config: &crate::config::Config) -> Channels {
+        let n = &config.notify;
+        let per_service: HashMap<_, _> = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), routes(n, s.notify.as_ref())))
+            .collect();
+        let fallback = routes(n, None);
+        let wants_started = per_service
+            .values()
+            .chain([&fallback])
+            .flatten()
+            .any(|r| r.on.contains(&Event::Started));
+        Channels {
+            routes: per_service,
+            fallback,
+            wants_started,
+            policy: Policy {
+                base: n.retry_base,
+                max_attempts: n.max_attempts,
+            },
+            timeout: n.timeout,
+        }
+    }
+}
+
 /// The `started` delivery of each route (by index) still in flight.
 type StartedSends = Vec<(usize, JoinHandle<()>)>;
 
@@ -211,29 +244,10 @@ fn http_client() -> reqwest::Client {
 
 impl Notifier {
     pub fn new(config: &crate::config::Config, store: Store) -> Notifier {
-        let n = &config.notify;
-        let per_service: HashMap<_, _> = config
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), routes(n, s.notify.as_ref())))
-            .collect();
-        let fallback = routes(n, None);
-        let wants_started = per_service
-            .values()
-            .chain([&fallback])
-            .flatten()
-            .any(|r| r.on.contains(&Event::Started));
         Notifier {
             inner: Arc::new(Inner {
                 store,
-                routes: per_service,
-                fallback,
-                wants_started,
-                policy: Policy {
-                    base: n.retry_base,
-                    max_attempts: n.max_attempts,
-                },
-                timeout: n.timeout,
+                channels: std::sync::RwLock::new(Arc::new(Channels::of(config))),
                 http: http_client(),
                 pending: Mutex::new(HashMap::new()),
                 sending: Mutex::new(HashSet::new()),
@@ -243,13 +257,24 @@ impl Notifier {
         }
     }
 
+    /// Takes the channels of a reloaded config (messages already on their
+    /// way keep the channel they were sent to).
+    pub fn reconfigure(&self, config: &crate::config::Config) {
+        *self
+            .inner
+            .channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(Channels::of(config));
+    }
+
     fn has_channels(&self) -> bool {
-        !self.inner.fallback.is_empty() || self.inner.routes.values().any(|r| !r.is_empty())
+        let c = self.inner.channels();
+        !c.fallback.is_empty() || c.routes.values().any(|r| !r.is_empty())
     }
 
     /// A deployment started (after it was queued). Returns at once.
     pub fn started(&self, deployment_id: i64) {
-        if !self.inner.wants_started || self.inner.flooded(deployment_id, false) {
+        if !self.inner.channels().wants_started || self.inner.flooded(deployment_id, false) {
             return;
         }
         let inner = self.inner.clone();
@@ -427,10 +452,18 @@ impl Inner {
     }
 
     /// The routes of a deployment's service that want `event`, with their index.
+    fn channels(&self) -> Arc<Channels> {
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn routes_for(&self, service: &str, event: Event) -> Vec<(usize, Route)> {
-        self.routes
+        let c = self.channels();
+        c.routes
             .get(service)
-            .unwrap_or(&self.fallback)
+            .unwrap_or(&c.fallback)
             .iter()
             .enumerate()
             .filter(|(_, r)| r.on.contains(&event))
@@ -523,11 +556,14 @@ impl Inner {
         let dest = to.describe();
         info!(deployment = id, channel, %event, to = %dest, attempt, "Notifying");
         loop {
-            let result = send_once(&self.http, to, message, self.timeout).await;
+            let channels = self.channels();
+            let result = send_once(&self.http, to, message, channels.timeout).await;
             let (outcome, detail, wait) = match result {
                 Ok(()) => (Outcome::Sent, None, None),
                 Err(e) => {
-                    let wait = self.policy.next_delay(attempt, &e, rand::random::<f64>());
+                    let wait = channels
+                        .policy
+                        .next_delay(attempt, &e, rand::random::<f64>());
                     let detail = match wait {
                         Some(w) => format!(
                             "{}; retrying in {}",

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::config::notify::Event;
 use crate::display::{self, short_digest};
+use crate::domain::plan::output_title;
 use crate::domain::State;
 use crate::store::Deployment;
 
@@ -103,6 +104,13 @@ fn replica_counts(d: &Deployment) -> Option<String> {
     let restored = count(back, "starting");
     if restored > 0 {
         text.push_str(&format!("; {restored} put back on the previous version"));
+    }
+    if let Some(cut) = d.connections_cut.filter(|n| *n > 0) {
+        text.push_str(&format!(
+            "; {cut} long-lived connection{} (WebSockets, server-sent events) to the old version cut \
+             after rollout.long_lived_timeout",
+            if cut == 1 { "" } else { "s" }
+        ));
     }
     Some(text)
 }
@@ -332,7 +340,7 @@ pub fn plain(r: &Report) -> String {
         }
         if let Some(tail) = &f.log_tail {
             let _ = writeln!(out);
-            let _ = writeln!(out, "Last lines of the new container's log:");
+            let _ = writeln!(out, "{}:", output_title(f.step.as_deref()));
             for line in tail.lines() {
                 let _ = writeln!(out, "  | {line}");
             }
@@ -417,11 +425,16 @@ pub fn html(r: &Report) -> String {
         }
     }
     out.push_str("</table>\n");
-    if let Some(tail) = r.failure.as_ref().and_then(|f| f.log_tail.as_ref()) {
+    if let Some((f, tail)) = r
+        .failure
+        .as_ref()
+        .and_then(|f| f.log_tail.as_ref().map(|t| (f, t)))
+    {
         let _ = write!(
             out,
-            "<h3>Last lines of the new container's log</h3>\n\
+            "<h3>{}</h3>\n\
              <pre style=\"background: #f4f4f4; padding: 8px\">{}</pre>\n",
+            output_title(f.step.as_deref()),
             e(tail)
         );
     }
@@ -493,7 +506,8 @@ pub fn slack(r: &Report) -> Value {
         if let Some(tail) = &f.log_tail {
             let tail = log_tail(tail, SLACK_LOG_LINES, SLACK_TEXT_CHARS - 200);
             details.push(section(format!(
-                "*Last lines of the new container's log*\n{}",
+                "*{}*\n{}",
+                output_title(f.step.as_deref()),
                 slack_code(&tail)
             )));
         }

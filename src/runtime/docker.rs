@@ -7,12 +7,16 @@ use std::time::Duration;
 use super::prune;
 use super::{
     labels, Credentials, ErrorKind, ImageInfo, Replica, ReplicaSpec, ReplicaStatus, Result,
-    RuntimeError, LABEL_COLOUR, LABEL_DEPLOYMENT, LABEL_DIGEST, LABEL_SERVICE, LABEL_SLOT,
+    RuntimeError, TaskOutcome, TaskSpec, LABEL_COLOUR, LABEL_DEPLOYMENT, LABEL_DIGEST,
+    LABEL_SERVICE, LABEL_SLOT, LABEL_TASK,
 };
 use crate::config::ServiceConfig;
 use crate::display::short_digest;
 use crate::docker::{ContainerPlan, DockerError, Engine};
-use crate::domain::replica::RestartPolicy;
+use crate::domain::replica::{ContainerOptions, RestartPolicy};
+
+/// Lines of a one-off container's output kept.
+const TASK_LOG_LINES: usize = 40;
 use crate::registry::Repository;
 
 #[derive(Clone)]
@@ -51,13 +55,95 @@ impl Containers {
             })
     }
 
+    /// The service's network and its extra ones, created if missing.
+    async fn networks(&self, network: &str, options: &ContainerOptions) -> Result<()> {
+        for n in std::iter::once(network).chain(options.networks.iter().map(String::as_str)) {
+            self.engine
+                .ensure_network(n)
+                .await
+                .map_err(|e| other(format!("network {n}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub async fn run_task(&self, spec: &TaskSpec, timeout: Duration) -> Result<TaskOutcome> {
+        let engine = &self.engine;
+        let name = &spec.name;
+        self.networks(&spec.network, &spec.options).await?;
+        // One left by a crash or a cut-off run: ours only if labelled so.
+        if let Some(stale) = engine.status(name).await.map_err(other)? {
+            if stale.labels.get(LABEL_TASK) != Some(&spec.service) {
+                return Err(RuntimeError::new(
+                    ErrorKind::Conflict,
+                    format!("a container named {name} exists and was not made by greenlight: rename or remove it"),
+                ));
+            }
+            engine
+                .remove(&stale.id)
+                .await
+                .map_err(|e| other(format!("removing stale {name}: {e}")))?;
+        }
+        let plan = ContainerPlan {
+            name: name.clone(),
+            image: spec.image.clone(),
+            labels: [
+                (LABEL_TASK.to_string(), spec.service.clone()),
+                (LABEL_DEPLOYMENT.to_string(), spec.deployment.to_string()),
+            ]
+            .into(),
+            env: spec.env.clone(),
+            command: Some(spec.command.clone()),
+            binds: spec.volumes.clone(),
+            network: spec.network.clone(),
+            restart: RestartPolicy::No,
+            options: spec.options.clone(),
+        };
+        let id = engine
+            .create(&plan)
+            .await
+            .map_err(|e| other(format!("creating {name}: {e}")))?;
+        let ran = async {
+            engine
+                .start(&id)
+                .await
+                .map_err(|e| other(format!("starting {name}: {e}")))?;
+            let end = tokio::time::Instant::now() + timeout;
+            let mut wait = Duration::from_millis(50);
+            loop {
+                let status = engine
+                    .status(&id)
+                    .await
+                    .map_err(other)?
+                    .ok_or_else(|| other(format!("{name} vanished while it ran")))?;
+                if !status.running {
+                    break Ok(status.exit_code);
+                }
+                if tokio::time::Instant::now() >= end {
+                    break Ok(None);
+                }
+                tokio::time::sleep(wait.min(end - tokio::time::Instant::now())).await;
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+        };
+        let exit_code = ran.await;
+        let output = match &exit_code {
+            Ok(_) => engine.log_tail(&id, TASK_LOG_LINES).await,
+            Err(_) => String::new(),
+        };
+        // Killed if still running; gone either way.
+        if let Err(e) = engine.remove(&id).await {
+            tracing::warn!(container = %name, error = %e, "removing a one-off container");
+        }
+        Ok(TaskOutcome {
+            exit_code: exit_code?,
+            output,
+        })
+    }
+
     pub async fn start(&self, spec: &ReplicaSpec) -> Result<Replica> {
         let engine = &self.engine;
         let name = &spec.name;
-        engine
-            .ensure_network(&spec.network)
-            .await
-            .map_err(|e| other(format!("network {}: {e}", spec.network)))?;
+        self.networks(&spec.network, &spec.options).await?;
         // A stale container of this name: a failed or interrupted run left it.
         // Never one nginx routes to: the plan only starts free slots.
         for c in engine
@@ -83,6 +169,7 @@ impl Containers {
             // No restarts until it has passed the gate: a crash there must leave
             // the container exited, with its real exit code, not restarting.
             restart: RestartPolicy::No,
+            options: spec.options.clone(),
         };
         let id = engine.create(&plan).await.map_err(|e| {
             if e.is_conflict() {
@@ -133,6 +220,21 @@ impl Containers {
                 Err(e)
             }
         }
+    }
+
+    /// Read from the replica's network namespace, `/proc/<pid>/net/tcp{,6}`
+    /// of its main process (needs the engine on this host).
+    pub async fn open_connections(&self, id: &str, port: u16) -> Option<usize> {
+        let pid = self.engine.pid(id).await.ok()??;
+        let mut n = 0;
+        let mut read_any = false;
+        for table in ["tcp", "tcp6"] {
+            if let Ok(text) = tokio::fs::read_to_string(format!("/proc/{pid}/net/{table}")).await {
+                read_any = true;
+                n += super::established_to(&text, port);
+            }
+        }
+        read_any.then_some(n)
     }
 
     pub async fn promote(&self, id: &str, restart: RestartPolicy) -> Result<()> {

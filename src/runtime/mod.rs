@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::config::ServiceConfig;
 use crate::domain::deployment::Colour;
 use crate::domain::plan::Slot;
-use crate::domain::replica::RestartPolicy;
+use crate::domain::replica::{ContainerOptions, RestartPolicy};
 
 pub use docker::Containers;
 
@@ -72,6 +72,79 @@ pub struct ReplicaSpec {
     pub volumes: Vec<String>,
     pub network: String,
     pub port: u16,
+    pub options: ContainerOptions,
+}
+
+/// A one-off container of a deployment's image (the release command): the
+/// service's env, env file, volumes, networks and options, its own command.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    pub service: String,
+    /// `<service>-release`.
+    pub name: String,
+    /// The image by ID.
+    pub image: String,
+    pub deployment: i64,
+    pub env: Vec<String>,
+    pub command: Vec<String>,
+    pub volumes: Vec<String>,
+    pub network: String,
+    pub options: ContainerOptions,
+}
+
+/// How a one-off container ended.
+#[derive(Debug, Clone)]
+pub struct TaskOutcome {
+    /// Its exit code (`None`: killed at the timeout).
+    pub exit_code: Option<i64>,
+    /// The last lines of its output.
+    pub output: String,
+}
+
+/// The service's env file and env, then `GREENLIGHT_*` facts.
+fn service_env(
+    svc: &ServiceConfig,
+    deployment: i64,
+    facts: &[(&str, &str)],
+) -> std::result::Result<Vec<String>, String> {
+    let mut env: Vec<String> = Vec::new();
+    if let Some(path) = &svc.env_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("env_file {}: {e}", path.display()))?;
+        env.extend(parse_env_file(&text));
+    }
+    env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
+    env.push(format!("GREENLIGHT_SERVICE={}", svc.name));
+    env.extend(facts.iter().map(|(k, v)| format!("GREENLIGHT_{k}={v}")));
+    env.push(format!("GREENLIGHT_DEPLOYMENT={deployment}"));
+    Ok(env)
+}
+
+impl TaskSpec {
+    /// The release container of `svc` for a deployment of `image` (by ID).
+    pub fn release(
+        svc: &ServiceConfig,
+        command: &[String],
+        deployment: i64,
+        digest: &str,
+        image: &str,
+    ) -> std::result::Result<TaskSpec, String> {
+        let env = service_env(svc, deployment, &[("RELEASE_DIGEST", digest)])?;
+        let mut options = svc.container_options();
+        // A one-off is not health-checked.
+        options.healthcheck = None;
+        Ok(TaskSpec {
+            service: svc.name.clone(),
+            name: format!("{}-release", svc.name),
+            image: image.to_string(),
+            deployment,
+            env,
+            command: command.to_vec(),
+            volumes: svc.volumes.clone(),
+            network: svc.network.clone(),
+            options,
+        })
+    }
 }
 
 impl ReplicaSpec {
@@ -84,18 +157,13 @@ impl ReplicaSpec {
         digest: &str,
         image: &str,
     ) -> std::result::Result<ReplicaSpec, String> {
-        let mut env: Vec<String> = Vec::new();
-        if let Some(path) = &svc.env_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("env_file {}: {e}", path.display()))?;
-            env.extend(parse_env_file(&text));
-        }
-        env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
         let name = slot.name(&svc.name);
-        env.push(format!("GREENLIGHT_SERVICE={}", svc.name));
-        env.push(format!("GREENLIGHT_COLOUR={}", slot.colour));
-        env.push(format!("GREENLIGHT_REPLICA={name}"));
-        env.push(format!("GREENLIGHT_DEPLOYMENT={deployment}"));
+        let colour = slot.colour.to_string();
+        let env = service_env(
+            svc,
+            deployment,
+            &[("COLOUR", colour.as_str()), ("REPLICA", name.as_str())],
+        )?;
         Ok(ReplicaSpec {
             service: svc.name.clone(),
             slot,
@@ -108,6 +176,7 @@ impl ReplicaSpec {
             volumes: svc.volumes.clone(),
             network: svc.network.clone(),
             port: svc.port,
+            options: svc.container_options(),
         })
     }
 }
@@ -180,6 +249,22 @@ impl Runtime {
         }
     }
 
+    /// Runs a one-off container to its end, at most `timeout` (then it is
+    /// killed), and removes it; its output's tail is kept.
+    pub async fn run_task(&self, spec: &TaskSpec, timeout: Duration) -> Result<TaskOutcome> {
+        match self {
+            Runtime::Docker(c) => c.run_task(spec, timeout).await,
+        }
+    }
+
+    /// How many TCP connections to `port` a replica has established now (the
+    /// clients nginx still relays to it), or `None` when that cannot be seen.
+    pub async fn open_connections(&self, id: &str, port: u16) -> Option<usize> {
+        match self {
+            Runtime::Docker(c) => c.open_connections(id, port).await,
+        }
+    }
+
     /// A replica that passed its gate gets the service's restart policy.
     pub async fn promote(&self, id: &str, restart: RestartPolicy) -> Result<()> {
         match self {
@@ -241,6 +326,26 @@ impl Runtime {
 /// Registry credentials for a pull.
 pub type Credentials = bollard::auth::DockerCredentials;
 
+/// Established connections to local `port` in a `/proc/net/tcp` or `tcp6`
+/// table (a network namespace's sockets: local address, remote, state).
+pub fn established_to(table: &str, port: u16) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1).unwrap_or_default();
+            let state = fields.nth(1).unwrap_or_default();
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            // 01: TCP_ESTABLISHED.
+            state == "01" && local_port == Some(port)
+        })
+        .count()
+}
+
 /// `KEY=VALUE` lines; blank lines and `#` comments skipped.
 fn parse_env_file(text: &str) -> Vec<String> {
     text.lines()
@@ -269,10 +374,28 @@ pub const LABEL_COLOUR: &str = "greenlight.colour";
 pub const LABEL_SLOT: &str = "greenlight.slot";
 pub const LABEL_DEPLOYMENT: &str = "greenlight.deployment";
 pub const LABEL_DIGEST: &str = "greenlight.digest";
+/// On a one-off (release) container: its service. Not `greenlight.service`,
+/// so it is never taken for a replica.
+pub const LABEL_TASK: &str = "greenlight.task-of";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn established_connections_to_the_port_are_counted() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 020012AC:1F90 010012AC:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1
+   2: 020012AC:1F90 010012AC:C352 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+   3: 020012AC:1F90 010012AC:C354 06 00000000:00000000 00:00000000 00000000     0        0 0 3
+   4: 020012AC:A2F0 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4 1
+";
+        // Two established to 8080 (0x1F90); the listener, a TIME_WAIT and an
+        // outgoing connection to someone's 8080 do not count.
+        assert_eq!(established_to(table, 8080), 2);
+        assert_eq!(established_to(table, 80), 0);
+    }
 
     #[test]
     fn env_files_skip_comments_and_blank_lines() {

@@ -925,6 +925,13 @@ http {{
     include {root}/upstreams/*.conf;
     include {root}/conf.d/*.conf;
 
+    # WebSockets pass (the design document's site does the same); other
+    # requests keep upstream keep-alive (an empty Connection header).
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        '' '';
+    }}
+
     server {{
         # reuseport: after a reload the new workers take connections at once,
         # not only once the master has let the old ones go (100 ms later).
@@ -949,7 +956,9 @@ http {{
             set $greenlight_upstream {service};
             proxy_pass http://$greenlight_upstream;
             proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_read_timeout 1h;
             add_header X-Greenlight-Upstream $upstream_addr always;
         }}
 "
