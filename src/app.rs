@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::deploy::Deployer;
 use crate::docker::Engine;
 use crate::proxy::Nginx;
-use crate::runtime::{Containers, Runtime};
+use crate::runtime::Runtime;
 use crate::store::Store;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -28,7 +28,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", config.server.state.display()))?;
     let engine = Engine::connect(&config.docker).await?;
     let nginx = Nginx::new(config.nginx.clone(), engine.clone());
-    let runtime = Runtime::Docker(Containers::new(engine));
+    let runtime = Runtime::new(&config.runtime, engine);
+    // Swarm needs a manager: say so at once rather than at the first deploy.
+    let engine_is = runtime.describe().await?;
+    info!(runtime = config.runtime.kind.as_str(), engine = %engine_is, "runtime");
     let config = Arc::new(config);
     let deployer = Deployer::start(config.clone(), store, runtime, nginx).await;
     spawn_ledger_pruning(deployer.store().clone(), config.server.ledger_retention);

@@ -427,13 +427,17 @@ impl<'a> Run<'a> {
                 self.deployment.id,
                 &self.digest,
                 &image,
+                &self.image,
             )
             .map_err(|e| fail(FailureKind::Invalid, e))?;
             specs.push(spec);
         }
         let runtime = &self.inner.runtime;
         self.batch = specs.iter().map(|s| s.name.clone()).collect();
-        let results = join_all(specs.iter().map(|spec| runtime.start(spec))).await;
+        // Swarm's nodes pull for themselves: they need the credentials.
+        let repo = Repository::parse(&self.service.image);
+        let creds = registry::credentials(self.inner.config.registry_for(&repo.host));
+        let results = runtime.start_all(&specs, creds).await;
         let mut first_error = None;
         let mut notes = Vec::new();
         for result in results {
@@ -804,20 +808,28 @@ impl<'a> Run<'a> {
             .filter(|r| names.contains(&r.name) || !self.started.contains_key(&r.name))
             .collect();
         let grace = self.service.rollout.stop_grace;
-        let outcomes = join_all(doomed.iter().map(|r| async move {
-            // A stop that fails (the engine busy or timing out) is tried again
-            // before it is reported.
-            let mut last = None;
-            for _ in 0..STOP_TRIES {
-                match runtime.stop(&r.id, grace).await {
-                    Ok(()) => return (r.name.clone(), None),
-                    Err(e) => last = Some(e.to_string()),
+        // A stop that fails (the engine busy or timing out) is tried again
+        // before it is reported.
+        let mut pending: Vec<Replica> = doomed.into_iter().cloned().collect();
+        let mut outcomes: Vec<(String, Option<String>)> = Vec::new();
+        for attempt in 1..=STOP_TRIES {
+            let results = runtime.stop_all(&pending, grace).await;
+            let mut again = Vec::new();
+            for (r, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => outcomes.push((r.name.clone(), None)),
+                    Err(e) if attempt == STOP_TRIES => {
+                        warn!(replica = %r.name, error = %e, "stopping an old replica");
+                        outcomes.push((r.name.clone(), Some(e.to_string())));
+                    }
+                    Err(_) => again.push(r),
                 }
             }
-            warn!(replica = %r.name, error = ?last, "stopping an old replica");
-            (r.name.clone(), last)
-        }))
-        .await;
+            pending = again;
+            if pending.is_empty() {
+                break;
+            }
+        }
         let (stopped, failed): (Vec<_>, Vec<_>) =
             outcomes.into_iter().partition(|(_, e)| e.is_none());
         let stopped: Vec<String> = stopped.into_iter().map(|(name, _)| name).collect();
@@ -921,8 +933,9 @@ impl<'a> Run<'a> {
             }
             Err(e) => warn!(error = %e, "listing the service's replicas to remove new ones"),
         }
-        for r in doomed {
-            if let Err(e) = self.inner.runtime.remove(&r.id).await {
+        let results = self.inner.runtime.remove_all(&doomed).await;
+        for (r, result) in doomed.iter().zip(results) {
+            if let Err(e) = result {
                 warn!(replica = %r.name, error = %e, "removing a new replica");
             }
             self.started.remove(&r.name);
