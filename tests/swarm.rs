@@ -309,3 +309,114 @@ async fn greenlight_killed_mid_deploy_never_scales_down_the_routed_colour() {
     assert_flips_once(&report, &["v1", "v2", "v3"]);
     assert_eq!(s.w.replica_versions().await, ["v3", "v3"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_killed_by_hand_is_replaced_and_nginx_follows() {
+    let s = OnSwarm::new("swtask", &[("v1", NO_ENV)], 3);
+    let w = &s.w;
+    w.deploy_ok("v1").await;
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    wait_until(|| load.sent_so_far() > 200).await;
+
+    // Kill one routed task's container by hand (SIGKILL: its in-flight
+    // requests are lost with it; Swarm replaces the task).
+    let svc = w.gl.get(&format!("/api/services/{}", w.service)).await;
+    let victim = &svc["replicas"][0];
+    let (task, address) = (
+        victim["id"].as_str().unwrap().to_string(),
+        victim["address"].as_str().unwrap().to_string(),
+    );
+    let container = greenlight_testkit::env::docker(&[
+        "inspect",
+        "--format",
+        "{{.Status.ContainerStatus.ContainerID}}",
+        &task,
+    ])
+    .unwrap();
+    greenlight_testkit::env::docker(&["kill", container.trim()]).unwrap();
+    let sent_before_kill = load.sent_so_far();
+    let killed_at = Instant::now();
+
+    // nginx follows: the dead task leaves the routing, its replacement (a new
+    // task, a new port) joins it once healthy.
+    let mut followed = None;
+    let mut left = None;
+    while followed.is_none() {
+        let routed = s.routed();
+        if !routed.contains(&address) && left.is_none() {
+            left = Some(killed_at.elapsed());
+        }
+        if routed.len() == 3 && !routed.contains(&address) {
+            followed = Some(killed_at.elapsed());
+        } else {
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(60),
+                "nginx did not follow: {routed:?}\n{}",
+                w.gl.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!(
+        "the dead task left the routing {:?} after the kill; its replacement joined after {:?}",
+        left.unwrap(),
+        followed.unwrap()
+    );
+    let after = load.sent_so_far();
+    wait_until(|| load.sent_so_far() > after + 300).await;
+    let report = load.stop().await;
+    eprintln!("probe: {}", report.summary());
+    let failed: Vec<_> = report.samples.iter().filter(|s| !s.is_2xx()).collect();
+    // Only requests already sent when the task died may fail: those in
+    // flight on it. Everything sent after the kill is answered.
+    let late: Vec<_> = failed
+        .iter()
+        .filter(|s| s.index >= sent_before_kill)
+        .collect();
+    eprintln!(
+        "killed task's in-flight requests lost: {} of {} sent; failed after the kill: {}",
+        failed.len(),
+        report.sent,
+        late.len()
+    );
+    assert!(late.is_empty(), "{late:?}\n{}", report.summary());
+    assert!(failed.len() <= 20, "{}", report.summary());
+    assert_eq!(w.replica_versions().await, ["v1", "v1", "v1"]);
+    assert_eq!(s.tasks("blue"), Some((3, 3)));
+
+    // Recorded in history: resyncs, each with what changed.
+    let list =
+        w.gl.get(&format!("/api/deployments?service={}", w.service))
+            .await;
+    let resyncs: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["trigger_detail"]["command"] == "resync")
+        .collect();
+    assert!(!resyncs.is_empty(), "{list:#}");
+    assert!(
+        resyncs.iter().all(|d| d["state"] == "succeeded"),
+        "{resyncs:#?}"
+    );
+    assert!(
+        resyncs.iter().any(|d| d["trigger_detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&task)),
+        "{resyncs:#?}"
+    );
+}
+
+/// Waits (up to a minute) until `cond` holds.
+async fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -8,6 +8,7 @@
 //! - [`intake`]: what a webhook push means (ignored, stale, duplicate, queued).
 //! - [`reconcile`]: on start, make the store agree with nginx and the runtime.
 //! - [`soaks`]: the soaks an operator's rollback can end early.
+//! - `watch`: change underneath (Swarm moving tasks): nginx follows, recorded.
 
 mod driver;
 pub mod health;
@@ -16,6 +17,7 @@ mod reconcile;
 pub mod soaks;
 mod steps;
 pub mod strategy;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -118,6 +120,7 @@ impl Deployer {
                 deployer.enqueue(&d.service, id);
             }
         }
+        watch::spawn(deployer.clone());
         deployer
     }
 

@@ -268,6 +268,16 @@ impl Runtime {
         }
     }
 
+    /// Changes underneath that move a service's endpoints (Swarm replacing or
+    /// rescheduling a task): a stream that yields when one may have happened,
+    /// or `None` when the engine moves nothing by itself.
+    pub fn changes(&self) -> Option<futures_util::stream::BoxStream<'static, ()>> {
+        match self {
+            Runtime::Docker(_) => None,
+            Runtime::Swarm(s) => Some(s.changes()),
+        }
+    }
+
     /// Every replica greenlight made for `svc`, running or not.
     pub async fn replicas(&self, svc: &ServiceConfig) -> Result<Vec<Replica>> {
         match self {

@@ -23,7 +23,10 @@ use bollard::models::{
     TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecRestartPolicy,
     TaskSpecRestartPolicyConditionEnum, TaskState,
 };
-use bollard::query_parameters::{ListServicesOptions, ListTasksOptions, UpdateServiceOptions};
+use bollard::query_parameters::{
+    EventsOptions, ListServicesOptions, ListTasksOptions, UpdateServiceOptions,
+};
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
 use super::{
@@ -760,6 +763,40 @@ impl Services {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// Yields whenever a greenlight task may have changed: a container of a
+    /// greenlight service on this node started, died or changed health, or a
+    /// node changed (went down, was drained). Tasks on other nodes show up
+    /// through their node's events or the watcher's periodic look. Ends when
+    /// the engine's event stream does.
+    pub fn changes(&self) -> BoxStream<'static, ()> {
+        let api = self.engine.api().clone();
+        let subscribe = |filters: Vec<(&str, Vec<String>)>| {
+            let filters = filters
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            api.events(Some(EventsOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+        };
+        let containers = subscribe(vec![
+            ("type", vec!["container".into()]),
+            ("label", vec![LABEL_SERVICE.into()]),
+            (
+                "event",
+                ["start", "die", "destroy", "health_status", "kill"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+        ]);
+        let nodes = subscribe(vec![("type", vec!["node".into()])]);
+        futures_util::stream::select(containers, nodes)
+            .take_while(|e| std::future::ready(e.is_ok()))
+            .map(|_| ())
+            .boxed()
     }
 
     /// Each node keeps its own images, and a task Swarm restarts needs its
