@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::load::{assert_flips_once, assert_zero_failures, probe, versions};
 use common::{NginxKind, Target, World};
-use greenlight_testkit::swarm::Swarm;
+use greenlight_testkit::env::{build_demo_image, DemoImageOpts};
+use greenlight_testkit::swarm::{SecondNode, Swarm};
 use serde_json::Value;
 
 const NO_ENV: &[(&str, &str)] = &[];
@@ -68,16 +69,21 @@ impl OnSwarm {
 
     /// The addresses nginx routes the service to, from the rendered file.
     fn routed(&self) -> Vec<String> {
-        let file = self.w.upstream_file().unwrap_or_default();
-        let mut out: Vec<String> = file
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("server "))
-            .map(|l| l.split([' ', ';']).next().unwrap().to_string())
-            .collect();
-        out.sort();
-        out.dedup();
-        out
+        routed(&self.w)
     }
+}
+
+/// The addresses nginx routes `w`'s service to, from the rendered file.
+fn routed(w: &World) -> Vec<String> {
+    let file = w.upstream_file().unwrap_or_default();
+    let mut out: Vec<String> = file
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .map(|l| l.split([' ', ';']).next().unwrap().to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn recorded(d: &Value, name: &str) -> Vec<Value> {
@@ -419,4 +425,104 @@ async fn wait_until(cond: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Two nodes: the test's engine is the manager, advertised on a veth
+/// address, and a second engine in its own network namespace joins as a
+/// worker. Tasks run on both; nginx on the host reaches each at its node's
+/// address.
+struct TwoNodes {
+    swarm: Swarm,
+    node: SecondNode,
+    w: World,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
+    let tag = "sw2n";
+    let prefix = common::prefix(tag);
+    let node = SecondNode::start(tag).unwrap();
+    let swarm = Swarm::init_on(&prefix, &node.host_addr).unwrap();
+    node.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while greenlight_testkit::env::docker(&["node", "ls", "--format", "{{.Status}}"])
+        .unwrap()
+        .lines()
+        .filter(|s| *s == "Ready")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the second node never got Ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let w = World::with_config(
+        tag,
+        NginxKind::Host,
+        &[("v1", NO_ENV), ("v2", NO_ENV)],
+        SWARM_RUNTIME,
+    );
+    let t = TwoNodes { swarm, node, w };
+    // The second node cannot reach the host's loopback registry: the images
+    // are local builds (pull = false, so services name them by ID), loaded
+    // into the second engine with the same ID.
+    for v in ["v1", "v2"] {
+        let local = format!("{prefix}-build:{v}");
+        let opts = DemoImageOpts {
+            healthcheck: false,
+            env: vec![("GL_TEST_WORLD".into(), prefix.clone())],
+        };
+        build_demo_image(&local, v, opts).unwrap();
+        t.node.load_image(&local).unwrap();
+    }
+    let repo = t.w.repo.clone();
+    t.w.gl.edit_config(|c| {
+        c.replace(
+            &format!("image = \"{repo}\"\n"),
+            &format!("image = \"{prefix}-build\"\npull = false\n"),
+        )
+    });
+    let mut t = t;
+    t.w.configure("replicas = 4", "");
+    let w = &t.w;
+    w.deploy_ok("v1").await;
+    let blue = format!("{}-blue", w.service);
+    assert_eq!(
+        t.swarm.nodes_of(&blue).len(),
+        2,
+        "{:?}",
+        t.swarm.nodes_of(&blue)
+    );
+    let on = |addrs: &[String], at: &str| addrs.iter().filter(|a| a.starts_with(at)).count();
+    let v1_routed = routed(w);
+    assert_eq!(v1_routed.len(), 4, "{v1_routed:?}");
+    for at in [&t.node.host_addr, &t.node.addr] {
+        assert!(on(&v1_routed, &format!("{at}:")) >= 1, "{v1_routed:?}");
+    }
+
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    w.deploy_ok("v2").await;
+    let report = load.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_flips_once(&report, &["v1", "v2"]);
+    let green = format!("{}-green", w.service);
+    assert_eq!(t.swarm.nodes_of(&green).len(), 2);
+    let v2_routed = routed(w);
+    assert!(
+        on(&v2_routed, &format!("{}:", t.node.addr)) >= 1,
+        "{v2_routed:?}"
+    );
+    eprintln!("v1 routed to {v1_routed:?}, v2 to {v2_routed:?}");
+    // Local builds: the API's digests are their image IDs; all four run.
+    assert_eq!(w.replica_versions().await.len(), 4);
+    assert_eq!(w.served().await, (200, "v2".to_string()));
+    // The Swarm and the second node go first (nothing uses the builds
+    // then), the local builds next, the world last.
+    let TwoNodes { swarm, node, w } = t;
+    drop(swarm);
+    drop(node);
+    for v in ["v1", "v2"] {
+        let _ = greenlight_testkit::env::docker(&["rmi", &format!("{prefix}-build:{v}")]);
+    }
+    drop(w);
 }
