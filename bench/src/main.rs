@@ -18,6 +18,7 @@ mod gl;
 mod ingest;
 mod many;
 mod replicas;
+mod swarm;
 
 const USAGE: &str = "\
 greenlight-bench [SUITE ...] [OPTIONS]
@@ -29,6 +30,9 @@ Prints Markdown tables. Suites (default: all five, in this order):
   many        K services deployed at once by one greenlight vs one alone
   replicas    a 3-replica service: greenlight blue-green, greenlight rolling, and
               docker-rollout's double-then-stop-old, N deploys each
+  swarm       a 3-replica service on a one-node Swarm the suite initialises (and
+              leaves): greenlight on Swarm vs docker service update start-first
+              and stop-first, N updates each (not in the default set)
 
 Options:
   --duration S         ingestion seconds per server and load tool (default 10)
@@ -86,7 +90,9 @@ fn parse_args() -> Result<Opts> {
                     other => bail!("--keepalive on|off|both, not {other:?}"),
                 }
             }
-            "ingest" | "footprint" | "deploy" | "many" | "replicas" => opts.suites.push(arg),
+            "ingest" | "footprint" | "deploy" | "many" | "replicas" | "swarm" => {
+                opts.suites.push(arg)
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -123,6 +129,7 @@ async fn main() -> Result<()> {
             "deploy" => deploy::run(&opts, &binary, &mut section).await,
             "replicas" => replicas::run(&opts, &binary, &mut section).await,
             "many" => many::run(&opts, &binary, &mut section).await,
+            "swarm" => swarm::run(&opts, &binary, &mut section).await,
             _ => unreachable!(),
         };
         if let Err(err) = result {
