@@ -82,43 +82,28 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
         Ok(())
     };
     eprintln!("replicas: building {} demo images ...", versions.len());
-    let mut runs = Vec::new();
-    let mut failures = Vec::new();
-    for &ka in &opts.keepalive {
-        let k = if ka { "k" } else { "n" };
-        for procedure in [
-            "greenlight blue-green",
-            "greenlight rolling",
-            "double, then stop old",
-        ] {
-            eprintln!(
-                "replicas: {procedure}, keep-alive {ka}, {} deploys ...",
-                opts.deploys
-            );
-            let service = format!("{prefix}{}{k}", procedure.len() % 7);
-            let result = match build() {
-                Err(e) => Err(e),
-                Ok(()) if procedure.starts_with("greenlight") => {
-                    let rollout = if procedure.ends_with("rolling") {
-                        "strategy = \"rolling\"\nmax_surge = 1\nmax_unavailable = 0\nmonitor = \"1s\"\n"
-                    } else {
-                        ""
-                    };
-                    greenlight(opts, binary, &service, &repo, &versions, ka, rollout, "").await
-                }
-                Ok(()) => double_then_stop(opts, &service, &repo, &versions, ka).await,
-            };
-            cleanup.sweep();
-            match result {
-                Ok(mut run) => {
-                    run.procedure = procedure;
-                    eprintln!("  {}", run.report.summary());
-                    runs.push(run);
-                }
-                Err(err) => failures.push(format!("{procedure} (keep-alive {ka}): {err:#}")),
+    let procedures = [
+        "greenlight blue-green",
+        "greenlight rolling",
+        "double, then stop old",
+    ];
+    let (runs, failures) = each_way(opts, "replicas", &prefix, &procedures, async |procedure, service, ka| {
+        let result = match build() {
+            Err(e) => Err(e),
+            Ok(()) if procedure.starts_with("greenlight") => {
+                let rollout = if procedure.ends_with("rolling") {
+                    "strategy = \"rolling\"\nmax_surge = 1\nmax_unavailable = 0\nmonitor = \"1s\"\n"
+                } else {
+                    ""
+                };
+                greenlight(opts, binary, &service, &repo, &versions, ka, rollout, "").await
             }
-        }
-    }
+            Ok(()) => double_then_stop(opts, &service, &repo, &versions, ka).await,
+        };
+        cleanup.sweep();
+        result
+    })
+    .await;
     for v in &versions {
         let _ = docker(&["rmi", &format!("{repo}:{v}")]);
     }
@@ -173,6 +158,39 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
         let _ = writeln!(out, "\nRun FAILED: {f}");
     }
     Ok(())
+}
+
+/// Runs each procedure once per keep-alive mode (`run_one` gets the
+/// procedure, a service name of its own and the mode): the runs, and what
+/// failed, each with its procedure.
+pub async fn each_way(
+    opts: &Opts,
+    suite: &str,
+    prefix: &str,
+    procedures: &[&'static str],
+    mut run_one: impl AsyncFnMut(&'static str, String, bool) -> Result<Run>,
+) -> (Vec<Run>, Vec<String>) {
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    for &ka in &opts.keepalive {
+        let k = if ka { "k" } else { "n" };
+        for &procedure in procedures {
+            eprintln!(
+                "{suite}: {procedure}, keep-alive {ka}, {} deploys ...",
+                opts.deploys
+            );
+            let service = format!("{prefix}{}{k}", procedure.len() % 7);
+            match run_one(procedure, service, ka).await {
+                Ok(mut run) => {
+                    run.procedure = procedure;
+                    eprintln!("  {}", run.report.summary());
+                    runs.push(run);
+                }
+                Err(err) => failures.push(format!("{procedure} (keep-alive {ka}): {err:#}")),
+            }
+        }
+    }
+    (runs, failures)
 }
 
 pub fn mean(v: &[f64]) -> f64 {

@@ -19,7 +19,7 @@ use greenlight_testkit::env::{
 use greenlight_testkit::swarm::Swarm;
 
 use crate::deploy::{probe_on, Failures};
-use crate::replicas::{self, mean, Peak, Run};
+use crate::replicas::{self, each_way, mean, Peak, Run};
 use crate::Opts;
 
 const SWARM_RUNTIME: &str = "\n[runtime]\nkind = \"swarm\"\n";
@@ -39,20 +39,17 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
         };
         build_demo_image(&format!("{repo}:{v}"), v, opts)?;
     }
-    let mut runs = Vec::new();
-    let mut failures = Vec::new();
-    for &ka in &opts.keepalive {
-        let k = if ka { "k" } else { "n" };
-        for procedure in [
-            "greenlight on Swarm (blue-green)",
-            "docker service update, start-first",
-            "docker service update, stop-first",
-        ] {
-            eprintln!(
-                "swarm: {procedure}, keep-alive {ka}, {} updates ...",
-                opts.deploys
-            );
-            let service = format!("{prefix}{}{k}", procedure.len() % 7);
+    let procedures = [
+        "greenlight on Swarm (blue-green)",
+        "docker service update, start-first",
+        "docker service update, stop-first",
+    ];
+    let (runs, failures) = each_way(
+        opts,
+        "swarm",
+        &prefix,
+        &procedures,
+        async |procedure, service, ka| {
             let result = if procedure.starts_with("greenlight") {
                 replicas::greenlight(
                     opts,
@@ -66,27 +63,17 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
                 )
                 .await
             } else {
-                let order = if procedure.ends_with("start-first") {
-                    "start-first"
-                } else {
-                    "stop-first"
-                };
+                let order = procedure.rsplit(' ').next().unwrap_or("start-first");
                 swarm_update(&swarm, opts, &service, &repo, &versions, ka, order).await
             };
             for s in swarm.services().iter().filter(|s| s.starts_with(&service)) {
                 let _ = docker(&["service", "rm", s]);
             }
             cleanup.sweep();
-            match result {
-                Ok(mut run) => {
-                    run.procedure = procedure;
-                    eprintln!("  {}", run.report.summary());
-                    runs.push(run);
-                }
-                Err(err) => failures.push(format!("{procedure} (keep-alive {ka}): {err:#}")),
-            }
-        }
-    }
+            result
+        },
+    )
+    .await;
     drop(swarm);
     cleanup.sweep();
     for v in &versions {
@@ -106,21 +93,23 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
          overlay) resolving the service name through Swarm's DNS with `resolver 127.0.0.11 \
          valid=1s` (the routing mesh does not work on this kernel, and a host process cannot \
          reach overlay addresses). Time to done: trigger until greenlight reports the deployment \
-         finished / the CLI returns (it waits for the update to converge and its 5 s monitor).\n",
+         finished / the CLI returns (it waits for the update to converge and its 5 s monitor). \
+         Version flips: how often the version answering the probe's fast requests changed \
+         (one per update is a clean cut-over; more means old and new answered by turns).\n",
         n = opts.deploys,
         last = opts.deploys + 1,
         rate = opts.rate
     );
     let _ = writeln!(
         out,
-        "| procedure | keep-alive | sent | failed | failed per update | keep-alive race at reload | other failures | time to done s (mean / max) | peak containers | p99 ms |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| procedure | keep-alive | sent | failed | failed per update | keep-alive race at reload | other failures | version flips | time to done s (mean / max) | peak containers | p99 ms |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &runs {
         let f = Failures::of(&r.report, &r.reload_windows);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.1} | {} | {} | {:.2} / {:.2} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {:.2} / {:.2} | {} | {:.1} |",
             r.procedure,
             if r.keepalive { "on" } else { "off" },
             r.report.sent,
@@ -132,6 +121,7 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
                 "-".into()
             },
             f.other,
+            r.report.flips(),
             mean(&r.took),
             r.took.iter().cloned().fold(0.0, f64::max),
             r.peak_containers,
