@@ -25,6 +25,36 @@ const SWARM_RUNTIME: &str = "\n[runtime]\nkind = \"swarm\"\n";
 struct OnSwarm {
     swarm: Swarm,
     w: World,
+    _images: Images,
+}
+
+/// Removes, on drop, the images of these repositories that nothing uses any
+/// more: what greenlight pulled (pruning is not done on Swarm) and local
+/// builds. Dropped after the world, whose cleanup removes the task containers.
+struct Images(Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let listing = greenlight_testkit::env::docker(&[
+            "images",
+            "--no-trunc",
+            "--format",
+            "{{.ID}} {{.Repository}}",
+        ])
+        .unwrap_or_default();
+        let mut ids: Vec<&str> = listing
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, repo)| self.0.iter().any(|r| r == repo))
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            // Not forced: an image something else uses stays.
+            let _ = greenlight_testkit::env::docker(&["rmi", id]);
+        }
+    }
 }
 
 impl OnSwarm {
@@ -32,7 +62,12 @@ impl OnSwarm {
         let swarm = Swarm::init(&common::prefix(tag)).unwrap();
         let mut w = World::with_config(tag, NginxKind::Host, versions, SWARM_RUNTIME);
         w.configure(&format!("replicas = {replicas}"), "");
-        OnSwarm { swarm, w }
+        let images = Images(vec![w.repo.clone()]);
+        OnSwarm {
+            swarm,
+            w,
+            _images: images,
+        }
     }
 
     fn colour(&self, colour: &str) -> String {
@@ -516,13 +551,12 @@ async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
     // Local builds: the API's digests are their image IDs; all four run.
     assert_eq!(w.replica_versions().await.len(), 4);
     assert_eq!(w.served().await, (200, "v2".to_string()));
-    // The Swarm and the second node go first (nothing uses the builds
-    // then), the local builds next, the world last.
+    // The Swarm and the second node go first, the world next (its cleanup
+    // removes the task containers), the local builds last.
     let TwoNodes { swarm, node, w } = t;
+    let images = Images(vec![format!("{prefix}-build")]);
     drop(swarm);
     drop(node);
-    for v in ["v1", "v2"] {
-        let _ = greenlight_testkit::env::docker(&["rmi", &format!("{prefix}-build:{v}")]);
-    }
     drop(w);
+    drop(images);
 }
