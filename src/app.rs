@@ -11,7 +11,7 @@ use crate::config::live::{Live, Loaded};
 use crate::deploy::Deployer;
 use crate::docker::Engine;
 use crate::proxy::Nginx;
-use crate::runtime::{Containers, Runtime};
+use crate::runtime::Runtime;
 use crate::store::Store;
 
 pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
@@ -28,7 +28,10 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", config.server.state.display()))?;
     let engine = Engine::connect(&config.docker).await?;
     let nginx = Nginx::new(config.nginx.clone(), engine.clone());
-    let runtime = Runtime::Docker(Containers::new(engine));
+    let runtime = Runtime::new(&config.runtime, engine);
+    // Swarm needs a manager: say so at once rather than at the first deploy.
+    let engine_is = runtime.describe().await?;
+    info!(runtime = config.runtime.kind.as_str(), engine = %engine_is, "runtime");
     let deployer = Deployer::start(Live::new(loaded), store, runtime, nginx).await;
     spawn_ledger_pruning(deployer.store().clone(), config.server.ledger_retention);
     let server = crate::http::server(listener, deployer.clone(), 2)?;

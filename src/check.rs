@@ -4,12 +4,14 @@
 use std::time::Duration;
 
 use crate::config::live::Loaded;
+use crate::config::RuntimeKind;
 use crate::config::{Config, NginxMode, ServiceConfig};
 use crate::display::short_digest;
 use crate::docker::Engine;
 use crate::domain::plan::Strategy;
 use crate::proxy::Nginx;
-use crate::runtime::{Containers, Runtime};
+use crate::runtime::swarm::swarm_state;
+use crate::runtime::Runtime;
 use crate::store::Store;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -59,6 +61,7 @@ pub async fn run(loaded: &Loaded) -> Vec<Finding> {
                 "docker",
                 engine.version().await.unwrap_or_else(|e| e.to_string()),
             ));
+            out.push(runtime_finding(config, &engine).await);
             Some(engine)
         }
         Err(e) => {
@@ -116,7 +119,7 @@ pub async fn run(loaded: &Loaded) -> Vec<Finding> {
                 "fix the nginx configuration it names, then run greenlight check again",
             ),
         });
-        let runtime = Runtime::Docker(Containers::new(engine.clone()));
+        let runtime = Runtime::new(&config.runtime, engine.clone());
         for svc in &config.services {
             out.push(live_replicas(&runtime, &checked, svc).await);
         }
@@ -280,6 +283,42 @@ fn find_program(program: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|dir| dir.join(program))
         .find(|p| executable(p))
+}
+
+/// Which engine `[runtime] kind` names, and whether this Docker engine can be
+/// it: a Swarm manager when kind = "swarm".
+async fn runtime_finding(config: &Config, engine: &Engine) -> Finding {
+    let kind = config.runtime.kind;
+    let what = "runtime";
+    let swarm = match swarm_state(engine).await {
+        Ok(s) => s,
+        Err(e) => {
+            return bad(
+                what,
+                format!("cannot read the engine's Swarm state: {e}"),
+                "check the Docker engine",
+            )
+        }
+    };
+    match kind {
+        RuntimeKind::Docker => ok(
+            what,
+            format!("docker: replicas are containers of this engine, which is {}", swarm.describe()),
+        ),
+        RuntimeKind::Swarm if swarm.manager => ok(
+            what,
+            format!("swarm: replicas are tasks of Swarm services; this engine is {}", swarm.describe()),
+        ),
+        RuntimeKind::Swarm => bad(
+            what,
+            format!(
+                "[runtime] kind = \"swarm\", but this engine is {}",
+                swarm.describe()
+            ),
+            "run `docker swarm init --advertise-addr <this host's address>` here (or `docker swarm join` \
+             as a manager), or point [docker] socket at a Swarm manager",
+        ),
+    }
 }
 
 /// What nginx routes the service to, and whether each of those replicas

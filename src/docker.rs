@@ -271,6 +271,12 @@ impl Engine {
         })
     }
 
+    /// The bollard client itself, for the Swarm runtime (services, tasks and
+    /// nodes: calls nothing else shares).
+    pub fn api(&self) -> &Docker {
+        &self.docker
+    }
+
     pub async fn version(&self) -> Result<String> {
         let v = self.docker.version().await?;
         Ok(format!(

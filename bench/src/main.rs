@@ -19,6 +19,7 @@ mod gl;
 mod ingest;
 mod many;
 mod replicas;
+mod swarm;
 
 const USAGE: &str = "\
 greenlight-bench [SUITE ...] [OPTIONS]
@@ -32,6 +33,9 @@ Prints Markdown tables. Suites (default: all six, in this order):
               docker-rollout's double-then-stop-old, N deploys each
   canary      one bad version (5% 500s) released as a greenlight canary, greenlight
               blue-green with a soak, and a per-request random split (nginx weight=)
+  swarm       a 3-replica service on a one-node Swarm the suite initialises (and
+              leaves): greenlight on Swarm vs docker service update start-first
+              and stop-first, N updates each (not in the default set)
 
 Options:
   --duration S         ingestion seconds per server and load tool (default 10)
@@ -89,7 +93,7 @@ fn parse_args() -> Result<Opts> {
                     other => bail!("--keepalive on|off|both, not {other:?}"),
                 }
             }
-            "ingest" | "footprint" | "deploy" | "many" | "replicas" | "canary" => {
+            "ingest" | "footprint" | "deploy" | "many" | "replicas" | "canary" | "swarm" => {
                 opts.suites.push(arg)
             }
             "-h" | "--help" => {
@@ -136,6 +140,7 @@ async fn main() -> Result<()> {
             "replicas" => replicas::run(&opts, &binary, &mut section).await,
             "canary" => canary::run(&opts, &binary, &mut section).await,
             "many" => many::run(&opts, &binary, &mut section).await,
+            "swarm" => swarm::run(&opts, &binary, &mut section).await,
             _ => unreachable!(),
         };
         if let Err(err) = result {

@@ -22,35 +22,40 @@ use crate::Opts;
 /// Replicas of the service.
 const REPLICAS: usize = 3;
 
-struct Run {
-    procedure: &'static str,
-    keepalive: bool,
-    report: ProbeReport,
+pub struct Run {
+    pub procedure: &'static str,
+    pub keepalive: bool,
+    pub report: ProbeReport,
     /// Per deploy: trigger to done, s.
-    took: Vec<f64>,
+    pub took: Vec<f64>,
     /// Per deploy: nginx reloads.
-    reloads: Vec<usize>,
+    pub reloads: Vec<usize>,
     /// nginx reloads, (start, end) in s since the probe started.
-    reload_windows: Vec<(f64, f64)>,
-    peak_containers: usize,
+    pub reload_windows: Vec<(f64, f64)>,
+    pub peak_containers: usize,
 }
 
-/// Counts the containers whose name starts with `prefix`, every 100 ms.
-struct Peak {
+/// Counts the containers whose name starts with `prefix` (but nginx's), every 100 ms.
+pub struct Peak {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<usize>,
 }
 
 impl Peak {
-    fn start(prefix: &str) -> Peak {
+    pub fn start(prefix: &str) -> Peak {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let filter = format!("name=^{prefix}");
         let thread = std::thread::spawn(move || {
             let mut most = 0;
             while !flag.load(Ordering::Relaxed) {
-                if let Ok(out) = docker(&["ps", "-q", "--filter", &filter]) {
-                    most = most.max(out.lines().filter(|l| !l.trim().is_empty()).count());
+                // An nginx container of the run is not one of its replicas.
+                if let Ok(out) = docker(&["ps", "--format", "{{.Names}}", "--filter", &filter]) {
+                    let replicas = out
+                        .lines()
+                        .filter(|l| !l.trim().is_empty() && !l.ends_with("-nginx"))
+                        .count();
+                    most = most.max(replicas);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -59,7 +64,7 @@ impl Peak {
         Peak { stop, thread }
     }
 
-    fn stop(self) -> usize {
+    pub fn stop(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap_or(0)
     }
@@ -77,39 +82,28 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
         Ok(())
     };
     eprintln!("replicas: building {} demo images ...", versions.len());
-    let mut runs = Vec::new();
-    let mut failures = Vec::new();
-    for &ka in &opts.keepalive {
-        let k = if ka { "k" } else { "n" };
-        for procedure in [
-            "greenlight blue-green",
-            "greenlight rolling",
-            "double, then stop old",
-        ] {
-            eprintln!(
-                "replicas: {procedure}, keep-alive {ka}, {} deploys ...",
-                opts.deploys
-            );
-            let service = format!("{prefix}{}{k}", procedure.len() % 7);
-            let result = match build() {
-                Err(e) => Err(e),
-                Ok(()) if procedure.starts_with("greenlight") => {
-                    let rolling = procedure.ends_with("rolling");
-                    greenlight(opts, binary, &service, &repo, &versions, ka, rolling).await
-                }
-                Ok(()) => double_then_stop(opts, &service, &repo, &versions, ka).await,
-            };
-            cleanup.sweep();
-            match result {
-                Ok(mut run) => {
-                    run.procedure = procedure;
-                    eprintln!("  {}", run.report.summary());
-                    runs.push(run);
-                }
-                Err(err) => failures.push(format!("{procedure} (keep-alive {ka}): {err:#}")),
+    let procedures = [
+        "greenlight blue-green",
+        "greenlight rolling",
+        "double, then stop old",
+    ];
+    let (runs, failures) = each_way(opts, "replicas", &prefix, &procedures, async |procedure, service, ka| {
+        let result = match build() {
+            Err(e) => Err(e),
+            Ok(()) if procedure.starts_with("greenlight") => {
+                let rollout = if procedure.ends_with("rolling") {
+                    "strategy = \"rolling\"\nmax_surge = 1\nmax_unavailable = 0\nmonitor = \"1s\"\n"
+                } else {
+                    ""
+                };
+                greenlight(opts, binary, &service, &repo, &versions, ka, rollout, "").await
             }
-        }
-    }
+            Ok(()) => double_then_stop(opts, &service, &repo, &versions, ka).await,
+        };
+        cleanup.sweep();
+        result
+    })
+    .await;
     for v in &versions {
         let _ = docker(&["rmi", &format!("{repo}:{v}")]);
     }
@@ -166,32 +160,65 @@ pub async fn run(opts: &Opts, binary: &std::path::Path, out: &mut String) -> Res
     Ok(())
 }
 
-fn mean(v: &[f64]) -> f64 {
+/// Runs each procedure once per keep-alive mode (`run_one` gets the
+/// procedure, a service name of its own and the mode): the runs, and what
+/// failed, each with its procedure.
+pub async fn each_way(
+    opts: &Opts,
+    suite: &str,
+    prefix: &str,
+    procedures: &[&'static str],
+    mut run_one: impl AsyncFnMut(&'static str, String, bool) -> Result<Run>,
+) -> (Vec<Run>, Vec<String>) {
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    for &ka in &opts.keepalive {
+        let k = if ka { "k" } else { "n" };
+        for &procedure in procedures {
+            eprintln!(
+                "{suite}: {procedure}, keep-alive {ka}, {} deploys ...",
+                opts.deploys
+            );
+            let service = format!("{prefix}{}{k}", procedure.len() % 7);
+            match run_one(procedure, service, ka).await {
+                Ok(mut run) => {
+                    run.procedure = procedure;
+                    eprintln!("  {}", run.report.summary());
+                    runs.push(run);
+                }
+                Err(err) => failures.push(format!("{procedure} (keep-alive {ka}): {err:#}")),
+            }
+        }
+    }
+    (runs, failures)
+}
+
+pub fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-async fn greenlight(
+/// greenlight deploys `versions` (local builds) of a 3-replica
+/// service behind a host nginx: `rollout` lines go into its
+/// `[service.rollout]`, `extra` (top-level tables) at the end of the config.
+#[allow(clippy::too_many_arguments)]
+pub async fn greenlight(
     opts: &Opts,
     binary: &std::path::Path,
     service: &str,
     repo: &str,
     versions: &[String],
     keepalive: bool,
-    rolling: bool,
+    rollout: &str,
+    extra: &str,
 ) -> Result<Run> {
     let nginx = Nginx::host(&format!("{service}-"), &[service])?;
-    let rollout = if rolling {
-        "strategy = \"rolling\"\nmax_surge = 1\nmax_unavailable = 0\nmonitor = \"1s\"\n"
-    } else {
-        ""
-    };
     let config = gl::local_service_config(
         &nginx,
         service,
         repo,
         &format!("replicas = {REPLICAS}\n"),
         rollout,
-    );
+    ) + extra;
     let glp = Greenlight::spawn(binary, free_port(), &config, None)?;
     let client = greenlight_testkit::http();
     let deploy = |tag: String| {

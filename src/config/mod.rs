@@ -50,6 +50,8 @@ pub struct Config {
     #[serde(default)]
     pub docker: DockerConfig,
     #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
     pub pull: PullConfig,
     pub nginx: NginxConfig,
     #[serde(default, rename = "registry")]
@@ -109,6 +111,68 @@ impl Default for DockerConfig {
             timeout: default_docker_timeout(),
         }
     }
+}
+
+/// Which engine runs the replicas: containers of this Docker engine, or the
+/// tasks of Docker Swarm services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Each replica a container of the engine at `[docker] socket`.
+    #[default]
+    Docker,
+    /// Each colour a Swarm service `<service>-<colour>`, each replica one of
+    /// its tasks; the engine at `[docker] socket` must be a Swarm manager.
+    Swarm,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Swarm => "swarm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `docker` (default) or `swarm`.
+    #[serde(default)]
+    pub kind: RuntimeKind,
+    /// Settings that apply when `kind = "swarm"`.
+    #[serde(default)]
+    pub swarm: SwarmConfig,
+}
+
+/// Swarm services as greenlight makes them. Tasks publish the service's port
+/// in host mode on a random port of their node, and nginx connects to
+/// `<node address>:<port>` (never the routing mesh, never an overlay address).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmConfig {
+    /// Placement constraints of every task, in Swarm's form (`node.role == worker`,
+    /// `node.labels.edge == true`).
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// Longest a deploy waits for a colour's tasks to run (and, where the image
+    /// has a HEALTHCHECK, to be healthy: Swarm runs a task only once it is).
+    #[serde(default = "default_swarm_start_timeout", deserialize_with = "duration")]
+    pub start_timeout: Duration,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        SwarmConfig {
+            constraints: Vec::new(),
+            start_timeout: default_swarm_start_timeout(),
+        }
+    }
+}
+
+fn default_swarm_start_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Talking to registries: a registry that is down or answers 5xx is retried with
@@ -1148,6 +1212,12 @@ impl Config {
             }
             _ => {}
         }
+        if self.runtime.swarm.start_timeout.is_zero() {
+            return Err(bad(
+                "runtime.swarm.start_timeout",
+                "must be longer than 0s".into(),
+            ));
+        }
         if self.pull.attempts == 0 {
             return Err(bad(
                 "pull.attempts",
@@ -1316,6 +1386,38 @@ impl Config {
                     "a canary is judged from nginx's access log: set [nginx] access_log (the site's log in the format of nginx/greenlight-log.conf)".into(),
                 ));
             }
+            if self.runtime.kind == RuntimeKind::Swarm {
+                for (option, set) in [
+                    ("shm_size", s.shm_size.is_some()),
+                    ("security_opt", !s.security_opt.is_empty()),
+                ] {
+                    if set {
+                        return Err(bad(
+                            &key(option),
+                            format!("Swarm services have no {option}: remove it, or use [runtime] kind = \"docker\""),
+                        ));
+                    }
+                }
+            }
+            if r.strategy == Strategy::Canary && self.runtime.kind == RuntimeKind::Swarm {
+                return Err(bad(
+                    &key("rollout.strategy"),
+                    "\"canary\" does not run on [runtime] kind = \"swarm\" yet: a canary starts its \
+                     replicas beside the routed ones, which on Swarm are one colour's tasks; use \
+                     \"blue-green\""
+                        .into(),
+                ));
+            }
+            if r.strategy == Strategy::Rolling && self.runtime.kind == RuntimeKind::Swarm {
+                return Err(bad(
+                    &key("rollout.strategy"),
+                    "\"rolling\" does not run on [runtime] kind = \"swarm\": Swarm, not greenlight, \
+                     chooses which task a scale-down stops, so greenlight cannot take one replica \
+                     out of nginx before it is signalled; use \"blue-green\" (each colour a Swarm \
+                     service)"
+                        .into(),
+                ));
+            }
             if r.strategy == Strategy::Rolling {
                 if r.max_surge == 0 && r.max_unavailable == 0 {
                     return Err(bad(
@@ -1452,6 +1554,34 @@ interval = "250ms"
             c.registry_for("GHCR.io").unwrap().username.as_deref(),
             Some("bot")
         );
+    }
+
+    #[test]
+    fn the_runtime_is_docker_unless_swarm_is_asked_for_and_swarm_refuses_rolling() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.runtime.kind, RuntimeKind::Docker);
+        let swarm = GOOD.replace(
+            "[[registry]]",
+            "[runtime]\nkind = \"swarm\"\n[runtime.swarm]\nconstraints = [\"node.role == worker\"]\nstart_timeout = \"90s\"\n\n[[registry]]",
+        );
+        let c = parse(&swarm).unwrap();
+        assert_eq!(c.runtime.kind, RuntimeKind::Swarm);
+        assert_eq!(c.runtime.swarm.constraints, ["node.role == worker"]);
+        assert_eq!(c.runtime.swarm.start_timeout, Duration::from_secs(90));
+        let e = parse(&format!(
+            "{swarm}[service.rollout]\nstrategy = \"rolling\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("service[0].rollout.strategy"), "{e}");
+        assert!(e.contains("blue-green"), "{e}");
+        let e = parse(&GOOD.replace("[[registry]]", "[runtime]\nkind = \"k8s\"\n[[registry]]"))
+            .unwrap_err();
+        assert!(
+            e.contains("runtime.kind") || e.contains("unknown variant"),
+            "{e}"
+        );
+        let e = parse(&swarm.replace("\"90s\"", "\"0s\"")).unwrap_err();
+        assert!(e.contains("runtime.swarm.start_timeout"), "{e}");
     }
 
     #[test]

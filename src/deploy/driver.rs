@@ -28,9 +28,13 @@ pub(crate) async fn run(inner: &Inner, id: i64) {
     }
     let span = tracing::info_span!("deploy", service = %deployment.service, deployment = id);
     let service = deployment.service.clone();
-    let finished = run_deployment(inner, deployment).instrument(span).await;
+    let claimed = if super::watch::is_resync(&deployment) {
+        run_resync(inner, deployment).instrument(span).await
+    } else {
+        run_deployment(inner, deployment).instrument(span).await
+    };
     inner.canaries.close(&service, id);
-    if finished {
+    if claimed {
         // Exactly one outcome message per deployment, whatever ended it.
         inner.notifier.finished(id);
     }
@@ -66,12 +70,8 @@ async fn run_deployment(inner: &Inner, deployment: Deployment) -> bool {
     let Some(service) = config.service(&deployment.service) else {
         return false;
     };
-    let current = match inner.nginx.current(&service.name) {
-        Ok(current) => current.unwrap_or_else(|| Routing::empty(&service.name)),
-        Err(why) => {
-            refuse(inner, service, &deployment, why);
-            return true;
-        }
+    let Some(current) = current_or_refuse(inner, service, &deployment) else {
+        return true;
     };
     let shape = shape(service, &current, deployment.strategy);
     let plan = strategy::plan(&service.name, &current, None, shape.clone());
@@ -218,6 +218,69 @@ async fn on_failure(run: &Run<'_>, end: State, failure: &Failure) {
     ]);
     let ok = run.run_hook("on_failure", argv, env).await.is_ok();
     run.record(store.end_step(id, ok));
+}
+
+/// Follows a change underneath (`watch.rs`): the routing follows the routed
+/// colour's running tasks, recorded like a deployment. Returns false when it
+/// was not claimed.
+async fn run_resync(inner: &Inner, deployment: Deployment) -> bool {
+    let id = deployment.id;
+    let config = inner.config.get();
+    let Some(service) = config.service(&deployment.service) else {
+        return false;
+    };
+    let Some(current) = current_or_refuse(inner, service, &deployment) else {
+        return true;
+    };
+    let shape = shape(service, &current, None);
+    let plan = strategy::Plan {
+        colour: current
+            .colour()
+            .unwrap_or(crate::domain::deployment::Colour::Blue),
+        steps: Vec::new(),
+    };
+    match inner.store.claim(id, shape.strategy, shape.replicas, &[]) {
+        Ok(true) => inner.notifier.started(id),
+        Ok(false) => return false,
+        Err(e) => {
+            warn!(error = %e, "cannot claim the resync");
+            return false;
+        }
+    }
+    let mut run = Run::new(inner, &config, service, deployment, current, shape, plan);
+    match run.resync().await {
+        Ok(()) => {
+            info!("nginx follows the tasks Swarm runs now");
+            run.record(inner.store.finish(id, State::Succeeded, None));
+        }
+        Err(Stop::Done(end)) => run.record(inner.store.finish(id, end, None)),
+        Err(Stop::Fail(mut failure)) => {
+            failure.step.get_or_insert_with(|| "resync".into());
+            if run.routing.backends == run.original.backends {
+                warn!(error = %failure.error, "resync failed; routing unchanged");
+                run.record(inner.store.finish(id, State::Failed, Some(&failure)));
+            } else {
+                unwind(&mut run, failure).await;
+            }
+        }
+    }
+    true
+}
+
+/// What nginx routes `service` to now; `None` when the rendered file cannot
+/// be read, and the deployment was refused for it.
+fn current_or_refuse(
+    inner: &Inner,
+    service: &ServiceConfig,
+    deployment: &Deployment,
+) -> Option<Routing> {
+    match inner.nginx.current(&service.name) {
+        Ok(current) => Some(current.unwrap_or_else(|| Routing::empty(&service.name))),
+        Err(why) => {
+            refuse(inner, service, deployment, why);
+            None
+        }
+    }
 }
 
 /// Fails a deployment before it starts: nothing was touched.

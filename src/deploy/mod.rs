@@ -11,6 +11,7 @@
 //! - [`soaks`]: the soaks an operator's rollback can end early.
 //! - [`canary`]: a canary step driven (split, bake, decide) and the running
 //!   canaries' status and operator commands.
+//! - `watch`: change underneath (Swarm moving tasks): nginx follows, recorded.
 
 pub mod canary;
 mod driver;
@@ -21,6 +22,7 @@ mod reconcile;
 pub mod soaks;
 mod steps;
 pub mod strategy;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -122,6 +124,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if format!("{:?}", old.nginx) != format!("{:?}", new.nginx) {
         out.push("[nginx]");
     }
+    // The engine's runtime is made once, at start.
+    if format!("{:?}", old.runtime) != format!("{:?}", new.runtime) {
+        out.push("[runtime]");
+    }
     out
 }
 
@@ -169,6 +175,7 @@ impl Deployer {
                 deployer.enqueue(&d.service, id);
             }
         }
+        watch::spawn(deployer.clone());
         deployer
     }
 
@@ -313,6 +320,14 @@ impl Deployer {
             return Err(SubmitError::BadRequest(
                 "a canary is judged from nginx's access log: set [nginx] access_log in the config first".into(),
             ));
+        }
+        if matches!(strategy, Some(Strategy::Canary | Strategy::Rolling))
+            && self.inner.config.get().runtime.kind == crate::config::RuntimeKind::Swarm
+        {
+            return Err(SubmitError::BadRequest(format!(
+                "{} does not run on [runtime] kind = \"swarm\": use blue-green",
+                strategy.map(Strategy::as_str).unwrap_or_default()
+            )));
         }
         match (&tag, &digest) {
             (None, None) => {

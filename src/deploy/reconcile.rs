@@ -112,10 +112,20 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
         Ok(left) => warn!(left, "old nginx workers still running after drain_timeout"),
         Err(e) => warn!(error = %e, "cannot watch nginx workers"),
     }
-    for (svc, c) in leftovers {
-        info!(service = %svc.name, replica = %c.name, "removing a leftover replica");
-        if let Err(e) = inner.runtime.stop(&c.id, svc.rollout.stop_grace).await {
-            warn!(replica = %c.name, error = %e, "cannot remove a leftover replica");
+    for svc in &config.services {
+        let mine: Vec<Replica> = leftovers
+            .iter()
+            .filter(|(s, _)| s.name == svc.name)
+            .map(|(_, c)| c.clone())
+            .collect();
+        for c in &mine {
+            info!(service = %svc.name, replica = %c.name, "removing a leftover replica");
+        }
+        let results = inner.runtime.stop_all(&mine, svc.rollout.stop_grace).await;
+        for (c, result) in mine.iter().zip(results) {
+            if let Err(e) = result {
+                warn!(replica = %c.name, error = %e, "cannot remove a leftover replica");
+            }
         }
     }
     requeue

@@ -15,6 +15,8 @@ use super::strategy::{self, Plan, Shape};
 use super::Inner;
 use crate::config::ServiceConfig;
 use crate::display::{self, short_digest};
+#[cfg(test)]
+use crate::domain::deployment::Colour;
 use crate::domain::deployment::{FailureKind, State};
 use crate::domain::plan::{Slot, Step, Strategy};
 use crate::domain::routing::{Backend, Role, Routing};
@@ -613,13 +615,17 @@ impl<'a> Run<'a> {
                 self.deployment.id,
                 &self.digest,
                 &image,
+                &self.image,
             )
             .map_err(|e| fail(FailureKind::Invalid, e))?;
             specs.push(spec);
         }
         let runtime = &self.inner.runtime;
         self.batch = specs.iter().map(|s| s.name.clone()).collect();
-        let results = join_all(specs.iter().map(|spec| runtime.start(spec))).await;
+        // Swarm's nodes pull for themselves: they need the credentials.
+        let repo = Repository::parse(&self.service.image);
+        let creds = registry::credentials(self.config.registry_for(&repo.host));
+        let results = runtime.start_all(&specs, creds).await;
         let mut first_error = None;
         let mut notes = Vec::new();
         for result in results {
@@ -763,6 +769,21 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Notes what nginx routes to after a reload.
+    fn note_routes(&self) {
+        self.note(&format!(
+            "nginx routes {} to {} (render {})",
+            self.service.name,
+            self.routing
+                .backends
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.routing.generation
+        ));
+    }
+
     async fn switch(&mut self, add: &[Slot], remove: &[String]) -> Result<(), Stop> {
         let mut backends: Vec<Backend> = self
             .routing
@@ -778,40 +799,17 @@ impl<'a> Run<'a> {
             backends.push(self.backend(&replica, self.plan.colour));
         }
         self.route(backends).await?;
-        self.note(&format!(
-            "nginx routes {} to {} (render {})",
-            self.service.name,
-            self.routing
-                .backends
-                .iter()
-                .map(|b| b.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.routing.generation
-        ));
+        self.note_routes();
         Ok(())
     }
 
     async fn verify(&mut self, slots: &[Slot]) -> Result<(), Stop> {
         let names: Vec<String> = slots.iter().map(|s| s.name(&self.service.name)).collect();
-        let prove: Vec<usize> = self
-            .routing
-            .backends
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| names.contains(&b.name))
-            .map(|(i, _)| i)
-            .collect();
-        let took = self
-            .inner
-            .nginx
-            .verify(&self.routing, &prove, &self.service.health.path)
-            .await
-            .map_err(|e| fail(FailureKind::Proxy, e.to_string()))?;
+        let (took, proved) = self.prove(|b| names.contains(&b.name)).await?;
         self.note(&format!(
             "proved through nginx in {}: {}",
             display::duration(took.as_millis() as i64),
-            if prove.is_empty() {
+            if proved == 0 {
                 "the render took".to_string()
             } else {
                 format!("{} answer", names.join(", "))
@@ -827,6 +825,30 @@ impl<'a> Run<'a> {
             self.went_live()?;
         }
         Ok(())
+    }
+
+    /// Proves through nginx that the current render took and that each
+    /// backend `chosen` picks answers; returns how long it took and how many
+    /// backends were proved.
+    async fn prove(
+        &self,
+        chosen: impl Fn(&Backend) -> bool,
+    ) -> Result<(std::time::Duration, usize), Stop> {
+        let prove: Vec<usize> = self
+            .routing
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| chosen(b))
+            .map(|(i, _)| i)
+            .collect();
+        let took = self
+            .inner
+            .nginx
+            .verify(&self.routing, &prove, &self.service.health.path)
+            .await
+            .map_err(|e| fail(FailureKind::Proxy, e.to_string()))?;
+        Ok((took, prove.len()))
     }
 
     /// Every replica runs the target: it is the live version.
@@ -1030,20 +1052,28 @@ impl<'a> Run<'a> {
             }
         }
         let grace = self.service.rollout.stop_grace;
-        let outcomes = join_all(doomed.iter().map(|r| async move {
-            // A stop that fails (the engine busy or timing out) is tried again
-            // before it is reported.
-            let mut last = None;
-            for _ in 0..STOP_TRIES {
-                match runtime.stop(&r.id, grace).await {
-                    Ok(()) => return (r.name.clone(), None),
-                    Err(e) => last = Some(e.to_string()),
+        // A stop that fails (the engine busy or timing out) is tried again
+        // before it is reported.
+        let mut pending: Vec<Replica> = doomed.into_iter().cloned().collect();
+        let mut outcomes: Vec<(String, Option<String>)> = Vec::new();
+        for attempt in 1..=STOP_TRIES {
+            let results = runtime.stop_all(&pending, grace).await;
+            let mut again = Vec::new();
+            for (r, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => outcomes.push((r.name.clone(), None)),
+                    Err(e) if attempt == STOP_TRIES => {
+                        warn!(replica = %r.name, error = %e, "stopping an old replica");
+                        outcomes.push((r.name.clone(), Some(e.to_string())));
+                    }
+                    Err(_) => again.push(r),
                 }
             }
-            warn!(replica = %r.name, error = ?last, "stopping an old replica");
-            (r.name.clone(), last)
-        }))
-        .await;
+            pending = again;
+            if pending.is_empty() {
+                break;
+            }
+        }
         let (stopped, failed): (Vec<_>, Vec<_>) =
             outcomes.into_iter().partition(|(_, e)| e.is_none());
         let stopped: Vec<String> = stopped.into_iter().map(|(name, _)| name).collect();
@@ -1151,6 +1181,132 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    // ---------------------------------------------------------------- change underneath
+
+    /// Makes nginx follow what the engine changed underneath (Swarm replaced a
+    /// task or moved it to another node): routed tasks that no longer run
+    /// leave the routing, and running tasks of the routed colour that it lacks
+    /// join it once each passes the health gate; one reload, each new backend
+    /// proved through nginx, the old workers drained. Every step is recorded.
+    pub async fn resync(&mut self) -> Result<(), Stop> {
+        let replicas = self
+            .inner
+            .runtime
+            .replicas(self.service)
+            .await
+            .map_err(runtime_failure)?;
+        let Some(drift) = drift(&self.routing, &replicas) else {
+            self.note("nginx already routes to every running task of the live colour");
+            return Err(Stop::Done(State::AlreadyLive));
+        };
+        if let Some(live) = &self.live {
+            self.digest = live.digest.clone();
+        }
+        self.note(&drift.describe());
+        let slots = |rs: &[Replica]| -> Vec<Slot> {
+            rs.iter()
+                .filter_map(|r| {
+                    Some(Slot {
+                        colour: r.colour?,
+                        index: r.slot?,
+                    })
+                })
+                .collect()
+        };
+        let mut joining = Vec::new();
+        let mut gate_error = None;
+        if !drift.new.is_empty() {
+            self.begin(&Step::HealthGate {
+                batch: 0,
+                slots: slots(&drift.new),
+            });
+            let this = &*self;
+            let outcomes = join_all(
+                drift
+                    .new
+                    .iter()
+                    .map(|r| async move { (r, this.health(r).wait().await) }),
+            )
+            .await;
+            for (r, outcome) in outcomes {
+                match outcome {
+                    Ok(probes) => {
+                        self.note(&format!("{} healthy after {probes} probes", r.name));
+                        joining.push(r.clone());
+                    }
+                    Err(g) => {
+                        self.note(&format!("{} stays out: {}", r.name, g.error));
+                        gate_error.get_or_insert(g);
+                    }
+                }
+            }
+        }
+        let mut backends: Vec<Backend> = self
+            .routing
+            .backends
+            .iter()
+            .filter(|b| !drift.gone.contains(&b.id))
+            .cloned()
+            .collect();
+        for r in &joining {
+            backends.push(Backend {
+                deployment: r.deployment.unwrap_or(self.deployment.id),
+                digest: r.digest.clone().unwrap_or_else(|| self.digest.clone()),
+                role: Role::Stable,
+                ..self.backend(r, r.colour.unwrap_or(self.plan.colour))
+            });
+        }
+        if backends.is_empty() {
+            return Err(fail(
+                FailureKind::Runtime,
+                "no task of the routed colour runs: nginx keeps routing as it did (a dead \
+                 endpoint is no worse than none)",
+            ));
+        }
+        if backends == self.routing.backends {
+            return Err(match gate_error {
+                Some(g) => gate_failure(g, FailureKind::Unhealthy),
+                None => Stop::Done(State::AlreadyLive),
+            });
+        }
+        let gone_names: Vec<String> = self
+            .routing
+            .backends
+            .iter()
+            .filter(|b| drift.gone.contains(&b.id))
+            .map(|b| b.name.clone())
+            .collect();
+        let added = slots(&joining);
+        self.begin(&Step::Switching {
+            batch: 0,
+            add: added.clone(),
+            remove: gone_names,
+        });
+        self.route(backends).await?;
+        self.note_routes();
+        if let Some(live) = &self.live {
+            self.record(self.inner.store.set_live(&Live {
+                routing: Some(self.routing.clone()),
+                ..live.clone()
+            }));
+        }
+        self.begin(&Step::Verifying {
+            batch: 0,
+            slots: added.clone(),
+        });
+        let (took, _) = self.prove(|b| joining.iter().any(|r| r.id == b.id)).await?;
+        self.note(&format!(
+            "proved through nginx in {}",
+            display::duration(took.as_millis() as i64)
+        ));
+        self.begin(&Step::Draining { batch: 0 });
+        self.drain().await?;
+        match gate_error {
+            Some(g) => Err(gate_failure(g, FailureKind::Unhealthy)),
+            None => Ok(()),
+        }
+    }
+
     // ---------------------------------------------------------------- the way back
 
     /// Adds the log tail of the replica that failed (or the last one started).
@@ -1196,8 +1352,9 @@ impl<'a> Run<'a> {
             }
             Err(e) => warn!(error = %e, "listing the service's replicas to remove new ones"),
         }
-        for r in doomed {
-            if let Err(e) = self.inner.runtime.remove(&r.id).await {
+        let results = self.inner.runtime.remove_all(&doomed).await;
+        for (r, result) in doomed.iter().zip(results) {
+            if let Err(e) = result {
                 warn!(replica = %r.name, error = %e, "removing a new replica");
             }
             self.started.remove(&r.name);
@@ -1277,16 +1434,29 @@ impl<'a> Run<'a> {
         });
         self.remove_unrouted().await;
         // ... and the canary replicas the resumed run started go too.
-        let resumed: Vec<Backend> = self
+        let resumed: Vec<&str> = self
             .original
             .backends
             .iter()
             .filter(|b| self.routing.backend(&b.name).is_none())
-            .cloned()
+            .map(|b| b.id.as_str())
             .collect();
-        for b in resumed {
-            if let Err(e) = self.inner.runtime.remove(&b.id).await {
-                warn!(replica = %b.name, error = %e, "removing a canary replica");
+        if !resumed.is_empty() {
+            let doomed: Vec<Replica> = match self.inner.runtime.replicas(self.service).await {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|r| resumed.contains(&r.id.as_str()))
+                    .collect(),
+                Err(e) => {
+                    warn!(error = %e, "listing the canary replicas to remove; the next start removes them");
+                    Vec::new()
+                }
+            };
+            let results = self.inner.runtime.remove_all(&doomed).await;
+            for (r, result) in doomed.iter().zip(results) {
+                if let Err(e) = result {
+                    warn!(replica = %r.name, error = %e, "removing a canary replica");
+                }
             }
         }
         Ok(())
@@ -1404,6 +1574,62 @@ impl<'a> Run<'a> {
 /// How often connections still open to old replicas are counted.
 const LONG_LIVED_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// What changed underneath the routing: routed replicas (by ID) that no
+/// longer run, and running replicas of the routed colour it lacks.
+#[derive(Debug, Clone)]
+pub(crate) struct Drift {
+    pub gone: Vec<String>,
+    pub new: Vec<Replica>,
+}
+
+impl Drift {
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.gone.is_empty() {
+            parts.push(format!(
+                "{} routed task(s) no longer run ({})",
+                self.gone.len(),
+                self.gone.join(", ")
+            ));
+        }
+        if !self.new.is_empty() {
+            parts.push(format!(
+                "{} running task(s) not routed ({})",
+                self.new.len(),
+                self.new
+                    .iter()
+                    .map(|r| format!("{} at {}", r.name, r.address.as_deref().unwrap_or("-")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        format!("changed underneath: {}", parts.join("; "))
+    }
+}
+
+/// How `replicas` (as the engine lists them now) differ from what `routing`
+/// sends traffic to, among the routed colour's; `None` when they agree or
+/// nothing is routed. Pure.
+pub(crate) fn drift(routing: &Routing, replicas: &[Replica]) -> Option<Drift> {
+    let colour = routing.colour()?;
+    let live: Vec<&Replica> = replicas
+        .iter()
+        .filter(|r| r.running && r.colour == Some(colour) && r.address.is_some())
+        .collect();
+    let gone: Vec<String> = routing
+        .backends
+        .iter()
+        .filter(|b| !live.iter().any(|r| r.id == b.id))
+        .map(|b| b.id.clone())
+        .collect();
+    let new: Vec<Replica> = live
+        .iter()
+        .filter(|r| !routing.backends.iter().any(|b| b.id == r.id))
+        .map(|r| (*r).clone())
+        .collect();
+    (!gone.is_empty() || !new.is_empty()).then_some(Drift { gone, new })
+}
+
 /// Tries of one stop before it is reported as failed.
 const STOP_TRIES: usize = 3;
 
@@ -1489,5 +1715,58 @@ async fn watch_errors(
             _ = tokio::time::sleep(interval.min(end - now)) => {}
             _ = stop.cancelled() => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, colour: Colour, slot: u32, running: bool) -> Replica {
+        Replica {
+            id: id.into(),
+            name: format!("web-{colour}-{slot}"),
+            colour: Some(colour),
+            slot: Some(slot),
+            deployment: Some(1),
+            digest: Some("sha256:a".into()),
+            image_id: "sha256:i".into(),
+            running,
+            state: if running { "running" } else { "shutdown" }.into(),
+            address: Some(format!("127.0.0.1:{}", 30000 + slot)),
+        }
+    }
+
+    #[test]
+    fn drift_is_the_routed_colour_s_dead_and_unrouted_tasks() {
+        let mut b1 = Backend::example("web-blue-1", 1, Colour::Blue, "sha256:a");
+        b1.id = "t1".into();
+        let mut b2 = Backend::example("web-blue-2", 2, Colour::Blue, "sha256:a");
+        b2.id = "t2".into();
+        let routing = Routing::empty("web").next(vec![b1, b2]);
+        // Everything as routed; the other colour's tasks never count.
+        let same = [
+            task("t1", Colour::Blue, 1, true),
+            task("t2", Colour::Blue, 2, true),
+            task("g1", Colour::Green, 1, true),
+        ];
+        assert!(drift(&routing, &same).is_none());
+        // Task 2 replaced by Swarm: the old one gone, the new one unrouted.
+        let replaced = [
+            task("t1", Colour::Blue, 1, true),
+            task("t2", Colour::Blue, 2, false),
+            task("t3", Colour::Blue, 2, true),
+        ];
+        let d = drift(&routing, &replaced).unwrap();
+        assert_eq!(d.gone, ["t2"]);
+        assert_eq!(d.new.len(), 1);
+        assert_eq!(d.new[0].id, "t3");
+        assert!(d.describe().contains("web-blue-2 at 127.0.0.1:30002"));
+        // Not yet replaced: only the dead one leaves.
+        let d = drift(&routing, &replaced[..2]).unwrap();
+        assert_eq!(d.gone, ["t2"]);
+        assert!(d.new.is_empty());
+        // Nothing routed: nothing to follow.
+        assert!(drift(&Routing::empty("web"), &same).is_none());
     }
 }

@@ -2,16 +2,19 @@
 //! a replica from a spec, say where it listens and how it is, show its log,
 //! stop it, list a service's replicas, prune a service's images.
 //!
-//! A closed enum, one variant per engine (today the Docker engine; a Swarm
-//! variant is the next), each honest about what it does. Engine specifics
-//! (container specs, conflict codes, pull errors as text, duplicate networks)
-//! stay inside the variant.
+//! A closed enum, one variant per engine (containers of the Docker engine, or
+//! the tasks of Swarm services), each honest about what it does. Engine
+//! specifics (container and service specs, conflict codes, pull errors as
+//! text, duplicate networks, task ports) stay inside the variant.
 
 pub mod docker;
 mod prune;
+pub mod swarm;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use futures_util::future::join_all;
 
 use crate::config::ServiceConfig;
 use crate::domain::deployment::Colour;
@@ -19,6 +22,7 @@ use crate::domain::plan::Slot;
 use crate::domain::replica::{ContainerOptions, RestartPolicy};
 
 pub use docker::Containers;
+pub use swarm::Services;
 
 /// How a runtime call failed, as the deployment must tell it apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +69,9 @@ pub struct ReplicaSpec {
     /// The image by ID: a tag or digest reference can be removed under us
     /// (someone untags the repository) between the pull and the start.
     pub image: String,
+    /// The image as every node can find it: `repo@digest`, or the image ID of
+    /// a local image (`pull = false`). Swarm services use this one.
+    pub reference: String,
     pub deployment: i64,
     pub digest: String,
     pub env: Vec<String>,
@@ -72,6 +79,10 @@ pub struct ReplicaSpec {
     pub volumes: Vec<String>,
     pub network: String,
     pub port: u16,
+    /// The service's restart policy once the replica has passed its gate.
+    pub restart: RestartPolicy,
+    /// SIGTERM to SIGKILL when the replica is stopped.
+    pub stop_grace: Duration,
     pub options: ContainerOptions,
 }
 
@@ -156,6 +167,7 @@ impl ReplicaSpec {
         deployment: i64,
         digest: &str,
         image: &str,
+        reference: &str,
     ) -> std::result::Result<ReplicaSpec, String> {
         let name = slot.name(&svc.name);
         let colour = slot.colour.to_string();
@@ -169,6 +181,7 @@ impl ReplicaSpec {
             slot,
             name,
             image: image.to_string(),
+            reference: reference.to_string(),
             deployment,
             digest: digest.to_string(),
             env,
@@ -177,6 +190,8 @@ impl ReplicaSpec {
             network: svc.network.clone(),
             port: svc.port,
             options: svc.container_options(),
+            restart: svc.restart,
+            stop_grace: svc.rollout.stop_grace,
         })
     }
 }
@@ -217,13 +232,26 @@ pub struct ReplicaStatus {
 pub enum Runtime {
     /// Containers of the local Docker engine.
     Docker(Containers),
+    /// Tasks of Swarm services, one service per colour.
+    Swarm(Services),
 }
 
 impl Runtime {
+    /// The engine `[runtime] kind` names, over a connected Docker engine.
+    pub fn new(config: &crate::config::RuntimeConfig, engine: crate::docker::Engine) -> Runtime {
+        match config.kind {
+            crate::config::RuntimeKind::Docker => Runtime::Docker(Containers::new(engine)),
+            crate::config::RuntimeKind::Swarm => {
+                Runtime::Swarm(Services::new(engine, config.swarm.clone()))
+            }
+        }
+    }
+
     /// What the engine is, for `check` and the log.
     pub async fn describe(&self) -> Result<String> {
         match self {
             Runtime::Docker(c) => c.describe().await,
+            Runtime::Swarm(s) => s.describe().await,
         }
     }
 
@@ -231,6 +259,7 @@ impl Runtime {
     pub async fn image(&self, reference: &str) -> Result<Option<ImageInfo>> {
         match self {
             Runtime::Docker(c) => c.image(reference).await,
+            Runtime::Swarm(s) => s.image(reference).await,
         }
     }
 
@@ -238,14 +267,22 @@ impl Runtime {
     pub async fn pull(&self, reference: &str, credentials: Option<Credentials>) -> Result<()> {
         match self {
             Runtime::Docker(c) => c.pull(reference, credentials).await,
+            Runtime::Swarm(s) => s.pull(reference, credentials).await,
         }
     }
 
-    /// Starts a replica from `spec` with no restarts (so a crash during its
-    /// gate shows its real exit code); returns it with its address.
-    pub async fn start(&self, spec: &ReplicaSpec) -> Result<Replica> {
+    /// Starts a replica from each spec (Docker: each with no restarts, so a
+    /// crash during its gate shows its real exit code; Swarm: the specs are
+    /// one colour's tasks, its service set to them at once); returns each
+    /// with its address, in the order of `specs`, or why it did not start.
+    pub async fn start_all(
+        &self,
+        specs: &[ReplicaSpec],
+        credentials: Option<Credentials>,
+    ) -> Vec<Result<Replica>> {
         match self {
-            Runtime::Docker(c) => c.start(spec).await,
+            Runtime::Docker(c) => join_all(specs.iter().map(|spec| c.start(spec))).await,
+            Runtime::Swarm(s) => s.start_all(specs, credentials).await,
         }
     }
 
@@ -254,6 +291,8 @@ impl Runtime {
     pub async fn run_task(&self, spec: &TaskSpec, timeout: Duration) -> Result<TaskOutcome> {
         match self {
             Runtime::Docker(c) => c.run_task(spec, timeout).await,
+            // A one-off is no Swarm task: it runs on this manager's engine.
+            Runtime::Swarm(s) => s.run_task(spec, timeout).await,
         }
     }
 
@@ -262,6 +301,8 @@ impl Runtime {
     pub async fn open_connections(&self, id: &str, port: u16) -> Option<usize> {
         match self {
             Runtime::Docker(c) => c.open_connections(id, port).await,
+            // Tasks may run on other nodes, out of this host's sight.
+            Runtime::Swarm(_) => None,
         }
     }
 
@@ -269,12 +310,14 @@ impl Runtime {
     pub async fn promote(&self, id: &str, restart: RestartPolicy) -> Result<()> {
         match self {
             Runtime::Docker(c) => c.promote(id, restart).await,
+            Runtime::Swarm(s) => s.promote(id, restart).await,
         }
     }
 
     pub async fn status(&self, id: &str) -> Result<Option<ReplicaStatus>> {
         match self {
             Runtime::Docker(c) => c.status(id).await,
+            Runtime::Swarm(s) => s.status(id).await,
         }
     }
 
@@ -282,21 +325,45 @@ impl Runtime {
     pub async fn log_tail(&self, id: &str, lines: usize) -> String {
         match self {
             Runtime::Docker(c) => c.log_tail(id, lines).await,
+            Runtime::Swarm(s) => s.log_tail(id, lines).await,
         }
     }
 
-    /// Stops a replica gracefully (SIGTERM, then SIGKILL after `grace`) and
-    /// removes it. One already gone is fine.
-    pub async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+    /// Stops replicas gracefully (SIGTERM, then SIGKILL after `grace`) and
+    /// removes them, all at once; one already gone is fine. Returns each
+    /// one's outcome, in order. Swarm stops a colour's tasks only together
+    /// (it, not greenlight, would choose which task a scale-down stops): a
+    /// task whose colour still has tasks not in `replicas` is left running
+    /// and reported.
+    pub async fn stop_all(&self, replicas: &[Replica], grace: Duration) -> Vec<Result<()>> {
         match self {
-            Runtime::Docker(c) => c.stop(id, grace).await,
+            Runtime::Docker(c) => join_all(replicas.iter().map(|r| c.stop(&r.id, grace))).await,
+            Runtime::Swarm(s) => s.stop_all(replicas, Some(grace)).await,
         }
     }
 
-    /// Removes a replica at once (it never served). One already gone is fine.
-    pub async fn remove(&self, id: &str) -> Result<()> {
+    /// Removes replicas at once (they never served), one after another; one
+    /// already gone is fine. Returns each one's outcome, in order.
+    pub async fn remove_all(&self, replicas: &[Replica]) -> Vec<Result<()>> {
         match self {
-            Runtime::Docker(c) => c.remove(id).await,
+            Runtime::Docker(c) => {
+                let mut out = Vec::new();
+                for r in replicas {
+                    out.push(c.remove(&r.id).await);
+                }
+                out
+            }
+            Runtime::Swarm(s) => s.stop_all(replicas, None).await,
+        }
+    }
+
+    /// Changes underneath that move a service's endpoints (Swarm replacing or
+    /// rescheduling a task): a stream that yields when one may have happened,
+    /// or `None` when the engine moves nothing by itself.
+    pub fn changes(&self) -> Option<futures_util::stream::BoxStream<'static, ()>> {
+        match self {
+            Runtime::Docker(_) => None,
+            Runtime::Swarm(s) => Some(s.changes()),
         }
     }
 
@@ -304,6 +371,7 @@ impl Runtime {
     pub async fn replicas(&self, svc: &ServiceConfig) -> Result<Vec<Replica>> {
         match self {
             Runtime::Docker(c) => c.replicas(svc).await,
+            Runtime::Swarm(s) => s.replicas(svc).await,
         }
     }
 
@@ -319,6 +387,7 @@ impl Runtime {
     ) -> Result<Vec<String>> {
         match self {
             Runtime::Docker(c) => c.prune(repository, keep, protected, deployed).await,
+            Runtime::Swarm(s) => s.prune(repository, keep, protected, deployed).await,
         }
     }
 }

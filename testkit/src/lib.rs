@@ -6,11 +6,13 @@
 //!   (host process or container), each isolated per test and cleaned up on drop.
 //! - `fault`: a TCP proxy that passes, refuses (503, reset) or stalls, in front of a real server.
 //! - `greenlight`: a real `greenlight serve` process from a given binary, stopped on drop.
+//! - `swarm`: the engine as a Swarm manager for a test, left as it was found.
 
 pub mod env;
 pub mod fault;
 pub mod greenlight;
 pub mod probe;
+pub mod swarm;
 
 use std::sync::Once;
 

@@ -1,0 +1,562 @@
+//! greenlight on Docker Swarm (`[runtime] kind = "swarm"`), on a Swarm each
+//! test initialises on the shared engine (advertised on 127.0.0.1) and leaves
+//! again, with a real registry, a host nginx and the load probe through it:
+//! each colour is a Swarm service whose tasks publish in host mode, nginx
+//! reaches them at 127.0.0.1:<task port>, and the old colour is scaled to 0
+//! only after nginx stopped routing to it.
+//!
+//! These tests run one at a time (nextest test group `swarm`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::load::{assert_flips_once, assert_zero_failures, probe, versions};
+use common::{NginxKind, Target, World};
+use greenlight_testkit::env::{build_demo_image, DemoImageOpts};
+use greenlight_testkit::swarm::{SecondNode, Swarm};
+use serde_json::Value;
+
+const NO_ENV: &[(&str, &str)] = &[];
+const SWARM_RUNTIME: &str = "\n[runtime]\nkind = \"swarm\"\n";
+
+/// A test's world on a Swarm. The Swarm goes first on drop (its services
+/// removed, the Swarm left if the test made it), then the world.
+struct OnSwarm {
+    swarm: Swarm,
+    w: World,
+    _images: Images,
+}
+
+/// Removes, on drop, the images of these repositories that nothing uses any
+/// more: what greenlight pulled (pruning is not done on Swarm) and local
+/// builds. Dropped after the world, whose cleanup removes the task containers.
+struct Images(Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let listing = greenlight_testkit::env::docker(&[
+            "images",
+            "--no-trunc",
+            "--format",
+            "{{.ID}} {{.Repository}}",
+        ])
+        .unwrap_or_default();
+        let mut ids: Vec<&str> = listing
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, repo)| self.0.iter().any(|r| r == repo))
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            // Not forced: an image something else uses stays.
+            let _ = greenlight_testkit::env::docker(&["rmi", id]);
+        }
+    }
+}
+
+impl OnSwarm {
+    fn new(tag: &str, versions: &[(&str, &[(&str, &str)])], replicas: u32) -> OnSwarm {
+        let swarm = Swarm::init(&common::prefix(tag)).unwrap();
+        let mut w = World::with_config(tag, NginxKind::Host, versions, SWARM_RUNTIME);
+        w.configure(&format!("replicas = {replicas}"), "");
+        let images = Images(vec![w.repo.clone()]);
+        OnSwarm {
+            swarm,
+            w,
+            _images: images,
+        }
+    }
+
+    fn colour(&self, colour: &str) -> String {
+        format!("{}-{colour}", self.w.service)
+    }
+
+    /// (running, wanted) tasks of a colour's Swarm service.
+    fn tasks(&self, colour: &str) -> Option<(u32, u32)> {
+        self.swarm.replicas(&self.colour(colour))
+    }
+
+    /// Deploys `tag` with greenlight paused at `step`, SIGKILLs it there and
+    /// starts it again: (the routed addresses and the green tasks at the
+    /// kill, the re-run deployment once done).
+    async fn killed_at(
+        &mut self,
+        tag: &str,
+        step: &str,
+    ) -> (Vec<String>, Option<(u32, u32)>, Value) {
+        self.w.gl.env = vec![("GREENLIGHT_TEST_PAUSE_AT".into(), step.into())];
+        self.w.gl.restart();
+        let id = self.w.gl.deploy(&self.w.service, Target::Tag(tag)).await;
+        wait_step(&self.w, id, step).await;
+        let routed = self.routed();
+        let green = self.tasks("green");
+        self.w.gl.kill();
+        self.w.gl.env.clear();
+        self.w.gl.start();
+        let d = self.w.gl.get(&format!("/api/deployments/{id}")).await;
+        assert_eq!(d["state"], "interrupted", "{d:#}");
+        let rerun = self.w.gl.rerun_of(&self.w.service, id).await;
+        (routed, green, self.w.gl.wait_done(rerun).await)
+    }
+
+    /// The addresses nginx routes the service to, from the rendered file.
+    fn routed(&self) -> Vec<String> {
+        routed(&self.w)
+    }
+}
+
+/// The addresses nginx routes `w`'s service to, from the rendered file.
+fn routed(w: &World) -> Vec<String> {
+    let file = w.upstream_file().unwrap_or_default();
+    let mut out: Vec<String> = file
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .map(|l| l.split([' ', ';']).next().unwrap().to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn recorded(d: &Value, name: &str) -> Vec<Value> {
+    d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step"] == name)
+        .cloned()
+        .collect()
+}
+
+fn names(w: &World, colour: &str, n: u32) -> String {
+    (1..=n)
+        .map(|k| format!("{}-{colour}-{k}", w.service))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Waits until deployment `id` is at `step`.
+async fn wait_step(w: &World, id: i64, step: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = w.gl.get(&format!("/api/deployments/{id}")).await;
+        if d["step"] == step {
+            return;
+        }
+        assert!(
+            d["finished_at"].is_null(),
+            "deployment {id} ended before {step}: {d:#}"
+        );
+        assert!(Instant::now() < deadline, "never reached {step}: {d:#}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// `greenlight check` with the config at `path`: (exit 0, its output).
+fn check(path: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(common::binary())
+        .args(["--config", path.to_str().unwrap(), "check"])
+        .env_remove("CLICOLOR_FORCE")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_is_refused_clearly_where_the_engine_is_no_swarm_manager() {
+    // This test group runs alone, so the engine is as the machine has it: not
+    // in a Swarm (the Swarm tests leave it so).
+    assert_eq!(greenlight_testkit::swarm::state().unwrap(), "inactive");
+    let w = World::new("swnone", NginxKind::Host, &[("v1", NO_ENV)]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("greenlight.toml");
+    let text = std::fs::read_to_string(&w.gl.config_path).unwrap() + SWARM_RUNTIME;
+    std::fs::write(&path, text).unwrap();
+    let (ok, out) = check(&path);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("[runtime] kind = \"swarm\", but this engine is not in a Swarm"),
+        "{out}"
+    );
+    assert!(out.contains("docker swarm init"), "{out}");
+    // The Docker runtime's check says which engine it found, and its Swarm state.
+    let (ok, out) = check(&w.gl.config_path);
+    assert!(ok, "{out}");
+    assert!(out.contains("docker: replicas are containers"), "{out}");
+    // serve refuses to start rather than fail at the first deploy.
+    let mut w = w;
+    w.gl.stop();
+    let serve = std::process::Command::new(common::binary())
+        .args(["--config", path.to_str().unwrap(), "serve"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&serve.stderr);
+    assert!(!serve.status.success(), "{err}");
+    assert!(err.contains("needs a Swarm manager"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_versions_and_a_rollback_with_zero_failed_requests() {
+    let s = OnSwarm::new("swbg", &[("v1", NO_ENV), ("v2", NO_ENV), ("v3", NO_ENV)], 3);
+    let w = &s.w;
+    // `greenlight check` names the engine and that it manages the Swarm.
+    let (ok, text) = check(&w.gl.config_path);
+    assert!(text.contains("swarm: replicas are tasks"), "{text}");
+    assert!(text.contains("a Swarm manager"), "{text}");
+    assert!(ok, "{text}");
+
+    let d1 = w.deploy_ok("v1").await;
+    assert_eq!(
+        recorded(&d1, "starting")[0]["replicas"],
+        names(w, "blue", 3)
+    );
+    assert_eq!(s.tasks("blue"), Some((3, 3)));
+    assert_eq!(
+        s.tasks("green"),
+        None,
+        "no green service before it is needed"
+    );
+    let v1_backends = s.routed();
+    assert_eq!(v1_backends.len(), 3, "{v1_backends:?}");
+    // Host-mode ports on the node's address: never the mesh, never an overlay.
+    assert!(
+        v1_backends.iter().all(|a| a.starts_with("127.0.0.1:")),
+        "{v1_backends:?}"
+    );
+    assert_eq!(w.replica_versions().await, ["v1", "v1", "v1"]);
+
+    // v1 -> v2 with client keep-alive.
+    let load = probe(w, true);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    let d2 = w.deploy_ok("v2").await;
+    let report = load.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_flips_once(&report, &["v1", "v2"]);
+    assert_eq!(
+        recorded(&d2, "starting")[0]["replicas"],
+        names(w, "green", 3)
+    );
+    assert_eq!(recorded(&d2, "switching").len(), 1, "one reload: {d2:#}");
+    assert_eq!(
+        recorded(&d2, "stopping_old")[0]["replicas"],
+        names(w, "blue", 3)
+    );
+    // The old colour is scaled to 0, not removed: a rollback is a scale-up.
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+    assert_eq!(s.tasks("green"), Some((3, 3)));
+    assert_eq!(w.replica_versions().await, ["v2", "v2", "v2"]);
+    assert!(s.routed().iter().all(|a| !v1_backends.contains(a)));
+
+    // v2 -> v3 without keep-alive: blue again, updated to v3.
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v2", Duration::from_secs(10)).await);
+    w.deploy_ok("v3").await;
+    let report = load.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_flips_once(&report, &["v2", "v3"]);
+    assert_eq!(s.tasks("blue"), Some((3, 3)));
+    assert_eq!(s.tasks("green"), Some((0, 0)));
+    assert_eq!(w.replica_versions().await, ["v3", "v3", "v3"]);
+
+    // Rollback: green scaled up to v2 again, gated, switched.
+    let load = probe(w, true);
+    assert!(load.wait_for_version("v3", Duration::from_secs(10)).await);
+    let (status, v) =
+        w.gl.api(
+            reqwest::Method::POST,
+            &format!("/api/services/{}/rollback", w.service),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let d = w.gl.wait_done(v["deployment"].as_i64().unwrap()).await;
+    assert_eq!(d["state"], "succeeded", "{d:#}\n{}", w.gl.log());
+    let report = load.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_flips_once(&report, &["v3", "v2"]);
+    assert_eq!(s.tasks("green"), Some((3, 3)));
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+    assert_eq!(w.replica_versions().await, ["v2", "v2", "v2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_version_never_gets_traffic_and_the_live_one_keeps_serving() {
+    let s = OnSwarm::new(
+        "swunh",
+        &[("v1", NO_ENV), ("v2", &[("DEMO_UNHEALTHY", "1")])],
+        3,
+    );
+    let w = &s.w;
+    w.deploy_ok("v1").await;
+    let before = s.routed();
+    let load = probe(w, true);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v2")).await;
+    let report = load.stop().await;
+    assert_eq!(d["state"], "failed", "{d:#}");
+    assert!(
+        d["error"].as_str().unwrap().contains("not healthy within"),
+        "{d:#}"
+    );
+    assert_eq!(d["failed_step"], "health_gate", "{d:#}");
+    assert_zero_failures(&report, 0);
+    assert_eq!(versions(&report), ["v1"], "{}", report.summary());
+    // nginx never routed to green; green went back to 0, blue never moved.
+    assert_eq!(s.routed(), before);
+    assert_eq!(s.tasks("green"), Some((0, 0)));
+    assert_eq!(s.tasks("blue"), Some((3, 3)));
+    assert_eq!(w.replica_versions().await, ["v1", "v1", "v1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greenlight_killed_mid_deploy_never_scales_down_the_routed_colour() {
+    let mut s = OnSwarm::new(
+        "swkill",
+        &[("v1", NO_ENV), ("v2", NO_ENV), ("v3", NO_ENV)],
+        2,
+    );
+    s.w.deploy_ok("v1").await;
+    let load = probe(&s.w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+
+    // Killed at the health gate: green runs, nginx routes to blue. On start
+    // green (unrouted) is scaled to 0 and the deployment runs again.
+    let (_, green_at_kill, r) = s.killed_at("v2", "health_gate").await;
+    assert_eq!(green_at_kill, Some((2, 2)));
+    assert_eq!(r["state"], "succeeded", "{r:#}\n{}", s.w.gl.log());
+    assert_eq!(s.tasks("green"), Some((2, 2)));
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+
+    // Killed while draining: nginx already routes to blue (v3); green (v2)
+    // still runs. On start the routed colour stays, the other goes to 0.
+    let (routed, _, r) = s.killed_at("v3", "draining").await;
+    assert_eq!(r["state"], "already_live", "{r:#}\n{}", s.w.gl.log());
+    assert_eq!(s.routed(), routed, "the routed tasks were never replaced");
+    assert_eq!(s.tasks("blue"), Some((2, 2)));
+    assert!(
+        s.swarm
+            .wait_replicas(&s.colour("green"), 0, Duration::from_secs(30)),
+        "{:?}",
+        s.tasks("green")
+    );
+    let report = load.stop().await;
+    // Reloads: the restarts' reconciles and the switches.
+    assert_zero_failures(&report, 6);
+    assert_flips_once(&report, &["v1", "v2", "v3"]);
+    assert_eq!(s.w.replica_versions().await, ["v3", "v3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_killed_by_hand_is_replaced_and_nginx_follows() {
+    let s = OnSwarm::new("swtask", &[("v1", NO_ENV)], 3);
+    let w = &s.w;
+    w.deploy_ok("v1").await;
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    wait_until(|| load.sent_so_far() > 200).await;
+
+    // Kill one routed task's container by hand (SIGKILL: its in-flight
+    // requests are lost with it; Swarm replaces the task).
+    let svc = w.gl.get(&format!("/api/services/{}", w.service)).await;
+    let victim = &svc["replicas"][0];
+    let (task, address) = (
+        victim["id"].as_str().unwrap().to_string(),
+        victim["address"].as_str().unwrap().to_string(),
+    );
+    let container = greenlight_testkit::env::docker(&[
+        "inspect",
+        "--format",
+        "{{.Status.ContainerStatus.ContainerID}}",
+        &task,
+    ])
+    .unwrap();
+    greenlight_testkit::env::docker(&["kill", container.trim()]).unwrap();
+    let sent_before_kill = load.sent_so_far();
+    let killed_at = Instant::now();
+
+    // nginx follows: the dead task leaves the routing, its replacement (a new
+    // task, a new port) joins it once healthy.
+    let mut followed = None;
+    let mut left = None;
+    while followed.is_none() {
+        let routed = s.routed();
+        if !routed.contains(&address) && left.is_none() {
+            left = Some(killed_at.elapsed());
+        }
+        if routed.len() == 3 && !routed.contains(&address) {
+            followed = Some(killed_at.elapsed());
+        } else {
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(60),
+                "nginx did not follow: {routed:?}\n{}",
+                w.gl.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!(
+        "the dead task left the routing {:?} after the kill; its replacement joined after {:?}",
+        left.unwrap(),
+        followed.unwrap()
+    );
+    let after = load.sent_so_far();
+    wait_until(|| load.sent_so_far() > after + 300).await;
+    let report = load.stop().await;
+    eprintln!("probe: {}", report.summary());
+    let failed: Vec<_> = report.samples.iter().filter(|s| !s.is_2xx()).collect();
+    // Only requests already sent when the task died may fail: those in
+    // flight on it. Everything sent after the kill is answered.
+    let late: Vec<_> = failed
+        .iter()
+        .filter(|s| s.index >= sent_before_kill)
+        .collect();
+    eprintln!(
+        "killed task's in-flight requests lost: {} of {} sent; failed after the kill: {}",
+        failed.len(),
+        report.sent,
+        late.len()
+    );
+    assert!(late.is_empty(), "{late:?}\n{}", report.summary());
+    assert!(failed.len() <= 20, "{}", report.summary());
+    assert_eq!(w.replica_versions().await, ["v1", "v1", "v1"]);
+    assert_eq!(s.tasks("blue"), Some((3, 3)));
+
+    // Recorded in history: resyncs, each with what changed.
+    let list =
+        w.gl.get(&format!("/api/deployments?service={}", w.service))
+            .await;
+    let resyncs: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["trigger_detail"]["command"] == "resync")
+        .collect();
+    assert!(!resyncs.is_empty(), "{list:#}");
+    assert!(
+        resyncs.iter().all(|d| d["state"] == "succeeded"),
+        "{resyncs:#?}"
+    );
+    assert!(
+        resyncs.iter().any(|d| d["trigger_detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&task)),
+        "{resyncs:#?}"
+    );
+}
+
+/// Waits (up to a minute) until `cond` holds.
+async fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two nodes: the test's engine is the manager, advertised on a veth
+/// address, and a second engine in its own network namespace joins as a
+/// worker. Tasks run on both; nginx on the host reaches each at its node's
+/// address.
+struct TwoNodes {
+    swarm: Swarm,
+    node: SecondNode,
+    w: World,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
+    let tag = "sw2n";
+    let prefix = common::prefix(tag);
+    let node = SecondNode::start(tag).unwrap();
+    let swarm = Swarm::init_on(&prefix, &node.host_addr).unwrap();
+    node.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while greenlight_testkit::env::docker(&["node", "ls", "--format", "{{.Status}}"])
+        .unwrap()
+        .lines()
+        .filter(|s| *s == "Ready")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the second node never got Ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let w = World::with_config(
+        tag,
+        NginxKind::Host,
+        &[("v1", NO_ENV), ("v2", NO_ENV)],
+        SWARM_RUNTIME,
+    );
+    let t = TwoNodes { swarm, node, w };
+    // The second node cannot reach the host's loopback registry: the images
+    // are local builds (pull = false, so services name them by ID), loaded
+    // into the second engine with the same ID.
+    for v in ["v1", "v2"] {
+        let local = format!("{prefix}-build:{v}");
+        let opts = DemoImageOpts {
+            healthcheck: false,
+            env: vec![("GL_TEST_WORLD".into(), prefix.clone())],
+        };
+        build_demo_image(&local, v, opts).unwrap();
+        t.node.load_image(&local).unwrap();
+    }
+    let repo = t.w.repo.clone();
+    t.w.gl.edit_config(|c| {
+        c.replace(
+            &format!("image = \"{repo}\"\n"),
+            &format!("image = \"{prefix}-build\"\npull = false\n"),
+        )
+    });
+    let mut t = t;
+    t.w.configure("replicas = 4", "");
+    let w = &t.w;
+    w.deploy_ok("v1").await;
+    let blue = format!("{}-blue", w.service);
+    assert_eq!(
+        t.swarm.nodes_of(&blue).len(),
+        2,
+        "{:?}",
+        t.swarm.nodes_of(&blue)
+    );
+    let on = |addrs: &[String], at: &str| addrs.iter().filter(|a| a.starts_with(at)).count();
+    let v1_routed = routed(w);
+    assert_eq!(v1_routed.len(), 4, "{v1_routed:?}");
+    for at in [&t.node.host_addr, &t.node.addr] {
+        assert!(on(&v1_routed, &format!("{at}:")) >= 1, "{v1_routed:?}");
+    }
+
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    w.deploy_ok("v2").await;
+    let report = load.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_flips_once(&report, &["v1", "v2"]);
+    let green = format!("{}-green", w.service);
+    assert_eq!(t.swarm.nodes_of(&green).len(), 2);
+    let v2_routed = routed(w);
+    assert!(
+        on(&v2_routed, &format!("{}:", t.node.addr)) >= 1,
+        "{v2_routed:?}"
+    );
+    eprintln!("v1 routed to {v1_routed:?}, v2 to {v2_routed:?}");
+    // Local builds: the API's digests are their image IDs; all four run.
+    assert_eq!(w.replica_versions().await.len(), 4);
+    assert_eq!(w.served().await, (200, "v2".to_string()));
+    // The Swarm and the second node go first, the world next (its cleanup
+    // removes the task containers), the local builds last.
+    let TwoNodes { swarm, node, w } = t;
+    let images = Images(vec![format!("{prefix}-build")]);
+    drop(swarm);
+    drop(node);
+    drop(w);
+    drop(images);
+}
