@@ -130,6 +130,35 @@ pub struct ImageSummary {
     pub created: i64,
 }
 
+/// A replaced HEALTHCHECK as the Engine API takes it (containers and Swarm
+/// services alike).
+pub fn health_config(h: &crate::domain::replica::Healthcheck) -> HealthConfig {
+    let nanos = |d: Option<Duration>| d.map(|d| d.as_nanos() as i64);
+    HealthConfig {
+        test: (!h.test.is_empty()).then(|| h.test.clone()),
+        interval: nanos(h.interval),
+        timeout: nanos(h.timeout),
+        retries: h.retries.map(i64::from),
+        start_period: nanos(h.start_period),
+        start_interval: None,
+    }
+}
+
+/// `(name, soft, hard)` ulimits as the Engine API takes them (containers and
+/// Swarm services alike); `None` for none.
+pub fn ulimits(limits: &[(String, i64, i64)]) -> Option<Vec<ResourcesUlimits>> {
+    (!limits.is_empty()).then(|| {
+        limits
+            .iter()
+            .map(|(name, soft, hard)| ResourcesUlimits {
+                name: Some(name.clone()),
+                soft: Some(*soft),
+                hard: Some(*hard),
+            })
+            .collect()
+    })
+}
+
 /// The engine's create-container body of a plan: every container option is
 /// mapped here and nowhere else.
 fn create_body(plan: &ContainerPlan) -> ContainerCreateBody {
@@ -139,7 +168,6 @@ fn create_body(plan: &ContainerPlan) -> ContainerCreateBody {
         labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
     let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-    let nanos = |d: Option<Duration>| d.map(|d| d.as_nanos() as i64);
     ContainerCreateBody {
         image: Some(plan.image.clone()),
         env: Some(plan.env.clone()),
@@ -147,14 +175,7 @@ fn create_body(plan: &ContainerPlan) -> ContainerCreateBody {
         labels: Some(labels),
         user: o.user.clone(),
         stop_signal: o.stop_signal.clone(),
-        healthcheck: o.healthcheck.as_ref().map(|h| HealthConfig {
-            test: (!h.test.is_empty()).then(|| h.test.clone()),
-            interval: nanos(h.interval),
-            timeout: nanos(h.timeout),
-            retries: h.retries.map(i64::from),
-            start_period: nanos(h.start_period),
-            start_interval: None,
-        }),
+        healthcheck: o.healthcheck.as_ref().map(health_config),
         host_config: Some(HostConfig {
             binds: some_vec(&plan.binds),
             network_mode: Some(plan.network.clone()),
@@ -177,16 +198,7 @@ fn create_body(plan: &ContainerPlan) -> ContainerCreateBody {
             extra_hosts: some_vec(&o.extra_hosts),
             init: o.init,
             shm_size: o.shm_size.map(|s| s as i64),
-            ulimits: (!o.ulimits.is_empty()).then(|| {
-                o.ulimits
-                    .iter()
-                    .map(|(name, soft, hard)| ResourcesUlimits {
-                        name: Some(name.clone()),
-                        soft: Some(*soft),
-                        hard: Some(*hard),
-                    })
-                    .collect()
-            }),
+            ulimits: ulimits(&o.ulimits),
             security_opt: some_vec(&o.security_opt),
             log_config: o
                 .logging

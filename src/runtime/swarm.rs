@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpec, HealthConfig, Limit, Mount, MountTmpfsOptions, MountType,
-    NetworkAttachmentConfig, ResourceObject, ResourcesUlimits, ServiceSpec, ServiceSpecMode,
-    ServiceSpecModeReplicated, ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
-    Task, TaskSpec, TaskSpecContainerSpec, TaskSpecLogDriver, TaskSpecPlacement, TaskSpecResources,
+    EndpointSpec, Limit, Mount, MountTmpfsOptions, MountType, NetworkAttachmentConfig,
+    ResourceObject, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum, Task, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecLogDriver, TaskSpecPlacement, TaskSpecResources,
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
@@ -142,7 +142,6 @@ pub fn service_spec(spec: &ReplicaSpec, replicas: u32, config: &SwarmConfig) -> 
         labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
     let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-    let nanos = |d: Option<Duration>| d.map(|d| d.as_nanos() as i64);
     let condition = match spec.restart {
         RestartPolicy::No => TaskSpecRestartPolicyConditionEnum::NONE,
         RestartPolicy::OnFailure => TaskSpecRestartPolicyConditionEnum::ON_FAILURE,
@@ -178,24 +177,8 @@ pub fn service_spec(spec: &ReplicaSpec, replicas: u32, config: &SwarmConfig) -> 
                         .map(|(host, address)| format!("{address} {host}"))
                         .collect()
                 }),
-                ulimits: (!o.ulimits.is_empty()).then(|| {
-                    o.ulimits
-                        .iter()
-                        .map(|(name, soft, hard)| ResourcesUlimits {
-                            name: Some(name.clone()),
-                            soft: Some(*soft),
-                            hard: Some(*hard),
-                        })
-                        .collect()
-                }),
-                health_check: o.healthcheck.as_ref().map(|h| HealthConfig {
-                    test: (!h.test.is_empty()).then(|| h.test.clone()),
-                    interval: nanos(h.interval),
-                    timeout: nanos(h.timeout),
-                    retries: h.retries.map(i64::from),
-                    start_period: nanos(h.start_period),
-                    start_interval: None,
-                }),
+                ulimits: crate::docker::ulimits(&o.ulimits),
+                health_check: o.healthcheck.as_ref().map(crate::docker::health_config),
                 ..Default::default()
             }),
             resources: (o.memory.is_some()
