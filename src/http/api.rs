@@ -42,15 +42,16 @@ pub fn scope() -> Scope {
 /// The running config's origin: its file, when it was loaded, the digest of
 /// its bytes then, and whether the file now differs.
 async fn config(_: Admin, state: web::Data<AppState>) -> HttpResponse {
+    // One snapshot for every field: a reload meanwhile must not pair one
+    // config's digest with another's verdict.
     let loaded = state.deployer.loaded();
-    let path = loaded.path.clone();
-    let differs = web::block(move || loaded.file_differs())
+    let compared = loaded.clone();
+    let differs = web::block(move || compared.file_differs())
         .await
         .ok()
         .flatten();
-    let loaded = state.deployer.loaded();
     HttpResponse::Ok().json(serde_json::json!({
-        "path": path,
+        "path": loaded.path,
         "loaded_at": loaded.loaded_at,
         "file_digest": loaded.file_digest,
         "file_differs": differs,
