@@ -59,9 +59,19 @@ impl Drop for Images {
 
 impl OnSwarm {
     fn new(tag: &str, versions: &[(&str, &[(&str, &str)])], replicas: u32) -> OnSwarm {
+        OnSwarm::with_rollout(tag, versions, replicas, "")
+    }
+
+    /// Like [`OnSwarm::new`], with `[service.rollout]` lines.
+    fn with_rollout(
+        tag: &str,
+        versions: &[(&str, &[(&str, &str)])],
+        replicas: u32,
+        rollout: &str,
+    ) -> OnSwarm {
         let swarm = Swarm::init(&common::prefix(tag)).unwrap();
         let mut w = World::with_config(tag, NginxKind::Host, versions, SWARM_RUNTIME);
-        w.configure(&format!("replicas = {replicas}"), "");
+        w.configure(&format!("replicas = {replicas}"), rollout);
         let images = Images(vec![w.repo.clone()]);
         OnSwarm {
             swarm,
@@ -559,4 +569,211 @@ async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
     drop(node);
     drop(w);
     drop(images);
+}
+
+/// The detail of every recorded step of `d`, one per line.
+fn details(d: &Value) -> String {
+    d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}: {}",
+                s["step"],
+                s["detail"].as_str().unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A rolling update on Swarm: tasks of the new colour join nginx one batch at
+/// a time (the colour's service scaled up, the tasks already routed left as
+/// they are), the old colour's tasks leave nginx batch by batch and stop
+/// together once the last has left (Swarm would choose which task a
+/// scale-down stops). A batch that fails its gate switches nginx back to the
+/// old tasks, all still running, in one reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_on_swarm_moves_traffic_batch_by_batch_and_a_bad_batch_switches_back() {
+    let s = OnSwarm::with_rollout(
+        "swroll",
+        &[
+            ("v1", NO_ENV),
+            ("v2", NO_ENV),
+            ("v3", &[("DEMO_UNHEALTHY_REPLICAS", "2")]),
+        ],
+        3,
+        "strategy = \"rolling\"\nmax_surge = 1\nmax_unavailable = 0\nmonitor = \"1s\"",
+    );
+    let w = &s.w;
+    // Nothing live: blue's tasks start one batch at a time too.
+    let d1 = w.deploy_ok("v1").await;
+    assert_eq!(recorded(&d1, "starting").len(), 3, "{}", details(&d1));
+    assert_eq!(s.tasks("blue"), Some((3, 3)));
+    let v1_routed = s.routed();
+    assert_eq!(v1_routed.len(), 3, "{v1_routed:?}");
+
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    let id = w.gl.deploy(&w.service, Target::Tag("v2")).await;
+    // Mid-update: green runs part of the tasks, blue still runs all three
+    // (one of them already out of nginx), nginx routes three.
+    wait_step_of_batch(w, id, "monitoring", 2).await;
+    assert_eq!(s.tasks("green"), Some((2, 2)));
+    assert_eq!(s.tasks("blue"), Some((3, 3)));
+    let mid = s.routed();
+    assert_eq!(mid.len(), 3, "{mid:?}");
+    assert_eq!(
+        mid.iter().filter(|a| v1_routed.contains(a)).count(),
+        1,
+        "{mid:?} vs {v1_routed:?}"
+    );
+    let d2 = w.gl.wait_done(id).await;
+    assert_eq!(d2["state"], "succeeded", "{d2:#}\n{}", w.gl.log());
+    let report = load.stop().await;
+    eprintln!("v1 -> v2 rolling: {}", report.summary());
+    assert_zero_failures(&report, 1);
+    let seen = versions(&report);
+    assert!(seen.contains(&"v1") && seen.contains(&"v2"), "{seen:?}");
+    // One reload per batch; each batch started one green task.
+    assert_eq!(recorded(&d2, "switching").len(), 3, "{}", details(&d2));
+    let started: Vec<String> = recorded(&d2, "starting")
+        .iter()
+        .map(|s| s["replicas"].as_str().unwrap().to_string())
+        .collect();
+    let green: Vec<String> = (1..=3)
+        .map(|k| format!("{}-green-{k}", w.service))
+        .collect();
+    assert_eq!(started, green);
+    let text = details(&d2);
+    assert!(
+        text.contains("left nginx and stops with the last"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "stopped {}",
+            names(w, "blue", 3).replace(',', ", ")
+        )),
+        "{text}"
+    );
+    assert_eq!(s.tasks("green"), Some((3, 3)));
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+    assert_eq!(w.replica_versions().await, ["v2", "v2", "v2"]);
+    let v2_routed = s.routed();
+
+    // v3: its second task never gets healthy. The first batch moved one task;
+    // the failing second batch switches nginx back to all three green tasks.
+    let load = probe(w, true);
+    assert!(load.wait_for_version("v2", Duration::from_secs(10)).await);
+    let d3 = w.gl.deploy_and_wait(&w.service, Target::Tag("v3")).await;
+    let report = load.stop().await;
+    eprintln!("v2 -> v3 rolling, batch 2 unhealthy: {}", report.summary());
+    assert_eq!(d3["state"], "rolled_back", "{d3:#}\n{}", w.gl.log());
+    assert_eq!(d3["failed_step"], "health_gate", "{d3:#}");
+    assert_zero_failures(&report, 1);
+    assert_eq!(s.routed(), v2_routed);
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+    assert_eq!(s.tasks("green"), Some((3, 3)));
+    assert_eq!(w.replica_versions().await, ["v2", "v2", "v2"]);
+}
+
+/// Waits until deployment `id` is at `step` of batch `batch`.
+async fn wait_step_of_batch(w: &World, id: i64, step: &str, batch: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = w.gl.get(&format!("/api/deployments/{id}")).await;
+        let last = d["steps"].as_array().and_then(|s| s.last()).cloned();
+        if d["step"] == step && last.is_some_and(|s| s["batch"].as_u64() == Some(batch)) {
+            return;
+        }
+        assert!(
+            d["finished_at"].is_null(),
+            "ended before {step} {batch}: {d:#}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "never reached {step} {batch}: {d:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A canary on Swarm: the new colour's tasks get a sticky share of users
+/// through nginx's split, then everyone; one that fails every request is
+/// aborted at once and its colour scaled back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_on_swarm_is_promoted_when_good_and_aborted_when_failing() {
+    let s = OnSwarm::with_rollout(
+        "swcan",
+        &[
+            ("v1", NO_ENV),
+            ("v2", NO_ENV),
+            ("v3", &[("DEMO_ERROR_PERCENT", "100")]),
+        ],
+        2,
+        "strategy = \"canary\"\n[service.canary]\nsteps = [10, 50]\nbake = \"4s\"\n\
+         interval = \"1s\"\nmin_requests = 20\nmax_extension = \"6s\"\nfailed_checks = 2\n",
+    );
+    let w = &s.w;
+    w.deploy_ok("v1").await;
+    w.nginx.use_canary_site().unwrap();
+    let users = || {
+        greenlight_testkit::probe::Probe::start(greenlight_testkit::probe::ProbeOpts {
+            base_url: w.nginx.url(),
+            rate: 100,
+            post_ratio: 0.3,
+            keepalive: false,
+            users: 200,
+            ..Default::default()
+        })
+    };
+    let load = users();
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    let d2 = w.deploy_ok("v2").await;
+    let report = load.stop().await;
+    eprintln!("canary v1 -> v2: {}", report.summary());
+    assert_zero_failures(&report, 1);
+    let stages: Vec<u64> = recorded(&d2, "canary")
+        .iter()
+        .map(|s| s["batch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(stages, [1, 2], "{}", details(&d2));
+    assert_eq!(s.tasks("green"), Some((2, 2)));
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+    assert_eq!(w.replica_versions().await, ["v2", "v2"]);
+    let v2_routed = s.routed();
+
+    // Every request to v3 fails: aborted at its first share, nginx back on
+    // green alone, blue scaled to 0 again.
+    let load = users();
+    assert!(load.wait_for_version("v2", Duration::from_secs(10)).await);
+    let d3 = w.gl.deploy_and_wait(&w.service, Target::Tag("v3")).await;
+    let report = load.stop().await;
+    let failed = report.samples.iter().filter(|s| !s.is_2xx()).count();
+    eprintln!(
+        "canary v2 -> v3 (every request 500): {failed} failed of {}; {}",
+        report.sent,
+        report.summary()
+    );
+    assert_eq!(d3["state"], "rolled_back", "{d3:#}\n{}", w.gl.log());
+    assert!(d3["error"].as_str().unwrap().contains("flagrant"), "{d3:#}");
+    let first = &recorded(&d3, "canary")[0];
+    let routed_s = (first["finished_at"].as_i64().unwrap() - first["started_at"].as_i64().unwrap())
+        as f64
+        / 1000.0;
+    // Only the canary's share of users met v3: 10% of 100 req/s while it
+    // was routed; nobody else saw an error.
+    let bound = 2.0 * 0.1 * 100.0 * routed_s + 10.0;
+    eprintln!("aborted after {routed_s:.1}s; bound {bound:.0}");
+    assert!(
+        failed > 0 && (failed as f64) <= bound,
+        "{failed} failed: {}",
+        report.summary()
+    );
+    assert_eq!(s.routed(), v2_routed);
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+    assert_eq!(s.tasks("green"), Some((2, 2)));
+    assert_eq!(w.replica_versions().await, ["v2", "v2"]);
 }

@@ -1399,25 +1399,6 @@ impl Config {
                     }
                 }
             }
-            if r.strategy == Strategy::Canary && self.runtime.kind == RuntimeKind::Swarm {
-                return Err(bad(
-                    &key("rollout.strategy"),
-                    "\"canary\" does not run on [runtime] kind = \"swarm\" yet: a canary starts its \
-                     replicas beside the routed ones, which on Swarm are one colour's tasks; use \
-                     \"blue-green\""
-                        .into(),
-                ));
-            }
-            if r.strategy == Strategy::Rolling && self.runtime.kind == RuntimeKind::Swarm {
-                return Err(bad(
-                    &key("rollout.strategy"),
-                    "\"rolling\" does not run on [runtime] kind = \"swarm\": Swarm, not greenlight, \
-                     chooses which task a scale-down stops, so greenlight cannot take one replica \
-                     out of nginx before it is signalled; use \"blue-green\" (each colour a Swarm \
-                     service)"
-                        .into(),
-                ));
-            }
             if r.strategy == Strategy::Rolling {
                 if r.max_surge == 0 && r.max_unavailable == 0 {
                     return Err(bad(
@@ -1557,7 +1538,7 @@ interval = "250ms"
     }
 
     #[test]
-    fn the_runtime_is_docker_unless_swarm_is_asked_for_and_swarm_refuses_rolling() {
+    fn the_runtime_is_docker_unless_swarm_is_asked_for_where_every_strategy_runs() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.runtime.kind, RuntimeKind::Docker);
         let swarm = GOOD.replace(
@@ -1568,12 +1549,17 @@ interval = "250ms"
         assert_eq!(c.runtime.kind, RuntimeKind::Swarm);
         assert_eq!(c.runtime.swarm.constraints, ["node.role == worker"]);
         assert_eq!(c.runtime.swarm.start_timeout, Duration::from_secs(90));
-        let e = parse(&format!(
-            "{swarm}[service.rollout]\nstrategy = \"rolling\"\n"
-        ))
-        .unwrap_err();
-        assert!(e.contains("service[0].rollout.strategy"), "{e}");
-        assert!(e.contains("blue-green"), "{e}");
+        let logged = swarm.replace(
+            "drain_timeout = \"45s\"\n",
+            "drain_timeout = \"45s\"\naccess_log = \"/var/log/nginx/access.log\"\n",
+        );
+        for strategy in ["rolling", "canary", "blue-green"] {
+            let c = parse(&format!(
+                "{logged}[service.rollout]\nstrategy = \"{strategy}\"\n"
+            ))
+            .unwrap();
+            assert_eq!(c.services[0].rollout.strategy.as_str(), strategy);
+        }
         let e = parse(&GOOD.replace("[[registry]]", "[runtime]\nkind = \"k8s\"\n[[registry]]"))
             .unwrap_err();
         assert!(

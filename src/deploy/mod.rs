@@ -321,14 +321,6 @@ impl Deployer {
                 "a canary is judged from nginx's access log: set [nginx] access_log in the config first".into(),
             ));
         }
-        if matches!(strategy, Some(Strategy::Canary | Strategy::Rolling))
-            && self.inner.config.get().runtime.kind == crate::config::RuntimeKind::Swarm
-        {
-            return Err(SubmitError::BadRequest(format!(
-                "{} does not run on [runtime] kind = \"swarm\": use blue-green",
-                strategy.map(Strategy::as_str).unwrap_or_default()
-            )));
-        }
         match (&tag, &digest) {
             (None, None) => {
                 return Err(SubmitError::BadRequest(

@@ -123,8 +123,12 @@ pub(crate) async fn run(inner: &Inner) -> Vec<i64> {
         }
         let results = inner.runtime.stop_all(&mine, svc.rollout.stop_grace).await;
         for (c, result) in mine.iter().zip(results) {
-            if let Err(e) = result {
-                warn!(replica = %c.name, error = %e, "cannot remove a leftover replica");
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind == crate::runtime::ErrorKind::Deferred => {
+                    info!(replica = %c.name, reason = %e, "a leftover replica, unrouted, stops with the rest of its colour");
+                }
+                Err(e) => warn!(replica = %c.name, error = %e, "cannot remove a leftover replica"),
             }
         }
     }

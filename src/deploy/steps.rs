@@ -1056,12 +1056,19 @@ impl<'a> Run<'a> {
         // before it is reported.
         let mut pending: Vec<Replica> = doomed.into_iter().cloned().collect();
         let mut outcomes: Vec<(String, Option<String>)> = Vec::new();
+        let mut deferred: Vec<String> = Vec::new();
         for attempt in 1..=STOP_TRIES {
             let results = runtime.stop_all(&pending, grace).await;
             let mut again = Vec::new();
             for (r, result) in pending.into_iter().zip(results) {
                 match result {
                     Ok(()) => outcomes.push((r.name.clone(), None)),
+                    Err(e) if e.kind == ErrorKind::Deferred => {
+                        if deferred.is_empty() {
+                            self.note(&format!("{e}"));
+                        }
+                        deferred.push(r.name.clone());
+                    }
                     Err(e) if attempt == STOP_TRIES => {
                         warn!(replica = %r.name, error = %e, "stopping an old replica");
                         outcomes.push((r.name.clone(), Some(e.to_string())));
@@ -1080,6 +1087,15 @@ impl<'a> Run<'a> {
         self.retired.retain(|b| !stopped.contains(&b.name));
         if !stopped.is_empty() {
             self.note(&format!("stopped {}", stopped.join(", ")));
+        }
+        // Out of nginx and drained: they serve nothing until they stop.
+        if !deferred.is_empty() {
+            self.note(&format!(
+                "{} left nginx and stop{} with the last of {} colour's tasks",
+                deferred.join(", "),
+                if deferred.len() == 1 { "s" } else { "" },
+                if deferred.len() == 1 { "its" } else { "their" }
+            ));
         }
         // Unrouted, so they serve nothing; recorded, not hidden. The next
         // start removes what is left of them.

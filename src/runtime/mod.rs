@@ -36,6 +36,9 @@ pub enum ErrorKind {
     Conflict,
     /// The engine did not answer within `[docker] timeout`.
     Timeout,
+    /// Not done now, by design: Swarm stops a colour's tasks only together,
+    /// so an unrouted task stops with the last of its colour.
+    Deferred,
     Other,
 }
 
@@ -333,8 +336,8 @@ impl Runtime {
     /// removes them, all at once; one already gone is fine. Returns each
     /// one's outcome, in order. Swarm stops a colour's tasks only together
     /// (it, not greenlight, would choose which task a scale-down stops): a
-    /// task whose colour still has tasks not in `replicas` is left running
-    /// and reported.
+    /// task whose colour still has tasks not in `replicas` is left running,
+    /// [`ErrorKind::Deferred`].
     pub async fn stop_all(&self, replicas: &[Replica], grace: Duration) -> Vec<Result<()>> {
         match self {
             Runtime::Docker(c) => join_all(replicas.iter().map(|r| c.stop(&r.id, grace))).await,

@@ -391,8 +391,12 @@ impl Services {
         self.containers.pull(reference, credentials).await
     }
 
-    /// Sets the colour's service to the specs (one colour of one service,
-    /// slots 1..=N) and waits until its N tasks run.
+    /// Starts one colour's tasks. Slots 1..=N: the colour's service is set
+    /// to the specs, N tasks (blue-green, a canary, a rolling update's first
+    /// batch). Other slots (a rolling update's later batches): the colour
+    /// already runs this digest, and its service is only scaled up to the
+    /// highest slot asked for, so the tasks it runs, routed ones among them,
+    /// are left as they are. Waits until the tasks run.
     pub async fn start_all(
         &self,
         specs: &[ReplicaSpec],
@@ -403,17 +407,20 @@ impl Services {
         };
         let n = specs.len() as u32;
         let slots: HashSet<u32> = specs.iter().map(|s| s.slot.index).collect();
+        let top = slots.iter().copied().max().unwrap_or(0);
         let one_colour = specs
             .iter()
             .all(|s| s.service == first.service && s.slot.colour == first.slot.colour);
-        if !one_colour || slots != (1..=n).collect::<HashSet<u32>>() {
-            let e = other(
-                "on Swarm a deployment starts one colour's tasks 1..N at once (blue-green); \
-                 this plan asks for other slots",
-            );
-            return specs.iter().map(|_| Err(e.clone())).collect();
-        }
-        match self.start_colour(first, n, credentials).await {
+        let started = if !one_colour || slots.len() != specs.len() || slots.contains(&0) {
+            Err(other(
+                "on Swarm a deployment starts tasks of one colour at a time, each slot once",
+            ))
+        } else if slots == (1..=n).collect::<HashSet<u32>>() {
+            self.start_colour(first, n, credentials).await
+        } else {
+            self.scale_up(first, top).await
+        };
+        match started {
             Ok(replicas) => specs
                 .iter()
                 .map(|spec| {
@@ -426,6 +433,76 @@ impl Services {
                 .collect(),
             Err(e) => specs.iter().map(|_| Err(e.clone())).collect(),
         }
+    }
+
+    /// Scales the colour of `spec` up to `top` tasks, keeping its service's
+    /// spec, which must be of `spec`'s digest (a deployment re-run after a
+    /// crash continues what the interrupted one started); waits until tasks
+    /// 1..=top run.
+    async fn scale_up(&self, spec: &ReplicaSpec, top: u32) -> Result<Vec<Replica>> {
+        let api = self.engine.api();
+        let name = colour_service(&spec.service, spec.slot.colour);
+        let current = match api.inspect_service(&name, None).await {
+            Ok(s) => s,
+            Err(e) if not_found(&e) => {
+                return Err(other(format!(
+                    "{name} does not exist: a rolling update on Swarm starts with slot 1"
+                )))
+            }
+            Err(e) => return Err(api_error(e)),
+        };
+        let mut wanted = current.spec.clone().unwrap_or_default();
+        let label = |key: &str| wanted.labels.as_ref().and_then(|l| l.get(key)).cloned();
+        if label(LABEL_SERVICE).as_deref() != Some(spec.service.as_str()) {
+            return Err(RuntimeError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "a Swarm service named {name} exists and was not made by greenlight: \
+                     rename or remove it"
+                ),
+            ));
+        }
+        if label(LABEL_DIGEST).as_deref() != Some(spec.digest.as_str()) {
+            return Err(other(format!(
+                "{name} runs {}, not {}: Swarm would replace all of its tasks, routed ones \
+                 among them, to change it; a rolling update adds tasks to a colour only \
+                 while it runs the target digest (deploy blue-green to move on)",
+                label(LABEL_DIGEST).unwrap_or_else(|| "another image".into()),
+                spec.digest
+            )));
+        }
+        let deployment = label(LABEL_DEPLOYMENT).unwrap_or_default();
+        // Tasks that ended before (one killed and replaced) are history, not
+        // this start's failure.
+        let before: HashSet<String> = self
+            .tasks(&name, false)
+            .await?
+            .into_iter()
+            .filter_map(|t| t.id)
+            .collect();
+        let replicas = wanted
+            .mode
+            .as_ref()
+            .and_then(|m| m.replicated.as_ref())
+            .and_then(|r| r.replicas)
+            .unwrap_or(0);
+        if (replicas as u32) < top {
+            wanted.mode = Some(ServiceSpecMode {
+                replicated: Some(ServiceSpecModeReplicated {
+                    replicas: Some(top as i64),
+                }),
+                ..Default::default()
+            });
+            let opts = UpdateServiceOptions {
+                version: current.version.and_then(|v| v.index).unwrap_or(0) as i32,
+                ..Default::default()
+            };
+            api.update_service(&name, wanted, opts, None)
+                .await
+                .map_err(|e| other(format!("scaling {name} to {top}: {}", api_error(e))))?;
+        }
+        self.wait_running(&name, &deployment, &before, spec, top)
+            .await
     }
 
     async fn start_colour(
@@ -471,24 +548,38 @@ impl Services {
             }
             Err(e) => return Err(api_error(e)),
         }
-        self.wait_running(&name, spec, n).await
+        self.wait_running(
+            &name,
+            &spec.deployment.to_string(),
+            &HashSet::new(),
+            spec,
+            n,
+        )
+        .await
     }
 
-    /// Waits until tasks 1..=n of this deployment run; a task of it that
-    /// fails or is rejected ends the wait at once, with Swarm's reason.
-    async fn wait_running(&self, name: &str, spec: &ReplicaSpec, n: u32) -> Result<Vec<Replica>> {
-        let deployment = spec.deployment.to_string();
+    /// Waits until tasks 1..=n of the service's spec (of `deployment`) run;
+    /// a task of it that fails or is rejected (other than those in `before`)
+    /// ends the wait at once, with Swarm's reason.
+    async fn wait_running(
+        &self,
+        name: &str,
+        deployment: &str,
+        before: &HashSet<String>,
+        spec: &ReplicaSpec,
+        n: u32,
+    ) -> Result<Vec<Replica>> {
         let deadline = Instant::now() + self.config.start_timeout;
         loop {
             let tasks = self.tasks(name, false).await?;
             let ours: Vec<&Task> = tasks
                 .iter()
-                .filter(|t| task_label(t, LABEL_DEPLOYMENT) == Some(deployment.as_str()))
+                .filter(|t| task_label(t, LABEL_DEPLOYMENT) == Some(deployment))
                 .collect();
-            if let Some(t) = ours
-                .iter()
-                .find(|t| matches!(task_state(t), Some(TaskState::FAILED | TaskState::REJECTED)))
-            {
+            if let Some(t) = ours.iter().find(|t| {
+                matches!(task_state(t), Some(TaskState::FAILED | TaskState::REJECTED))
+                    && !before.contains(t.id.as_deref().unwrap_or_default())
+            }) {
                 let exit = t
                     .status
                     .as_ref()
@@ -762,11 +853,14 @@ impl Services {
         let mut spec = current.spec.clone().unwrap_or_default();
         let name = spec.name.clone().unwrap_or_else(|| service.to_string());
         if !others.is_empty() {
-            return Err(other(format!(
-                "Swarm stops tasks of {name} only all together (it would choose which one a \
-                 scale-down stops), and it also runs {}: left running, unrouted",
-                others.join(", ")
-            )));
+            return Err(RuntimeError::new(
+                ErrorKind::Deferred,
+                format!(
+                    "Swarm stops the tasks of {name} only all together (it would choose which \
+                     one a scale-down stops), and {} more of them run",
+                    others.len()
+                ),
+            ));
         }
         let replicated = spec
             .mode
