@@ -89,7 +89,8 @@ impl OnSwarm {
         self.swarm.replicas(&self.colour(colour))
     }
 
-    /// Deploys `tag` with greenlight paused at `step`, SIGKILLs it there and
+    /// Deploys `tag` with greenlight paused at `step` (`name` or
+    /// `name:batch`), SIGKILLs it there and
     /// starts it again: (the routed addresses and the green tasks at the
     /// kill, the re-run deployment once done).
     async fn killed_at(
@@ -100,7 +101,12 @@ impl OnSwarm {
         self.w.gl.env = vec![("GREENLIGHT_TEST_PAUSE_AT".into(), step.into())];
         self.w.gl.restart();
         let id = self.w.gl.deploy(&self.w.service, Target::Tag(tag)).await;
-        wait_step(&self.w, id, step).await;
+        match step.split_once(':') {
+            Some((name, batch)) => {
+                wait_step_of_batch(&self.w, id, name, batch.parse().unwrap()).await
+            }
+            None => wait_step(&self.w, id, step).await,
+        }
         let routed = self.routed();
         let green = self.tasks("green");
         self.w.gl.kill();
@@ -776,4 +782,43 @@ async fn a_canary_on_swarm_is_promoted_when_good_and_aborted_when_failing() {
     assert_eq!(s.tasks("blue"), Some((0, 0)));
     assert_eq!(s.tasks("green"), Some((2, 2)));
     assert_eq!(w.replica_versions().await, ["v2", "v2"]);
+}
+
+/// greenlight SIGKILLed in the middle of a rolling update on Swarm, while it
+/// drains the second batch: nginx routes to two green tasks and one blue, and
+/// blue runs all three. On start the unrouted blue tasks are left to stop with
+/// their colour (a scale-down would let Swarm pick the routed one), the re-run
+/// adds the third green task to the colour and then scales blue to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_killed_mid_batch_resumes_and_never_stops_a_routed_task() {
+    let mut s = OnSwarm::with_rollout(
+        "swrkill",
+        &[("v1", NO_ENV), ("v2", NO_ENV)],
+        3,
+        "strategy = \"rolling\"\nmax_surge = 1\nmax_unavailable = 0\nmonitor = \"1s\"",
+    );
+    s.w.deploy_ok("v1").await;
+    let load = probe(&s.w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    let (routed, green_at_kill, r) = s.killed_at("v2", "draining:2").await;
+    eprintln!("at the kill: routed {routed:?}, green {green_at_kill:?}");
+    assert_eq!(routed.len(), 3, "{routed:?}");
+    assert_eq!(green_at_kill, Some((2, 2)));
+    assert_eq!(r["state"], "succeeded", "{r:#}\n{}", s.w.gl.log());
+    // The re-run replaced only what was left: one batch, one green task.
+    let started = recorded(&r, "starting");
+    assert_eq!(started.len(), 1, "{}", details(&r));
+    assert_eq!(
+        started[0]["replicas"],
+        format!("{}-green-3", s.w.service),
+        "{}",
+        details(&r)
+    );
+    let report = load.stop().await;
+    eprintln!("rolling killed mid-batch: {}", report.summary());
+    // Reloads: the batches, the restart's reconcile and the re-run's batch.
+    assert_zero_failures(&report, 5);
+    assert_eq!(s.tasks("green"), Some((3, 3)));
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+    assert_eq!(s.w.replica_versions().await, ["v2", "v2", "v2"]);
 }
