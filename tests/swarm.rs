@@ -29,7 +29,7 @@ struct OnSwarm {
 }
 
 /// Removes, on drop, the images of these repositories that nothing uses any
-/// more: what greenlight pulled (pruning is not done on Swarm) and local
+/// more: what greenlight pulled (pruning keeps `keep_images` of them) and local
 /// builds. Dropped after the world, whose cleanup removes the task containers.
 struct Images(Vec<String>);
 
@@ -271,10 +271,24 @@ async fn three_versions_and_a_rollback_with_zero_failed_requests() {
     // v2 -> v3 without keep-alive: blue again, updated to v3.
     let load = probe(w, false);
     assert!(load.wait_for_version("v2", Duration::from_secs(10)).await);
-    w.deploy_ok("v3").await;
+    let d3 = w.deploy_ok("v3").await;
     let report = load.stop().await;
     assert_zero_failures(&report, 1);
     assert_flips_once(&report, &["v2", "v3"]);
+    // Pruning on the manager: v1 goes (keep_images = 2), v2 (the rollback's)
+    // and v3 stay.
+    let pruned = recorded(&d3, "pruning")[0]["detail"].clone();
+    eprintln!("pruning after v3: {pruned}");
+    assert!(pruned.as_str().unwrap().starts_with("removed "), "{pruned}");
+    let here = |v: &str| {
+        greenlight_testkit::env::docker(&[
+            "image",
+            "inspect",
+            &format!("{}@{}", w.repo, w.digests[v]),
+        ])
+        .is_ok()
+    };
+    assert!(!here("v1") && here("v2") && here("v3"), "{pruned}");
     assert_eq!(s.tasks("blue"), Some((3, 3)));
     assert_eq!(s.tasks("green"), Some((0, 0)));
     assert_eq!(w.replica_versions().await, ["v3", "v3", "v3"]);

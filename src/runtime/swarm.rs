@@ -973,19 +973,20 @@ impl Services {
             .boxed()
     }
 
-    /// Each node keeps its own images, and a task Swarm restarts needs its
-    /// image on its node: greenlight removes none.
+    /// Prunes this manager's images as on one host (the engine refuses to
+    /// remove an image a container uses; the live and rollback images are
+    /// protected). Each other node keeps its own images: greenlight cannot
+    /// reach their engines, so they are pruned per node.
     pub async fn prune(
         &self,
-        _repository: &Repository,
-        _keep: usize,
-        _protected: &HashSet<String>,
-        _deployed: &HashSet<String>,
+        repository: &Repository,
+        keep: usize,
+        protected: &HashSet<String>,
+        deployed: &HashSet<String>,
     ) -> Result<Vec<String>> {
-        Err(other(
-            "not on Swarm: each node keeps the images its tasks may need again; \
-             remove old ones per node (docker image prune)",
-        ))
+        self.containers
+            .prune(repository, keep, protected, deployed)
+            .await
     }
 }
 
