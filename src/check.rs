@@ -62,6 +62,7 @@ pub async fn run(loaded: &Loaded) -> Vec<Finding> {
                 engine.version().await.unwrap_or_else(|e| e.to_string()),
             ));
             out.push(runtime_finding(config, &engine).await);
+            out.extend(secrets_finding(config, &engine).await);
             Some(engine)
         }
         Err(e) => {
@@ -305,10 +306,30 @@ async fn runtime_finding(config: &Config, engine: &Engine) -> Finding {
             what,
             format!("docker: replicas are containers of this engine, which is {}", swarm.describe()),
         ),
-        RuntimeKind::Swarm if swarm.manager => ok(
-            what,
-            format!("swarm: replicas are tasks of Swarm services; this engine is {}", swarm.describe()),
-        ),
+        RuntimeKind::Swarm if swarm.manager => {
+            let rolling: Vec<String> = config
+                .services
+                .iter()
+                .filter(|s| s.rollout.strategy == Strategy::Rolling)
+                .map(|s| format!("{} ({} tasks)", s.name, 2 * s.replicas))
+                .collect();
+            let capacity = if rolling.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; a rolling update on Swarm stops the old tasks together at its end, so it \
+                     needs room for twice the replicas: {}",
+                    rolling.join(", ")
+                )
+            };
+            ok(
+                what,
+                format!(
+                    "swarm: replicas are tasks of Swarm services; this engine is {}{capacity}",
+                    swarm.describe()
+                ),
+            )
+        }
         RuntimeKind::Swarm => bad(
             what,
             format!(
@@ -319,6 +340,42 @@ async fn runtime_finding(config: &Config, engine: &Engine) -> Finding {
              as a manager), or point [docker] socket at a Swarm manager",
         ),
     }
+}
+
+/// Whether each Swarm secret a service names exists (`None`: no service
+/// names one, or the runtime is not Swarm: the config refuses them there).
+async fn secrets_finding(config: &Config, engine: &Engine) -> Option<Finding> {
+    if config.runtime.kind != RuntimeKind::Swarm {
+        return None;
+    }
+    let names: std::collections::BTreeSet<String> = config
+        .services
+        .iter()
+        .flat_map(|s| s.secrets.iter().map(|f| f.file().source))
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let swarm = crate::runtime::Services::new(engine.clone(), config.runtime.swarm.clone());
+    let mut missing = Vec::new();
+    for name in &names {
+        if let Err(e) = swarm.secret_id(name).await {
+            missing.push(e.message);
+        }
+    }
+    let found: Vec<&str> = names.iter().map(String::as_str).collect();
+    Some(if missing.is_empty() {
+        ok(
+            "secrets",
+            format!("Swarm secrets found: {}", found.join(", ")),
+        )
+    } else {
+        bad(
+            "secrets",
+            missing.join("; "),
+            "create each missing secret on a manager (docker secret create <name> -), or remove it from the service",
+        )
+    })
 }
 
 /// What nginx routes the service to, and whether each of those replicas

@@ -627,6 +627,16 @@ async fn rolling_on_swarm_moves_traffic_batch_by_batch_and_a_bad_batch_switches_
         "strategy = \"rolling\"\nmax_surge = 1\nmax_unavailable = 0\nmonitor = \"1s\"",
     );
     let w = &s.w;
+    // `check` says what a rolling update on Swarm needs.
+    let (ok, text) = check(&w.gl.config_path);
+    assert!(
+        text.contains(&format!(
+            "needs room for twice the replicas: {} (6 tasks)",
+            w.service
+        )),
+        "{text}"
+    );
+    assert!(ok, "{text}");
     // Nothing live: blue's tasks start one batch at a time too.
     let d1 = w.deploy_ok("v1").await;
     assert_eq!(recorded(&d1, "starting").len(), 3, "{}", details(&d1));
@@ -835,4 +845,210 @@ async fn a_rolling_update_killed_mid_batch_resumes_and_never_stops_a_routed_task
     assert_eq!(s.tasks("green"), Some((3, 3)));
     assert_eq!(s.tasks("blue"), Some((0, 0)));
     assert_eq!(s.w.replica_versions().await, ["v2", "v2", "v2"]);
+}
+
+/// Swarm secrets made by a test, removed on drop (after the services that
+/// use them: declare it before the [`OnSwarm`]).
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// `docker secret create name` with `value`.
+    fn create(&mut self, name: &str, value: &str) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), value).unwrap();
+        greenlight_testkit::env::docker(&["secret", "create", name, file.path().to_str().unwrap()])
+            .unwrap();
+        self.0.push(name.to_string());
+    }
+}
+
+impl Drop for Secrets {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            // Gone already when the test's Swarm was left.
+            let _ = greenlight_testkit::env::docker(&["secret", "rm", name]);
+        }
+    }
+}
+
+/// `secrets` on Swarm: each is a file in every task (a name under
+/// /run/secrets/, or a path with its own mode); `check` and a deploy name a
+/// missing secret with the command that makes it, and nothing starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_secrets_reach_every_task_and_a_missing_one_is_named() {
+    let mut secrets = Secrets(Vec::new());
+    let mut s = OnSwarm::new(
+        "swsec",
+        &[
+            ("v1", NO_ENV),
+            // v2 starts only when the file holds "v2" or later.
+            ("v2", &[("DEMO_REQUIRE_FILE", "/etc/app/version")]),
+        ],
+        2,
+    );
+    let prefix = common::prefix("swsec");
+    let (token, version) = (format!("{prefix}-token"), format!("{prefix}-version"));
+    s.w.gl.edit_config(|c| {
+        c.replacen(
+            "port = 8080\n",
+            &format!(
+                "port = 8080\nsecrets = [\"{token}\", {{ source = \"{version}\", target = \"/etc/app/version\", mode = 0o400 }}]\n"
+            ),
+            1,
+        )
+    });
+    s.w.gl.restart();
+    let w = &s.w;
+
+    // Missing: `check` says so, and a deploy fails before any task starts.
+    let (ok, text) = check(&w.gl.config_path);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("docker secret create {token} -")),
+        "{text}"
+    );
+    let d = w.gl.deploy_and_wait(&w.service, Target::Tag("v1")).await;
+    assert_eq!(d["state"], "failed", "{d:#}");
+    assert_eq!(d["failed_step"], "starting", "{d:#}");
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("the Swarm secret {token:?} does not exist")),
+        "{d:#}"
+    );
+    assert_eq!(s.tasks("blue"), None, "no service was made");
+
+    secrets.create(&token, "s3cret");
+    secrets.create(&version, "v2");
+    let (ok, text) = check(&w.gl.config_path);
+    assert!(ok, "{text}");
+    assert!(text.contains("Swarm secrets found"), "{text}");
+    w.deploy_ok("v1").await;
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    // v2 runs only if its task reads "v2" from the secret's file.
+    w.deploy_ok("v2").await;
+    let report = load.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_eq!(w.replica_versions().await, ["v2", "v2"]);
+    let spec = greenlight_testkit::env::docker(&[
+        "service",
+        "inspect",
+        &s.colour("green"),
+        "--format",
+        "{{json .Spec.TaskTemplate.ContainerSpec.Secrets}}",
+    ])
+    .unwrap();
+    let mounted: Value = serde_json::from_str(spec.trim()).unwrap();
+    let files: Vec<(String, String, u64)> = mounted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["SecretName"].as_str().unwrap().to_string(),
+                m["File"]["Name"].as_str().unwrap().to_string(),
+                m["File"]["Mode"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            (token.clone(), token.clone(), 0o444),
+            (version.clone(), "/etc/app/version".to_string(), 0o400)
+        ]
+    );
+    drop(s);
+}
+
+/// The release command on Swarm is a job (`<service>-release`, one task,
+/// never restarted) with the service's mounts, run once before the new
+/// tasks; a failing one ends the deployment at `releasing` with its output,
+/// before any task of the new version starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_on_swarm_runs_once_as_a_job_before_the_new_tasks() {
+    const MIGRATES: &[(&str, &str)] = &[
+        ("DEMO_REQUIRE_FILE", "/data/schema"),
+        ("DEMO_MIGRATE_SLEEP_MS", "1500"),
+    ];
+    let data = tempfile::tempdir().unwrap();
+    let mut s = OnSwarm::with_rollout(
+        "swrel",
+        &[
+            ("v1", MIGRATES),
+            ("v2", MIGRATES),
+            ("v3", &[("DEMO_MIGRATE_FAIL", "1")]),
+        ],
+        2,
+        "\n[service.release]\ncommand = [\"--migrate\", \"/data/schema\"]\ntimeout = \"60s\"\n",
+    );
+    let volume = format!("volumes = [\"{}:/data\"]\n", data.path().display());
+    s.w.gl
+        .edit_config(|c| c.replacen("port = 8080\n", &format!("port = 8080\n{volume}"), 1));
+    s.w.gl.restart();
+    let w = &s.w;
+    let job = format!("{}-release", w.service);
+    let schema = data.path().join("schema");
+
+    // While it runs, the release is a Swarm job.
+    let id = w.gl.deploy(&w.service, Target::Tag("v1")).await;
+    wait_step(w, id, "releasing").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mode = loop {
+        let mode = greenlight_testkit::env::docker(&[
+            "service",
+            "inspect",
+            &job,
+            "--format",
+            "{{json .Spec.Mode}}",
+        ]);
+        if let Ok(mode) = mode {
+            break mode;
+        }
+        assert!(Instant::now() < deadline, "no Swarm job {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(mode.contains("ReplicatedJob"), "{mode}");
+    let d1 = w.gl.wait_done(id).await;
+    assert_eq!(d1["state"], "succeeded", "{d1:#}\n{}", w.gl.log());
+    let released = recorded(&d1, "releasing")[0]["detail"].to_string();
+    assert!(released.contains("exited 0"), "{released}");
+    assert!(
+        released.contains("demo migrate: /data/schema is at v1"),
+        "{released}"
+    );
+    assert_eq!(std::fs::read_to_string(&schema).unwrap(), "v1");
+    // Gone once done.
+    assert!(greenlight_testkit::env::docker(&["service", "inspect", &job]).is_err());
+
+    // v2: migrated first, then its tasks start (they refuse an old schema).
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    w.deploy_ok("v2").await;
+    let report = load.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_eq!(std::fs::read_to_string(&schema).unwrap(), "v2");
+
+    // v3's migration fails: the deployment ends at `releasing` with its
+    // output; no task of v3 started, v2 keeps serving.
+    let routed = s.routed();
+    let d3 = w.gl.deploy_and_wait(&w.service, Target::Tag("v3")).await;
+    assert_eq!(d3["state"], "failed", "{d3:#}");
+    assert_eq!(d3["failed_step"], "releasing", "{d3:#}");
+    assert!(d3["error"].as_str().unwrap().contains("exited 4"), "{d3:#}");
+    assert!(
+        d3["log_tail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("column \"email\" already exists"),
+        "{d3:#}"
+    );
+    assert!(recorded(&d3, "starting").is_empty(), "{}", details(&d3));
+    assert_eq!(s.routed(), routed);
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+    assert_eq!(s.tasks("green"), Some((2, 2)));
+    assert_eq!(w.replica_versions().await, ["v2", "v2"]);
+    assert!(greenlight_testkit::env::docker(&["service", "inspect", &job]).is_err());
 }

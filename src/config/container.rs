@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::ServiceConfig;
-use crate::domain::replica::{ContainerOptions, Healthcheck};
+use crate::domain::replica::{ContainerOptions, Healthcheck, SecretFile};
 
 impl ServiceConfig {
     /// The service's container options in engine units.
@@ -45,6 +45,7 @@ impl ServiceConfig {
                 })
                 .collect(),
             security_opt: self.security_opt.clone(),
+            secrets: self.secrets.iter().map(SecretConfig::file).collect(),
             logging: self
                 .logging
                 .as_ref()
@@ -62,6 +63,65 @@ impl ServiceConfig {
             }),
         }
     }
+}
+
+/// A Swarm secret the replicas read as a file (compose `secrets`): its name
+/// (the file `/run/secrets/<name>`), or a table naming the secret (`source`)
+/// and where and how the file appears (`target`, `uid`, `gid`, `mode`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a secret's name, or a table with source and optionally target, uid, gid, mode"
+)]
+pub enum SecretConfig {
+    Name(String),
+    File {
+        source: String,
+        target: Option<String>,
+        uid: Option<String>,
+        gid: Option<String>,
+        mode: Option<u32>,
+    },
+}
+
+impl SecretConfig {
+    /// The file the replica gets, with Swarm's defaults filled in.
+    pub fn file(&self) -> SecretFile {
+        match self {
+            SecretConfig::Name(name) => SecretFile {
+                source: name.clone(),
+                target: name.clone(),
+                uid: "0".into(),
+                gid: "0".into(),
+                mode: 0o444,
+            },
+            SecretConfig::File {
+                source,
+                target,
+                uid,
+                gid,
+                mode,
+            } => SecretFile {
+                source: source.clone(),
+                target: target.clone().unwrap_or_else(|| source.clone()),
+                uid: uid.clone().unwrap_or_else(|| "0".into()),
+                gid: gid.clone().unwrap_or_else(|| "0".into()),
+                mode: mode.unwrap_or(0o444),
+            },
+        }
+    }
+}
+
+/// Whether `name` can name a Swarm secret: 1-64 letters, digits, `-`, `_`,
+/// `.`, starting and ending with a letter or digit.
+fn secret_name(name: &str) -> bool {
+    let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    (1..=64).contains(&name.len())
+        && ends(name.chars().next())
+        && ends(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// `[service.logging]`: the containers' log driver (compose `logging`).
@@ -336,6 +396,46 @@ pub(super) fn validate(s: &ServiceConfig) -> Result<(), (String, String)> {
     }
     if s.security_opt.iter().any(|o| o.trim().is_empty()) {
         return bad("security_opt", "an option cannot be empty".into());
+    }
+    let mut paths = std::collections::HashSet::new();
+    for secret in s.secrets.iter().map(SecretConfig::file) {
+        if !secret_name(&secret.source) {
+            return bad(
+                "secrets",
+                format!(
+                    "{:?} is not a secret name (letters, digits, '-', '_', '.'; at most 64)",
+                    secret.source
+                ),
+            );
+        }
+        let target = &secret.target;
+        if target.is_empty()
+            || target.split('/').any(|part| part == "..")
+            || (!target.starts_with('/') && target.contains('/'))
+        {
+            return bad(
+                "secrets",
+                format!(
+                    "target {target:?} of {:?} must be a file name (under /run/secrets/) or an absolute path, without \"..\"",
+                    secret.source
+                ),
+            );
+        }
+        if secret.mode > 0o777 {
+            return bad(
+                "secrets",
+                format!(
+                    "mode {:#o} of {:?} is not a file mode (0o000-0o777; in TOML write 0o400)",
+                    secret.mode, secret.source
+                ),
+            );
+        }
+        if !paths.insert(secret.path()) {
+            return bad(
+                "secrets",
+                format!("two secrets are mounted at {}", secret.path()),
+            );
+        }
     }
     if let Some(l) = &s.logging {
         if l.driver.trim().is_empty() {

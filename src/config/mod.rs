@@ -447,6 +447,9 @@ pub struct ServiceConfig {
     pub ulimits: BTreeMap<String, container::Ulimit>,
     #[serde(default)]
     pub security_opt: Vec<String>,
+    /// Swarm secrets the replicas read as files (`[runtime] kind = "swarm"`).
+    #[serde(default)]
+    pub secrets: Vec<container::SecretConfig>,
     pub logging: Option<container::LoggingConfig>,
     pub healthcheck: Option<container::HealthcheckConfig>,
 }
@@ -1386,6 +1389,19 @@ impl Config {
                     "a canary is judged from nginx's access log: set [nginx] access_log (the site's log in the format of nginx/greenlight-log.conf)".into(),
                 ));
             }
+            if self.runtime.kind == RuntimeKind::Docker && !s.secrets.is_empty() {
+                let first = s.secrets[0].file();
+                return Err(bad(
+                    &key("secrets"),
+                    format!(
+                        "secrets are Swarm secrets (docker secret create), which only Swarm tasks \
+                         get: use [runtime] kind = \"swarm\", or on one host mount the file \
+                         instead: volumes = [\"/etc/greenlight/secrets/{}:{}:ro\"]",
+                        first.source,
+                        first.path()
+                    ),
+                ));
+            }
             if self.runtime.kind == RuntimeKind::Swarm {
                 for (option, set) in [
                     ("shm_size", s.shm_size.is_some()),
@@ -1560,6 +1576,48 @@ interval = "250ms"
             .unwrap();
             assert_eq!(c.services[0].rollout.strategy.as_str(), strategy);
         }
+        // Swarm secrets: by name, or as a table; checked; refused on docker.
+        let with_secrets = |runtime: &str, secrets: &str| {
+            parse(&runtime.replace(
+                "port = 8080\n",
+                &format!("port = 8080\nsecrets = {secrets}\n"),
+            ))
+        };
+        let c = with_secrets(
+            &swarm,
+            "[\"db_password\", { source = \"api-key\", target = \"/etc/app/key\", uid = \"1000\", mode = 0o400 }]",
+        )
+        .unwrap();
+        let files: Vec<_> = c.services[0].secrets.iter().map(|s| s.file()).collect();
+        assert_eq!(files[0].path(), "/run/secrets/db_password");
+        assert_eq!((files[0].mode, files[0].uid.as_str()), (0o444, "0"));
+        assert_eq!(files[1].path(), "/etc/app/key");
+        assert_eq!((files[1].mode, files[1].uid.as_str()), (0o400, "1000"));
+        assert_eq!(c.services[0].container_options().secrets, files);
+        for (secrets, says) in [
+            ("[\"no spaces\"]", "is not a secret name"),
+            (
+                "[{ source = \"a\", target = \"../x\" }]",
+                "must be a file name",
+            ),
+            (
+                "[{ source = \"a\", target = \"sub/x\" }]",
+                "must be a file name",
+            ),
+            ("[{ source = \"a\", mode = 4095 }]", "is not a file mode"),
+            (
+                "[\"a\", { source = \"b\", target = \"a\" }]",
+                "two secrets are mounted at /run/secrets/a",
+            ),
+            ("[{ target = \"a\" }]", "a secret's name, or a table"),
+        ] {
+            let e = with_secrets(&swarm, secrets).unwrap_err();
+            assert!(e.contains("secrets") && e.contains(says), "{secrets}: {e}");
+        }
+        let e = with_secrets(GOOD, "[\"db_password\"]").unwrap_err();
+        assert!(e.contains("service[0].secrets"), "{e}");
+        assert!(e.contains("kind = \"swarm\""), "{e}");
+        assert!(e.contains("/run/secrets/db_password:ro"), "{e}");
         let e = parse(&GOOD.replace("[[registry]]", "[runtime]\nkind = \"k8s\"\n[[registry]]"))
             .unwrap_err();
         assert!(

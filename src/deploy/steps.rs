@@ -213,15 +213,28 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         let image = self.image_id.clone().unwrap_or_else(|| self.image.clone());
-        let spec = TaskSpec::release(self.service, &release.command, id, &self.digest, &image)
-            .map_err(|e| fail(FailureKind::Invalid, e))?;
+        let spec = TaskSpec::release(
+            self.service,
+            &release.command,
+            id,
+            &self.digest,
+            &image,
+            &self.image,
+        )
+        .map_err(|e| fail(FailureKind::Invalid, e))?;
+        let repo = Repository::parse(&self.service.image);
+        let creds = registry::credentials(self.config.registry_for(&repo.host));
         let started = Instant::now();
         let out = self
             .inner
             .runtime
-            .run_task(&spec, release.timeout)
+            .run_task(&spec, release.timeout, creds)
             .await
-            .map_err(runtime_failure)?;
+            .map_err(|e| match e.kind {
+                // A Swarm secret that does not exist, or a name in the way.
+                ErrorKind::Refused | ErrorKind::Conflict => fail(FailureKind::Invalid, e.message),
+                _ => runtime_failure(e),
+            })?;
         let tail = bound_log(&out.output);
         let took = display::duration(started.elapsed().as_millis() as i64);
         let shown = if tail.trim().is_empty() {
@@ -648,7 +661,10 @@ impl<'a> Run<'a> {
         }
         match first_error {
             None => Ok(()),
-            Some(e) if e.kind == ErrorKind::Conflict => Err(fail(FailureKind::Invalid, e.message)),
+            // Something in the way, or a Swarm secret that does not exist.
+            Some(e) if matches!(e.kind, ErrorKind::Conflict | ErrorKind::Refused) => {
+                Err(fail(FailureKind::Invalid, e.message))
+            }
             Some(e) => Err(runtime_failure(e)),
         }
     }

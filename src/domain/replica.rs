@@ -61,10 +61,35 @@ pub struct ContainerOptions {
     /// (name, soft, hard).
     pub ulimits: Vec<(String, i64, i64)>,
     pub security_opt: Vec<String>,
+    /// Swarm secrets, each read as a file.
+    pub secrets: Vec<SecretFile>,
     /// Log driver and its options.
     pub logging: Option<(String, std::collections::BTreeMap<String, String>)>,
     /// The image's HEALTHCHECK replaced (`test = ["NONE"]`: turned off).
     pub healthcheck: Option<Healthcheck>,
+}
+
+/// A Swarm secret as a file in the replica: `source` (the secret's name) at
+/// `target` (a name under `/run/secrets/`, or an absolute path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    pub source: String,
+    pub target: String,
+    pub uid: String,
+    pub gid: String,
+    /// File mode (Swarm's default 0o444).
+    pub mode: u32,
+}
+
+impl SecretFile {
+    /// Where the replica finds the file.
+    pub fn path(&self) -> String {
+        if self.target.starts_with('/') {
+            self.target.clone()
+        } else {
+            format!("/run/secrets/{}", self.target)
+        }
+    }
 }
 
 /// A HEALTHCHECK as the engine takes it.

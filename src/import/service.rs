@@ -89,7 +89,10 @@ fn reason(key: &str) -> Option<&'static str> {
         "network_mode" => "replicas must be on a network nginx reaches",
         "scale" => "use `replicas`",
         "profiles" => "greenlight has no profiles: import the services you want",
-        "secrets" | "configs" => {
+        "secrets" => {
+            "on one host mount the file with `volumes` (read-only); on Swarm create it (docker secret create) and list it in `secrets`"
+        }
+        "configs" => {
             "mount the file with `volumes` (read-only), or pass it through `env`/`env_file`"
         }
         "hostname" | "domainname" | "mac_address" => {

@@ -98,6 +98,8 @@ pub struct TaskSpec {
     pub name: String,
     /// The image by ID.
     pub image: String,
+    /// The image as every node can find it (see [`ReplicaSpec::reference`]).
+    pub reference: String,
     pub deployment: i64,
     pub env: Vec<String>,
     pub command: Vec<String>,
@@ -135,13 +137,15 @@ fn service_env(
 }
 
 impl TaskSpec {
-    /// The release container of `svc` for a deployment of `image` (by ID).
+    /// The release container of `svc` for a deployment of `image` (by ID;
+    /// `reference` as every node finds it).
     pub fn release(
         svc: &ServiceConfig,
         command: &[String],
         deployment: i64,
         digest: &str,
         image: &str,
+        reference: &str,
     ) -> std::result::Result<TaskSpec, String> {
         let env = service_env(svc, deployment, &[("RELEASE_DIGEST", digest)])?;
         let mut options = svc.container_options();
@@ -151,6 +155,7 @@ impl TaskSpec {
             service: svc.name.clone(),
             name: format!("{}-release", svc.name),
             image: image.to_string(),
+            reference: reference.to_string(),
             deployment,
             env,
             command: command.to_vec(),
@@ -290,12 +295,18 @@ impl Runtime {
     }
 
     /// Runs a one-off container to its end, at most `timeout` (then it is
-    /// killed), and removes it; its output's tail is kept.
-    pub async fn run_task(&self, spec: &TaskSpec, timeout: Duration) -> Result<TaskOutcome> {
+    /// killed), and removes it; its output's tail is kept. On Swarm it is a
+    /// job (one task, never restarted), which gets what tasks get (secrets,
+    /// overlay networks, placement) on the node Swarm picks.
+    pub async fn run_task(
+        &self,
+        spec: &TaskSpec,
+        timeout: Duration,
+        credentials: Option<Credentials>,
+    ) -> Result<TaskOutcome> {
         match self {
             Runtime::Docker(c) => c.run_task(spec, timeout).await,
-            // A one-off is no Swarm task: it runs on this manager's engine.
-            Runtime::Swarm(s) => s.run_task(spec, timeout).await,
+            Runtime::Swarm(s) => s.run_job(spec, timeout, credentials).await,
         }
     }
 

@@ -11,7 +11,9 @@
 //! workers drained, so Swarm signals a task only once nothing sends to it,
 //! and a rollback is a scale-up of a service that still holds the previous
 //! spec. Swarm, not greenlight, chooses which task a scale-down stops, so a
-//! colour's tasks are stopped together or not at all.
+//! colour's tasks are stopped together or not at all; a colour only grows
+//! task by task (a rolling update's later batches), its spec untouched.
+//! The release command runs as a one-task Swarm job.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -20,9 +22,10 @@ use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
     EndpointSpec, Limit, Mount, MountTmpfsOptions, MountType, NetworkAttachmentConfig,
     ResourceObject, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
-    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum, Task, TaskSpec,
-    TaskSpecContainerSpec, TaskSpecLogDriver, TaskSpecPlacement, TaskSpecResources,
-    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    ServiceSpecModeReplicatedJob, ServiceSpecUpdateConfig,
+    ServiceSpecUpdateConfigFailureActionEnum, Task, TaskSpec, TaskSpecContainerSpec,
+    TaskSpecContainerSpecFile, TaskSpecContainerSpecSecrets, TaskSpecLogDriver, TaskSpecPlacement,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
     EventsOptions, ListServicesOptions, ListTasksOptions, UpdateServiceOptions,
@@ -33,6 +36,7 @@ use futures_util::StreamExt;
 use super::{
     labels, Containers, Credentials, ErrorKind, ImageInfo, Replica, ReplicaSpec, ReplicaStatus,
     Result, RuntimeError, LABEL_COLOUR, LABEL_DEPLOYMENT, LABEL_DIGEST, LABEL_SERVICE, LABEL_SLOT,
+    LABEL_TASK,
 };
 use crate::config::{ServiceConfig, SwarmConfig};
 use crate::docker::Engine;
@@ -40,6 +44,8 @@ use crate::domain::deployment::Colour;
 use crate::domain::replica::RestartPolicy;
 use crate::registry::Repository;
 
+/// Lines of a one-off job's output kept.
+const JOB_LOG_LINES: usize = 40;
 /// How often a wait on tasks looks again.
 const POLL: Duration = Duration::from_millis(200);
 /// Beyond the grace period, how long a scale-down may take: Swarm waits ~2 s
@@ -179,6 +185,23 @@ pub fn service_spec(spec: &ReplicaSpec, replicas: u32, config: &SwarmConfig) -> 
                 }),
                 ulimits: crate::docker::ulimits(&o.ulimits),
                 health_check: o.healthcheck.as_ref().map(crate::docker::health_config),
+                // By name here; Swarm wants each one's ID, looked up when
+                // the service is created or updated (`with_secret_ids`).
+                secrets: (!o.secrets.is_empty()).then(|| {
+                    o.secrets
+                        .iter()
+                        .map(|f| TaskSpecContainerSpecSecrets {
+                            secret_name: Some(f.source.clone()),
+                            secret_id: None,
+                            file: Some(TaskSpecContainerSpecFile {
+                                name: Some(f.target.clone()),
+                                uid: Some(f.uid.clone()),
+                                gid: Some(f.gid.clone()),
+                                mode: Some(f.mode),
+                            }),
+                        })
+                        .collect()
+                }),
                 ..Default::default()
             }),
             resources: (o.memory.is_some()
@@ -251,6 +274,63 @@ pub fn service_spec(spec: &ReplicaSpec, replicas: u32, config: &SwarmConfig) -> 
     }
 }
 
+/// A one-off (the release command) as a Swarm job: the service's task
+/// template (through [`service_spec`], so every container option maps the
+/// same way), one task to complete, never restarted, no port, labelled as a
+/// one-off (never taken for a replica).
+pub fn job_spec(task: &super::TaskSpec, config: &SwarmConfig) -> ServiceSpec {
+    let as_replica = ReplicaSpec {
+        service: task.service.clone(),
+        slot: crate::domain::plan::Slot {
+            colour: Colour::Blue,
+            index: 0,
+        },
+        name: task.name.clone(),
+        image: task.image.clone(),
+        reference: task.reference.clone(),
+        deployment: task.deployment,
+        digest: String::new(),
+        env: task.env.clone(),
+        command: Some(task.command.clone()),
+        volumes: task.volumes.clone(),
+        network: task.network.clone(),
+        port: 0,
+        restart: RestartPolicy::No,
+        stop_grace: Duration::from_secs(10),
+        options: task.options.clone(),
+    };
+    let mut spec = service_spec(&as_replica, 1, config);
+    let mut labels: HashMap<String, String> = task
+        .options
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(LABEL_TASK.into(), task.service.clone());
+    labels.insert(LABEL_DEPLOYMENT.into(), task.deployment.to_string());
+    spec.name = Some(task.name.clone());
+    spec.labels = Some(labels.clone());
+    if let Some(c) = spec
+        .task_template
+        .as_mut()
+        .and_then(|t| t.container_spec.as_mut())
+    {
+        c.labels = Some(labels);
+        // The env as given: no per-slot replica name.
+        c.env = Some(task.env.clone());
+    }
+    spec.mode = Some(ServiceSpecMode {
+        replicated_job: Some(ServiceSpecModeReplicatedJob {
+            max_concurrent: Some(1),
+            total_completions: Some(1),
+        }),
+        ..Default::default()
+    });
+    spec.update_config = None;
+    spec.endpoint_spec = None;
+    spec
+}
+
 /// A volume in Docker's `source:target[:mode]` form: a bind mount when the
 /// source is a path, else a named volume.
 fn mount(volume: &str) -> Mount {
@@ -282,6 +362,16 @@ fn api_error(e: bollard::errors::Error) -> RuntimeError {
         ErrorKind::Other
     };
     RuntimeError::new(kind, message)
+}
+
+fn missing_secret(name: &str) -> RuntimeError {
+    RuntimeError::new(
+        ErrorKind::Refused,
+        format!(
+            "the Swarm secret {name:?} does not exist: create it on a manager \
+             (printf %s \"$VALUE\" | docker secret create {name} -)"
+        ),
+    )
 }
 
 fn other(message: impl Into<String>) -> RuntimeError {
@@ -435,6 +525,37 @@ impl Services {
         }
     }
 
+    /// Fills in the ID of each secret the spec names; a secret that does not
+    /// exist is refused with the command that makes it.
+    async fn with_secret_ids(&self, spec: &mut ServiceSpec) -> Result<()> {
+        let Some(secrets) = spec
+            .task_template
+            .as_mut()
+            .and_then(|t| t.container_spec.as_mut())
+            .and_then(|c| c.secrets.as_mut())
+        else {
+            return Ok(());
+        };
+        for secret in secrets {
+            let name = secret.secret_name.clone().unwrap_or_default();
+            secret.secret_id = Some(self.secret_id(&name).await?);
+        }
+        Ok(())
+    }
+
+    /// The ID of the Swarm secret named `name`.
+    pub async fn secret_id(&self, name: &str) -> Result<String> {
+        match self.engine.api().inspect_secret(name).await {
+            // Inspect also matches by ID prefix: the name must be the name.
+            Ok(s) if s.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(name) => {
+                Ok(s.id.unwrap_or_default())
+            }
+            Ok(_) => Err(missing_secret(name)),
+            Err(e) if not_found(&e) => Err(missing_secret(name)),
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
     /// Scales the colour of `spec` up to `top` tasks, keeping its service's
     /// spec, which must be of `spec`'s digest (a deployment re-run after a
     /// crash continues what the interrupted one started); waits until tasks
@@ -513,7 +634,8 @@ impl Services {
     ) -> Result<Vec<Replica>> {
         let api = self.engine.api();
         let name = colour_service(&spec.service, spec.slot.colour);
-        let wanted = service_spec(spec, n, &self.config);
+        let mut wanted = service_spec(spec, n, &self.config);
+        self.with_secret_ids(&mut wanted).await?;
         match api.inspect_service(&name, None).await {
             Ok(existing) => {
                 let owner = existing
@@ -737,17 +859,126 @@ impl Services {
         Ok(addr)
     }
 
-    /// Swarm applies the restart policy from the start: a task that fails
-    /// its gate fails the deployment, which scales its colour back to 0.
-    /// A one-off container (the release command) on this manager's engine.
-    pub async fn run_task(
+    /// Runs a one-off (the release command) as a Swarm job, `<service>-release`:
+    /// one task, never restarted, placed and given secrets, networks and
+    /// mounts like the service's tasks, its image pulled on its node with the
+    /// registry's credentials. Waits for its end, at most `timeout` (then the
+    /// job is removed, which kills it), keeps its output's tail, and removes
+    /// the job.
+    pub async fn run_job(
         &self,
         spec: &super::TaskSpec,
         timeout: Duration,
+        credentials: Option<Credentials>,
     ) -> Result<super::TaskOutcome> {
-        self.containers.run_task(spec, timeout).await
+        let api = self.engine.api();
+        let name = spec.name.clone();
+        // One left by a crash or a cut-off run: ours only if labelled so.
+        match api.inspect_service(&name, None).await {
+            Ok(stale) => {
+                let owner = stale
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.labels.as_ref())
+                    .and_then(|l| l.get(LABEL_TASK).cloned());
+                if owner.as_deref() != Some(spec.service.as_str()) {
+                    return Err(RuntimeError::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "a Swarm service named {name} exists and was not made by greenlight: \
+                             rename or remove it"
+                        ),
+                    ));
+                }
+                self.remove_job(&name).await?;
+            }
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(api_error(e)),
+        }
+        let mut wanted = job_spec(spec, &self.config);
+        self.with_secret_ids(&mut wanted).await?;
+        api.create_service(wanted, credentials)
+            .await
+            .map_err(|e| other(format!("creating Swarm job {name}: {}", api_error(e))))?;
+        let deadline = Instant::now() + timeout;
+        let ended = loop {
+            let tasks = self.tasks(&name, false).await?;
+            if let Some(t) = tasks.iter().find(|t| {
+                matches!(
+                    task_state(t),
+                    Some(
+                        TaskState::COMPLETE
+                            | TaskState::FAILED
+                            | TaskState::REJECTED
+                            | TaskState::SHUTDOWN
+                    )
+                )
+            }) {
+                break Some(t.clone());
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let outcome = match &ended {
+            Some(t) => {
+                let id = t.id.clone().unwrap_or_default();
+                let mut output = self.log_tail(&id, JOB_LOG_LINES).await;
+                let exit_code = t
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_status.as_ref())
+                    .and_then(|c| c.exit_code);
+                let exit_code = match (task_state(t), exit_code) {
+                    (Some(TaskState::COMPLETE), code) => Some(code.unwrap_or(0)),
+                    (_, Some(code)) if code != 0 => Some(code),
+                    // It never ran (an image its node cannot pull, a
+                    // constraint no node meets): Swarm's words, exit 1.
+                    _ => {
+                        output.push_str(&format!("\n{}\n", task_summary(t)));
+                        Some(1)
+                    }
+                };
+                super::TaskOutcome { exit_code, output }
+            }
+            None => super::TaskOutcome {
+                exit_code: None,
+                output: match self.tasks(&name, false).await?.first() {
+                    Some(t) => {
+                        self.log_tail(t.id.as_deref().unwrap_or_default(), JOB_LOG_LINES)
+                            .await
+                    }
+                    None => String::new(),
+                },
+            },
+        };
+        if let Err(e) = self.remove_job(&name).await {
+            tracing::warn!(job = %name, error = %e, "removing a one-off Swarm job");
+        }
+        Ok(outcome)
     }
 
+    /// Removes a job service (killing its task) and waits until its task is
+    /// gone, so the next one of that name can be made.
+    async fn remove_job(&self, name: &str) -> Result<()> {
+        match self.engine.api().delete_service(name).await {
+            Ok(()) => {}
+            Err(e) if not_found(&e) => return Ok(()),
+            Err(e) => return Err(api_error(e)),
+        }
+        let deadline = Instant::now() + STOP_SLACK;
+        while !self.service_ids(name).await?.is_empty() {
+            if Instant::now() >= deadline {
+                return Err(other(format!("{name} was removed but is still listed")));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    }
+
+    /// Swarm applies the restart policy from the start: a task that fails
+    /// its gate fails the deployment, which scales its colour back to 0.
     pub async fn promote(&self, _id: &str, _restart: RestartPolicy) -> Result<()> {
         Ok(())
     }
@@ -1024,7 +1255,7 @@ mod tests {
 
     #[test]
     fn the_container_options_map_into_the_swarm_service() {
-        use crate::domain::replica::{ContainerOptions, Healthcheck};
+        use crate::domain::replica::{ContainerOptions, Healthcheck, SecretFile};
         let mut spec = spec();
         spec.options = ContainerOptions {
             networks: vec!["db".into()],
@@ -1049,6 +1280,13 @@ mod tests {
                 test: vec!["NONE".into()],
                 ..Default::default()
             }),
+            secrets: vec![SecretFile {
+                source: "db_password".into(),
+                target: "db".into(),
+                uid: "1000".into(),
+                gid: "0".into(),
+                mode: 0o400,
+            }],
             ..Default::default()
         };
         let s = service_spec(&spec, 2, &SwarmConfig::default());
@@ -1064,6 +1302,15 @@ mod tests {
         assert_eq!(c.hosts.unwrap(), ["10.0.0.5 db.internal"]);
         assert_eq!(c.ulimits.unwrap()[0].hard, Some(2048));
         assert_eq!(c.health_check.unwrap().test.unwrap(), ["NONE"]);
+        // The secret by name; its ID is looked up when the service is made.
+        let secret = &c.secrets.as_ref().unwrap()[0];
+        assert_eq!(secret.secret_name.as_deref(), Some("db_password"));
+        assert_eq!(secret.secret_id, None);
+        let file = secret.file.as_ref().unwrap();
+        assert_eq!(
+            (file.name.as_deref(), file.uid.as_deref(), file.mode),
+            (Some("db"), Some("1000"), Some(0o400))
+        );
         let tmpfs = c.mounts.unwrap().pop().unwrap();
         assert_eq!(tmpfs.typ, Some(MountType::TMPFS));
         assert_eq!(tmpfs.tmpfs_options.unwrap().size_bytes, Some(64 << 20));
@@ -1077,6 +1324,59 @@ mod tests {
         );
         assert_eq!(task.log_driver.unwrap().name.as_deref(), Some("json-file"));
         assert_eq!(task.networks.unwrap()[0].target.as_deref(), Some("db"));
+    }
+
+    #[test]
+    fn a_release_is_a_one_task_job_never_taken_for_a_replica() {
+        let mut options = crate::domain::replica::ContainerOptions::default();
+        options.labels.insert("team".into(), "web".into());
+        options.user = Some("1000".into());
+        let task = crate::runtime::TaskSpec {
+            service: "web".into(),
+            name: "web-release".into(),
+            image: "sha256:abc".into(),
+            reference: "registry.example/web@sha256:def".into(),
+            deployment: 9,
+            env: vec!["A=1".into(), "GREENLIGHT_RELEASE_DIGEST=sha256:def".into()],
+            command: vec!["/app".into(), "migrate".into()],
+            volumes: vec!["/srv/data:/data".into()],
+            network: "greenlight".into(),
+            options,
+        };
+        let config = SwarmConfig {
+            constraints: vec!["node.role == manager".into()],
+            ..Default::default()
+        };
+        let s = job_spec(&task, &config);
+        assert_eq!(s.name.as_deref(), Some("web-release"));
+        let labels = s.labels.unwrap();
+        assert_eq!(labels[LABEL_TASK], "web");
+        assert_eq!(labels[LABEL_DEPLOYMENT], "9");
+        assert_eq!(labels["team"], "web");
+        // Not a replica: nothing lists it as one of the service's colours.
+        assert!(!labels.contains_key(LABEL_SERVICE));
+        let job = s.mode.unwrap().replicated_job.unwrap();
+        assert_eq!(
+            (job.max_concurrent, job.total_completions),
+            (Some(1), Some(1))
+        );
+        assert!(s.endpoint_spec.is_none() && s.update_config.is_none());
+        let t = s.task_template.unwrap();
+        assert_eq!(
+            t.restart_policy.unwrap().condition,
+            Some(TaskSpecRestartPolicyConditionEnum::NONE)
+        );
+        assert_eq!(
+            t.placement.unwrap().constraints.unwrap(),
+            ["node.role == manager"]
+        );
+        let c = t.container_spec.unwrap();
+        assert_eq!(c.image.as_deref(), Some("registry.example/web@sha256:def"));
+        assert_eq!(c.args.unwrap(), ["/app", "migrate"]);
+        assert_eq!(c.env.unwrap(), task.env);
+        assert_eq!(c.user.as_deref(), Some("1000"));
+        assert!(!c.labels.unwrap().contains_key(LABEL_SERVICE));
+        assert_eq!(c.mounts.unwrap()[0].target.as_deref(), Some("/data"));
     }
 
     #[test]
