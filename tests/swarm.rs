@@ -368,14 +368,7 @@ async fn a_task_killed_by_hand_is_replaced_and_nginx_follows() {
         victim["id"].as_str().unwrap().to_string(),
         victim["address"].as_str().unwrap().to_string(),
     );
-    let container = greenlight_testkit::env::docker(&[
-        "inspect",
-        "--format",
-        "{{.Status.ContainerStatus.ContainerID}}",
-        &task,
-    ])
-    .unwrap();
-    greenlight_testkit::env::docker(&["kill", container.trim()]).unwrap();
+    kill_task(&task);
     let sent_before_kill = load.sent_so_far();
     let killed_at = Instant::now();
 
@@ -427,6 +420,11 @@ async fn a_task_killed_by_hand_is_replaced_and_nginx_follows() {
     assert_eq!(s.tasks("blue"), Some((3, 3)));
 
     // Recorded in history: resyncs, each with what changed.
+    assert_resynced(w, &task).await;
+}
+
+/// The service's history holds resyncs, every one succeeded, one naming `task`.
+async fn assert_resynced(w: &World, task: &str) {
     let list =
         w.gl.get(&format!("/api/deployments?service={}", w.service))
             .await;
@@ -445,9 +443,207 @@ async fn a_task_killed_by_hand_is_replaced_and_nginx_follows() {
         resyncs.iter().any(|d| d["trigger_detail"]["reason"]
             .as_str()
             .unwrap()
-            .contains(&task)),
+            .contains(task)),
         "{resyncs:#?}"
     );
+}
+
+/// The host port a task publishes, at `node` (its node's address).
+fn task_address(task: &str, node: &str) -> String {
+    let ports = greenlight_testkit::env::docker(&[
+        "inspect",
+        "--format",
+        "{{range .Status.PortStatus.Ports}}{{.PublishedPort}} {{end}}",
+        task,
+    ])
+    .unwrap();
+    format!("{node}:{}", ports.split_whitespace().next().unwrap())
+}
+
+/// SIGKILLs the container of `task` (as an operator's `docker kill` does).
+fn kill_task(task: &str) {
+    let container = greenlight_testkit::env::docker(&[
+        "inspect",
+        "--format",
+        "{{.Status.ContainerStatus.ContainerID}}",
+        task,
+    ])
+    .unwrap();
+    greenlight_testkit::env::docker(&["kill", container.trim()]).unwrap();
+}
+
+/// The addresses of the running tasks of Swarm service `service` on a one-node
+/// Swarm, sorted.
+fn running_addresses(swarm: &Swarm, service: &str) -> Vec<String> {
+    let mut out: Vec<String> = swarm
+        .running_tasks(service)
+        .iter()
+        .map(|(task, _)| task_address(task, "127.0.0.1"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until deployment `id` is at one of `steps` (a short step may pass
+/// between two looks: the later ones count too).
+async fn wait_step_in(w: &World, id: i64, steps: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = w.gl.get(&format!("/api/deployments/{id}")).await;
+        if let Some(step) = d["step"].as_str().filter(|s| steps.contains(s)) {
+            return step.to_string();
+        }
+        assert!(
+            d["finished_at"].is_null(),
+            "deployment {id} ended before {steps:?}: {d:#}"
+        );
+        assert!(Instant::now() < deadline, "never reached {steps:?}: {d:#}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The failed requests of `report`: how many, and those not sent within
+/// `window` requests before one of the kills (request numbers in `kills`):
+/// only requests in flight on a killed task may fail.
+fn failed_beyond_kills(
+    report: &greenlight_testkit::probe::ProbeReport,
+    kills: &[u64],
+    window: u64,
+) -> (usize, Vec<String>) {
+    let failed: Vec<_> = report.samples.iter().filter(|s| !s.is_2xx()).collect();
+    let late = failed
+        .iter()
+        .filter(|s| !kills.iter().any(|&k| s.index < k && s.index + window >= k))
+        .map(|s| format!("{s:?}"))
+        .collect();
+    (failed.len(), late)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_killed_by_hand_during_a_deploy_fails_no_request_sent_after_it() {
+    let s = OnSwarm::new(
+        "swtaskd",
+        &[("v1", NO_ENV), ("v2", NO_ENV), ("v3", NO_ENV)],
+        3,
+    );
+    let w = &s.w;
+    w.deploy_ok("v1").await;
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    wait_until(|| load.sent_so_far() > 100).await;
+    let started = Instant::now();
+
+    // 1. An old, routed task (blue, v1) killed while green's tasks are gated:
+    // nginx's next try takes another blue task, the switch goes to green,
+    // blue (with Swarm's replacement of the killed task) is scaled to 0.
+    let id = w.gl.deploy(&w.service, Target::Tag("v2")).await;
+    let at = wait_step_in(w, id, &["health_gate"]).await;
+    let (old_task, _) = s.swarm.running_tasks(&s.colour("blue"))[0].clone();
+    let old_address = task_address(&old_task, "127.0.0.1");
+    assert!(s.routed().contains(&old_address), "{:?}", s.routed());
+    kill_task(&old_task);
+    let kill1 = load.sent_so_far();
+    let d = w.gl.wait_done(id).await;
+    assert_eq!(d["state"], "succeeded", "{d:#}\n{}", w.gl.log());
+    assert_eq!(s.routed(), running_addresses(&s.swarm, &s.colour("green")));
+    assert_eq!(s.routed().len(), 3);
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+    eprintln!(
+        "1: killed old task {old_task} ({old_address}) at {at}: deployment {}",
+        d["state"]
+    );
+
+    // 2. A new task (blue, v3) killed during its gate: it is indistinguishable
+    // from a version that crashes on start (exit 137 is also the OOM
+    // killer's), so the deployment fails there and blue goes back to 0; green
+    // (v2), routed throughout, keeps serving.
+    let before = s.routed();
+    let id = w.gl.deploy(&w.service, Target::Tag("v3")).await;
+    let at = wait_step_in(w, id, &["health_gate"]).await;
+    let (new_task, _) = s.swarm.running_tasks(&s.colour("blue"))[0].clone();
+    kill_task(&new_task);
+    let kill2 = load.sent_so_far();
+    let d = w.gl.wait_done(id).await;
+    assert_eq!(d["state"], "failed", "{d:#}\n{}", w.gl.log());
+    assert_eq!(d["failed_step"], "health_gate", "{d:#}");
+    assert!(d["error"].as_str().unwrap().contains("exited"), "{d:#}");
+    assert_eq!(s.routed(), before);
+    assert!(
+        s.swarm
+            .wait_replicas(&s.colour("blue"), 0, Duration::from_secs(30)),
+        "{:?}",
+        s.tasks("blue")
+    );
+    assert_eq!(s.tasks("green"), Some((3, 3)));
+    eprintln!("2: killed new task {new_task} at {at}: {}", d["error"]);
+
+    // 3. A new task (blue, v3), routed since the switch, killed while the old
+    // workers drain: the deployment owns the routing until it ends, nginx's
+    // next try skips the dead endpoint; then the watcher's resync takes it
+    // out and adds Swarm's replacement (a new port) once it passes the gate.
+    let id = w.gl.deploy(&w.service, Target::Tag("v3")).await;
+    let at = wait_step_in(w, id, &["draining", "stopping_old"]).await;
+    let routed_at_kill = s.routed();
+    let (new_task, _) = s.swarm.running_tasks(&s.colour("blue"))[0].clone();
+    let new_address = task_address(&new_task, "127.0.0.1");
+    assert!(routed_at_kill.contains(&new_address), "{routed_at_kill:?}");
+    kill_task(&new_task);
+    let kill3 = load.sent_so_far();
+    let killed_at = Instant::now();
+    let d = w.gl.wait_done(id).await;
+    assert_eq!(d["state"], "succeeded", "{d:#}\n{}", w.gl.log());
+    let mut left = None;
+    loop {
+        let routed = s.routed();
+        if !routed.contains(&new_address) && left.is_none() {
+            left = Some(killed_at.elapsed());
+        }
+        if routed.len() == 3 && routed == running_addresses(&s.swarm, &s.colour("blue")) {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(45),
+            "nginx did not follow: {routed:?}\n{}",
+            w.gl.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let followed = killed_at.elapsed();
+    eprintln!(
+        "3: killed routed new task {new_task} ({new_address}) at {at}: the deployment {}; \
+         the dead endpoint left nginx {:?} after the kill, the replacement joined after {followed:?}",
+        d["state"],
+        left.unwrap()
+    );
+    assert_eq!(s.tasks("green"), Some((0, 0)));
+    assert_eq!(w.replica_versions().await, ["v3", "v3", "v3"]);
+    let after = load.sent_so_far();
+    wait_until(|| load.sent_so_far() > after + 100).await;
+    let report = load.stop().await;
+    eprintln!("probe: {}", report.summary());
+    eprintln!("three deploys and three kills took {:?}", started.elapsed());
+
+    // Only requests in flight on a killed task may fail; the 1 s requests
+    // make that up to a second of them.
+    // Only requests in flight on a killed task may fail: sent less than
+    // 1.2 s (the 1 s requests, 100 req/s) before its kill.
+    let (failed, late) = failed_beyond_kills(&report, &[kill1, kill2, kill3], 120);
+    let failed_at: Vec<u64> = report
+        .samples
+        .iter()
+        .filter(|s| !s.is_2xx())
+        .map(|s| s.index)
+        .collect();
+    eprintln!("kills after requests {kill1}, {kill2}, {kill3}; failed requests {failed_at:?}");
+    eprintln!(
+        "failed: {failed} of {} sent (in flight on the killed tasks); failed otherwise: {}",
+        report.sent,
+        late.len()
+    );
+    assert!(late.is_empty(), "{late:?}\n{}", report.summary());
+
+    // The resync is recorded, with the killed task named.
+    assert_resynced(w, &new_task).await;
 }
 
 /// Waits (up to a minute) until `cond` holds.
