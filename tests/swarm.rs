@@ -472,13 +472,13 @@ fn kill_task(task: &str) {
     greenlight_testkit::env::docker(&["kill", container.trim()]).unwrap();
 }
 
-/// The addresses of the running tasks of Swarm service `service` on a one-node
-/// Swarm, sorted.
-fn running_addresses(swarm: &Swarm, service: &str) -> Vec<String> {
+/// The addresses of the running tasks of Swarm service `service`, all on the
+/// node at `node`, sorted.
+fn running_addresses(swarm: &Swarm, service: &str, node: &str) -> Vec<String> {
     let mut out: Vec<String> = swarm
         .running_tasks(service)
         .iter()
-        .map(|(task, _)| task_address(task, "127.0.0.1"))
+        .map(|(task, _)| task_address(task, node))
         .collect();
     out.sort();
     out
@@ -545,7 +545,10 @@ async fn a_task_killed_by_hand_during_a_deploy_fails_no_request_sent_after_it() 
     let kill1 = load.sent_so_far();
     let d = w.gl.wait_done(id).await;
     assert_eq!(d["state"], "succeeded", "{d:#}\n{}", w.gl.log());
-    assert_eq!(s.routed(), running_addresses(&s.swarm, &s.colour("green")));
+    assert_eq!(
+        s.routed(),
+        running_addresses(&s.swarm, &s.colour("green"), "127.0.0.1")
+    );
     assert_eq!(s.routed().len(), 3);
     assert_eq!(s.tasks("blue"), Some((0, 0)));
     eprintln!(
@@ -598,7 +601,9 @@ async fn a_task_killed_by_hand_during_a_deploy_fails_no_request_sent_after_it() 
         if !routed.contains(&new_address) && left.is_none() {
             left = Some(killed_at.elapsed());
         }
-        if routed.len() == 3 && routed == running_addresses(&s.swarm, &s.colour("blue")) {
+        if routed.len() == 3
+            && routed == running_addresses(&s.swarm, &s.colour("blue"), "127.0.0.1")
+        {
             break;
         }
         assert!(
@@ -661,59 +666,278 @@ async fn wait_until(cond: impl Fn() -> bool) {
 /// Two nodes: the test's engine is the manager, advertised on a veth
 /// address, and a second engine in its own network namespace joins as a
 /// worker. Tasks run on both; nginx on the host reaches each at its node's
-/// address.
+/// address. Dropped in order: the Swarm and the second node first, the world
+/// next (its cleanup removes the task containers), the local builds last.
 struct TwoNodes {
     swarm: Swarm,
     node: SecondNode,
     w: World,
+    _images: Images,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
-    let tag = "sw2n";
-    let prefix = common::prefix(tag);
-    let node = SecondNode::start(tag).unwrap();
-    let swarm = Swarm::init_on(&prefix, &node.host_addr).unwrap();
-    node.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while greenlight_testkit::env::docker(&["node", "ls", "--format", "{{.Status}}"])
+impl TwoNodes {
+    /// Both nodes Ready, a world of `versions` with `replicas` tasks a colour.
+    /// The second node cannot reach the host's loopback registry: the images
+    /// are local builds (pull = false, so services name them by ID), loaded
+    /// into the second engine with the same ID.
+    fn start(tag: &str, versions: &[(&str, &[(&str, &str)])], replicas: u32) -> TwoNodes {
+        let prefix = common::prefix(tag);
+        let node = SecondNode::start(tag).unwrap();
+        let swarm = Swarm::init_on(&prefix, &node.host_addr).unwrap();
+        node.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ready_nodes() < 2 {
+            assert!(Instant::now() < deadline, "the second node never got Ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut w = World::with_config(tag, NginxKind::Host, versions, SWARM_RUNTIME);
+        for (v, _) in versions {
+            let local = format!("{prefix}-build:{v}");
+            let opts = DemoImageOpts {
+                healthcheck: false,
+                env: vec![("GL_TEST_WORLD".into(), prefix.clone())],
+            };
+            build_demo_image(&local, v, opts).unwrap();
+            node.load_image(&local).unwrap();
+        }
+        let repo = w.repo.clone();
+        w.gl.edit_config(|c| {
+            c.replace(
+                &format!("image = \"{repo}\"\n"),
+                &format!("image = \"{prefix}-build\"\npull = false\n"),
+            )
+        });
+        w.configure(&format!("replicas = {replicas}"), "");
+        TwoNodes {
+            swarm,
+            node,
+            w,
+            _images: Images(vec![format!("{prefix}-build")]),
+        }
+    }
+
+    /// Two nodes with v1 deployed as 4 tasks, routed on both nodes.
+    async fn v1_on_both(tag: &str) -> TwoNodes {
+        let t = TwoNodes::start(tag, &[("v1", NO_ENV)], 4);
+        t.w.deploy_ok("v1").await;
+        let routed = routed(&t.w);
+        assert_eq!(routed.len(), 4, "{routed:?}");
+        for at in [&t.node.host_addr, &t.node.addr] {
+            assert!(on(&routed, at) >= 1, "{routed:?}");
+        }
+        t
+    }
+
+    /// The second node's name in the Swarm (its hostname), and the IDs of
+    /// the blue tasks Swarm wants running there.
+    fn blue_on_node2(&self) -> (String, Vec<String>) {
+        let node2 = self
+            .node
+            .docker(&["info", "--format", "{{.Name}}"])
+            .unwrap()
+            .trim()
+            .to_string();
+        let tasks = tasks_on(&format!("{}-blue", self.w.service), &node2);
+        (node2, tasks)
+    }
+}
+
+/// How many nodes of the Swarm are Ready.
+fn ready_nodes() -> usize {
+    greenlight_testkit::env::docker(&["node", "ls", "--format", "{{.Status}}"])
         .unwrap()
         .lines()
         .filter(|s| *s == "Ready")
         .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the second node never got Ready");
-        std::thread::sleep(Duration::from_millis(100));
+}
+
+/// How many of `addrs` are at `at` (a node's address).
+fn on(addrs: &[String], at: &str) -> usize {
+    addrs
+        .iter()
+        .filter(|a| a.starts_with(&format!("{at}:")))
+        .count()
+}
+
+/// The IDs of the tasks of Swarm service `service` that Swarm wants running
+/// on node `node`.
+fn tasks_on(service: &str, node: &str) -> Vec<String> {
+    greenlight_testkit::env::docker(&[
+        "service",
+        "ps",
+        service,
+        "--filter",
+        &format!("node={node}"),
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.ID}}",
+    ])
+    .unwrap()
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// After a node change at `since`: waits until nginx routes to the service's
+/// `n` tasks, all running on the manager, and none on the second node.
+/// Returns (when the second node left the routing, when the routing was
+/// whole again), both after `since`.
+async fn wait_all_on_manager(t: &TwoNodes, n: usize, since: Instant) -> (Duration, Duration) {
+    let blue = format!("{}-blue", t.w.service);
+    let mut left = None;
+    loop {
+        let r = routed(&t.w);
+        if left.is_none() && on(&r, &t.node.addr) == 0 {
+            left = Some(since.elapsed());
+        }
+        if r.len() == n
+            && on(&r, &t.node.host_addr) == n
+            && r == running_addresses(&t.swarm, &blue, &t.node.host_addr)
+        {
+            return (left.unwrap(), since.elapsed());
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "nginx did not follow within a minute: {r:?}\n{}",
+            t.w.gl.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let w = World::with_config(
-        tag,
-        NginxKind::Host,
-        &[("v1", NO_ENV), ("v2", NO_ENV)],
-        SWARM_RUNTIME,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_leaves_nginx_before_its_tasks_stop() {
+    let t = TwoNodes::v1_on_both("swdrain").await;
+    let w = &t.w;
+    let blue = format!("{}-blue", w.service);
+    let (node2, moved) = t.blue_on_node2();
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    wait_until(|| load.sent_so_far() > 100).await;
+
+    // Swarm sets the drained node's tasks to shut down, signals them ~2 s
+    // later, and starts replacements on the manager.
+    greenlight_testkit::env::docker(&["node", "update", "--availability", "drain", &node2])
+        .unwrap();
+    let drained = Instant::now();
+    let (left, whole) = wait_all_on_manager(&t, 4, drained).await;
+    // When the second node's task containers had all stopped.
+    let stopped = loop {
+        if t.node.docker(&["ps", "-q"]).unwrap().trim().is_empty() {
+            break drained.elapsed();
+        }
+        assert!(drained.elapsed() < Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let after = load.sent_so_far();
+    wait_until(|| load.sent_so_far() > after + 100).await;
+    let report = load.stop().await;
+    eprintln!(
+        "drain of {node2} ({} of its tasks): nginx stopped routing to it {left:?} after the \
+         drain, its containers had all stopped by {stopped:?}, nginx routed to 4 tasks on \
+         the manager after {whole:?}",
+        moved.len()
     );
-    let t = TwoNodes { swarm, node, w };
-    // The second node cannot reach the host's loopback registry: the images
-    // are local builds (pull = false, so services name them by ID), loaded
-    // into the second engine with the same ID.
-    for v in ["v1", "v2"] {
-        let local = format!("{prefix}-build:{v}");
-        let opts = DemoImageOpts {
-            healthcheck: false,
-            env: vec![("GL_TEST_WORLD".into(), prefix.clone())],
-        };
-        build_demo_image(&local, v, opts).unwrap();
-        t.node.load_image(&local).unwrap();
-    }
-    let repo = t.w.repo.clone();
-    t.w.gl.edit_config(|c| {
-        c.replace(
-            &format!("image = \"{repo}\"\n"),
-            &format!("image = \"{prefix}-build\"\npull = false\n"),
-        )
-    });
-    let mut t = t;
-    t.w.configure("replicas = 4", "");
+    assert_zero_failures(&report, 0);
+    assert!(
+        left < stopped,
+        "nginx routed to the node after its tasks stopped"
+    );
+    assert_eq!(t.swarm.nodes_of(&blue).len(), 1);
+    // Local builds: the API's digests are their image IDs.
+    assert_eq!(w.replica_versions().await.len(), 4);
+    assert_resynced(w, &moved[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_goes_down_never_leaves_nginx_on_dead_endpoints_only() {
+    let t = TwoNodes::v1_on_both("swdown").await;
+    let w = &t.w;
+    let (node2, lost) = t.blue_on_node2();
+    // Until Swarm declares the node down (~12 s) its endpoints stay routed;
+    // a connect to one then hangs (nothing answers, not even a refusal)
+    // until the kernel gives the address up, and nginx waits for it as long
+    // as proxy_connect_timeout (60 s by default): requests sent then outlast
+    // the probe's 10 s. A short connect timeout on the site makes nginx try
+    // the next peer after 1 s (a connect that timed out sent nothing, so
+    // every method is retried) and mark the dead one failed.
+    w.nginx.add_to_site("proxy_connect_timeout 1s;").unwrap();
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    wait_until(|| load.sent_so_far() > 100).await;
+
+    // The node drops off the network: nothing reaches it or its tasks.
+    t.node.cut().unwrap();
+    let cut = Instant::now();
+    let sent_at_cut = load.sent_so_far();
+    let mut down = None;
+    let left = loop {
+        let r = routed(w);
+        // nginx always routes to the manager's live tasks too.
+        assert!(on(&r, &t.node.host_addr) >= 1, "{r:?}");
+        if down.is_none()
+            && greenlight_testkit::env::docker(&[
+                "node",
+                "inspect",
+                "--format",
+                "{{.Status.State}}",
+                &node2,
+            ])
+            .unwrap()
+            .trim()
+                == "down"
+        {
+            down = Some(cut.elapsed());
+        }
+        if on(&r, &t.node.addr) == 0 {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "nginx still routes to the cut-off node: {r:?}\n{}",
+            w.gl.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, whole) = wait_all_on_manager(&t, 4, cut).await;
+    let after = load.sent_so_far();
+    wait_until(|| load.sent_so_far() > after + 100).await;
+    let report = load.stop().await;
+    eprintln!("probe: {}", report.summary());
+    let failed: Vec<_> = report.samples.iter().filter(|s| !s.is_2xx()).collect();
+    let slow = report
+        .samples
+        .iter()
+        .filter(|s| s.index >= sent_at_cut && s.is_2xx() && s.latency_ms > 2000.0)
+        .count();
+    eprintln!(
+        "node {node2} cut off ({} of 4 tasks): Swarm saw it down after {:?}; nginx stopped \
+         routing to it {left:?} after the cut and routed to 4 tasks on the manager after \
+         {whole:?}; failed requests: {} of {} ({:?}; the cut came after request {sent_at_cut}); \
+         answered but slower than 2 s after the cut: {slow}",
+        lost.len(),
+        down,
+        failed.len(),
+        report.sent,
+        failed
+            .iter()
+            .map(|s| (s.index, s.kind, s.error))
+            .collect::<Vec<_>>()
+    );
+    // Only requests in flight on the node's tasks when it went (sent less
+    // than 1.2 s before: the 1 s requests) may be lost with it; every
+    // request sent after the cut is answered, late or not.
+    let (_, late) = failed_beyond_kills(&report, &[sent_at_cut], 120);
+    assert!(late.is_empty(), "{late:?}\n{}", report.summary());
+    assert_eq!(w.replica_versions().await.len(), 4);
+    assert_resynced(w, &lost[0]).await;
+    t.node.mend().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
+    let t = TwoNodes::start("sw2n", &[("v1", NO_ENV), ("v2", NO_ENV)], 4);
     let w = &t.w;
     w.deploy_ok("v1").await;
     let blue = format!("{}-blue", w.service);
@@ -723,11 +947,10 @@ async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
         "{:?}",
         t.swarm.nodes_of(&blue)
     );
-    let on = |addrs: &[String], at: &str| addrs.iter().filter(|a| a.starts_with(at)).count();
     let v1_routed = routed(w);
     assert_eq!(v1_routed.len(), 4, "{v1_routed:?}");
     for at in [&t.node.host_addr, &t.node.addr] {
-        assert!(on(&v1_routed, &format!("{at}:")) >= 1, "{v1_routed:?}");
+        assert!(on(&v1_routed, at) >= 1, "{v1_routed:?}");
     }
 
     let load = probe(w, false);
@@ -739,20 +962,9 @@ async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
     let green = format!("{}-green", w.service);
     assert_eq!(t.swarm.nodes_of(&green).len(), 2);
     let v2_routed = routed(w);
-    assert!(
-        on(&v2_routed, &format!("{}:", t.node.addr)) >= 1,
-        "{v2_routed:?}"
-    );
+    assert!(on(&v2_routed, &t.node.addr) >= 1, "{v2_routed:?}");
     eprintln!("v1 routed to {v1_routed:?}, v2 to {v2_routed:?}");
     // Local builds: the API's digests are their image IDs; all four run.
     assert_eq!(w.replica_versions().await.len(), 4);
     assert_eq!(w.served().await, (200, "v2".to_string()));
-    // The Swarm and the second node go first, the world next (its cleanup
-    // removes the task containers), the local builds last.
-    let TwoNodes { swarm, node, w } = t;
-    let images = Images(vec![format!("{prefix}-build")]);
-    drop(swarm);
-    drop(node);
-    drop(w);
-    drop(images);
 }

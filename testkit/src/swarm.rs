@@ -195,6 +195,9 @@ impl Drop for Swarm {
 pub struct SecondNode {
     netns: String,
     host_if: String,
+    node_if: String,
+    /// [`SecondNode::cut`] took its link down.
+    cut: std::sync::atomic::AtomicBool,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
     /// The host's end of the veth pair: advertise the Swarm on it.
@@ -233,6 +236,8 @@ impl SecondNode {
         let mut node = SecondNode {
             netns: netns.clone(),
             host_if: host_if.clone(),
+            node_if: node_if.clone(),
+            cut: Default::default(),
             dir,
             child: None,
             host_addr: HOST_ADDR.into(),
@@ -352,6 +357,40 @@ impl SecondNode {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
     }
+
+    /// `ip link set <node's end> up|down` inside the node's namespace.
+    fn link(&self, state: &str) -> Result<()> {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.netns,
+                "ip",
+                "link",
+                "set",
+                &self.node_if,
+                state,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The node goes down as the rest of the network sees it: its end of the
+    /// veth link goes down, so the manager hears nothing from it any more and
+    /// nothing reaches its tasks (their processes keep running, cut off, as
+    /// behind a dead switch port). [`SecondNode::mend`] (or the drop) undoes it.
+    pub fn cut(&self) -> Result<()> {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.link("down")
+    }
+
+    /// Brings the node's link up again after [`SecondNode::cut`].
+    pub fn mend(&self) -> Result<()> {
+        self.link("up")?;
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl Swarm {
@@ -389,6 +428,9 @@ impl Swarm {
 
 impl Drop for SecondNode {
     fn drop(&mut self) {
+        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.mend();
+        }
         let _ = self.docker(&["swarm", "leave", "--force"]);
         if let Some(mut child) = self.child.take() {
             // dockerd stops its containers and unmounts on SIGTERM.
