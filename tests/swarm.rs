@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::load::{assert_flips_once, assert_zero_failures, probe, versions};
 use common::{NginxKind, Target, World};
-use greenlight_testkit::env::{build_demo_image, DemoImageOpts};
+use greenlight_testkit::env::{build_demo_image, BasicAuth, DemoImageOpts};
 use greenlight_testkit::swarm::{SecondNode, Swarm};
 use serde_json::Value;
 
@@ -677,19 +677,12 @@ struct TwoNodes {
 
 impl TwoNodes {
     /// Both nodes Ready, a world of `versions` with `replicas` tasks a colour.
-    /// The second node cannot reach the host's loopback registry: the images
-    /// are local builds (pull = false, so services name them by ID), loaded
-    /// into the second engine with the same ID.
+    /// No registry: the images are local builds (pull = false, so services
+    /// name them by ID), loaded into the second engine with the same ID
+    /// ([`TwoNodes::pulling`] has both nodes pull from the registry instead).
     fn start(tag: &str, versions: &[(&str, &[(&str, &str)])], replicas: u32) -> TwoNodes {
         let prefix = common::prefix(tag);
-        let node = SecondNode::start(tag).unwrap();
-        let swarm = Swarm::init_on(&prefix, &node.host_addr).unwrap();
-        node.join().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ready_nodes() < 2 {
-            assert!(Instant::now() < deadline, "the second node never got Ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (swarm, node) = TwoNodes::nodes(tag);
         let mut w = World::with_config(tag, NginxKind::Host, versions, SWARM_RUNTIME);
         for (v, _) in versions {
             let local = format!("{prefix}-build:{v}");
@@ -713,6 +706,43 @@ impl TwoNodes {
             node,
             w,
             _images: Images(vec![format!("{prefix}-build")]),
+        }
+    }
+
+    /// The manager (advertised on the veth) and the second node, both Ready.
+    fn nodes(tag: &str) -> (Swarm, SecondNode) {
+        let node = SecondNode::start(tag).unwrap();
+        let swarm = Swarm::init_on(&common::prefix(tag), &node.host_addr).unwrap();
+        node.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ready_nodes() < 2 {
+            assert!(Instant::now() < deadline, "the second node never got Ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (swarm, node)
+    }
+
+    /// Like [`TwoNodes::start`], with the versions pushed to the world's
+    /// registry, which requires a user (greenlight's `[[registry]]` entry has
+    /// the password): both nodes pull `repo@digest` from it under the one
+    /// name `127.0.0.1:<port>`, the second node through a forwarder from its
+    /// own loopback.
+    fn pulling(tag: &str, versions: &[(&str, &[(&str, &str)])], replicas: u32) -> TwoNodes {
+        let (swarm, node) = TwoNodes::nodes(tag);
+        let user = BasicAuth {
+            username: "swarm-puller".into(),
+            password: "staple-battery-horse".into(),
+        };
+        let password = user.password.clone();
+        let mut w = World::with_registry_auth(tag, versions, user, &password, SWARM_RUNTIME);
+        node.forward_loopback(w.registry.port()).unwrap();
+        w.configure(&format!("replicas = {replicas}"), "");
+        let repo = w.repo.clone();
+        TwoNodes {
+            swarm,
+            node,
+            w,
+            _images: Images(vec![repo]),
         }
     }
 
@@ -933,6 +963,75 @@ async fn a_node_that_goes_down_never_leaves_nginx_on_dead_endpoints_only() {
     assert_eq!(w.replica_versions().await.len(), 4);
     assert_resynced(w, &lost[0]).await;
     t.node.mend().unwrap();
+}
+
+/// The digests of the images the second node holds.
+fn digests_on(node: &SecondNode) -> Vec<String> {
+    node.docker(&["images", "--digests", "--format", "{{.Digest}}"])
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_images_are_pulled_on_both_nodes_with_the_registry_credentials() {
+    let t = TwoNodes::pulling("swpull", &[("v1", NO_ENV), ("v2", NO_ENV)], 4);
+    let w = &t.w;
+    assert!(digests_on(&t.node).is_empty());
+    let d1 = w.deploy_ok("v1").await;
+    assert_eq!(d1["digest"], w.digest("v1"));
+    let blue = format!("{}-blue", w.service);
+    assert_eq!(t.swarm.nodes_of(&blue).len(), 2);
+    let v1_routed = routed(w);
+    for at in [&t.node.host_addr, &t.node.addr] {
+        assert!(on(&v1_routed, at) >= 1, "{v1_routed:?}");
+    }
+    // The second node pulled the pinned digest itself.
+    assert!(
+        digests_on(&t.node).contains(&w.digest("v1").to_string()),
+        "{:?}",
+        digests_on(&t.node)
+    );
+    assert_eq!(w.replica_versions().await, ["v1", "v1", "v1", "v1"]);
+
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    let before = w.registry.log().len();
+    let started = Instant::now();
+    let d2 = w.deploy_ok("v2").await;
+    let took = started.elapsed();
+    let report = load.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_flips_once(&report, &["v1", "v2"]);
+    assert_eq!(d2["digest"], w.digest("v2"));
+    let green = format!("{}-green", w.service);
+    assert_eq!(t.swarm.nodes_of(&green).len(), 2);
+    assert!(on(&routed(w), &t.node.addr) >= 1, "{:?}", routed(w));
+    assert!(digests_on(&t.node).contains(&w.digest("v2").to_string()));
+    assert_eq!(w.replica_versions().await, ["v2", "v2", "v2", "v2"]);
+    // Each engine's GET of the digest was let in with the user's password
+    // (the registry lets nothing in without it): greenlight's pull on the
+    // manager, the second node's for its tasks.
+    let log = w.registry.log()[before..].to_string();
+    let pulls = log
+        .lines()
+        .filter(|l| {
+            l.contains("msg=\"authorized request\"")
+                && l.contains("http.request.method=GET ")
+                && l.contains(&format!("/manifests/{}", w.digest("v2")))
+        })
+        .count();
+    eprintln!(
+        "v2 deployed on two nodes from the registry in {took:?}; authorized GETs of its \
+         manifest: {pulls}; v1 routed to {v1_routed:?}, v2 to {:?}",
+        routed(w)
+    );
+    assert!(pulls >= 2, "registry log:\n{log}");
+    assert!(
+        !log.contains("authentication failure"),
+        "registry log:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
