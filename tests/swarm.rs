@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::load::{assert_flips_once, assert_zero_failures, probe, versions};
 use common::{NginxKind, Target, World};
-use greenlight_testkit::env::{build_demo_image, DemoImageOpts};
+use greenlight_testkit::env::{build_demo_image, BasicAuth, DemoImageOpts};
 use greenlight_testkit::swarm::{SecondNode, Swarm};
 use serde_json::Value;
 
@@ -156,19 +156,7 @@ fn names(w: &World, colour: &str, n: u32) -> String {
 
 /// Waits until deployment `id` is at `step`.
 async fn wait_step(w: &World, id: i64, step: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let d = w.gl.get(&format!("/api/deployments/{id}")).await;
-        if d["step"] == step {
-            return;
-        }
-        assert!(
-            d["finished_at"].is_null(),
-            "deployment {id} ended before {step}: {d:#}"
-        );
-        assert!(Instant::now() < deadline, "never reached {step}: {d:#}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_step_in(w, id, &[step]).await
 }
 
 /// `greenlight check` with the config at `path`: (exit 0, its output).
@@ -398,14 +386,7 @@ async fn a_task_killed_by_hand_is_replaced_and_nginx_follows() {
         victim["id"].as_str().unwrap().to_string(),
         victim["address"].as_str().unwrap().to_string(),
     );
-    let container = greenlight_testkit::env::docker(&[
-        "inspect",
-        "--format",
-        "{{.Status.ContainerStatus.ContainerID}}",
-        &task,
-    ])
-    .unwrap();
-    greenlight_testkit::env::docker(&["kill", container.trim()]).unwrap();
+    kill_task(&task);
     let sent_before_kill = load.sent_so_far();
     let killed_at = Instant::now();
 
@@ -457,6 +438,11 @@ async fn a_task_killed_by_hand_is_replaced_and_nginx_follows() {
     assert_eq!(s.tasks("blue"), Some((3, 3)));
 
     // Recorded in history: resyncs, each with what changed.
+    assert_resynced(w, &task).await;
+}
+
+/// The service's history holds resyncs, every one succeeded, one naming `task`.
+async fn assert_resynced(w: &World, task: &str) {
     let list =
         w.gl.get(&format!("/api/deployments?service={}", w.service))
             .await;
@@ -475,9 +461,236 @@ async fn a_task_killed_by_hand_is_replaced_and_nginx_follows() {
         resyncs.iter().any(|d| d["trigger_detail"]["reason"]
             .as_str()
             .unwrap()
-            .contains(&task)),
+            .contains(task)),
         "{resyncs:#?}"
     );
+}
+
+/// The host port a task publishes, at `node` (its node's address).
+fn task_address(task: &str, node: &str) -> String {
+    let ports = greenlight_testkit::env::docker(&[
+        "inspect",
+        "--format",
+        "{{range .Status.PortStatus.Ports}}{{.PublishedPort}} {{end}}",
+        task,
+    ])
+    .unwrap();
+    format!("{node}:{}", ports.split_whitespace().next().unwrap())
+}
+
+/// SIGKILLs the container of `task` (as an operator's `docker kill` does).
+fn kill_task(task: &str) {
+    let container = greenlight_testkit::env::docker(&[
+        "inspect",
+        "--format",
+        "{{.Status.ContainerStatus.ContainerID}}",
+        task,
+    ])
+    .unwrap();
+    greenlight_testkit::env::docker(&["kill", container.trim()]).unwrap();
+}
+
+/// The addresses of the running tasks of Swarm service `service`, all on the
+/// node at `node`, sorted.
+fn running_addresses(swarm: &Swarm, service: &str, node: &str) -> Vec<String> {
+    let mut out: Vec<String> = swarm
+        .running_tasks(service)
+        .iter()
+        .map(|(task, _)| task_address(task, node))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The step deployment `id` is at (or `finished`).
+async fn step_of(w: &World, id: i64) -> String {
+    let d = w.gl.get(&format!("/api/deployments/{id}")).await;
+    d["step"].as_str().unwrap_or("finished").to_string()
+}
+
+/// Waits until deployment `id` is at one of `steps` (a short step may pass
+/// between two looks: the later ones count too).
+async fn wait_step_in(w: &World, id: i64, steps: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = w.gl.get(&format!("/api/deployments/{id}")).await;
+        if d["step"].as_str().is_some_and(|s| steps.contains(&s)) {
+            return;
+        }
+        assert!(
+            d["finished_at"].is_null(),
+            "deployment {id} ended before {steps:?}: {d:#}"
+        );
+        assert!(Instant::now() < deadline, "never reached {steps:?}: {d:#}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The failed requests of `report`: how many, and those that were not in
+/// flight at one of the kills. A kill is the request numbers sent just before
+/// it was ordered and just after it was done; in flight at it means sent
+/// before it was done and at most `window` requests before it was ordered
+/// (the probe's slowest requests take 1 s: 100 at 100 req/s).
+fn failed_beyond_kills(
+    report: &greenlight_testkit::probe::ProbeReport,
+    kills: &[(u64, u64)],
+    window: u64,
+) -> (usize, Vec<String>) {
+    let failed: Vec<_> = report.samples.iter().filter(|s| !s.is_2xx()).collect();
+    eprintln!(
+        "kills between requests {kills:?}; failed requests {:?}",
+        failed
+            .iter()
+            .map(|s| (s.index, s.kind, s.status, s.error))
+            .collect::<Vec<_>>()
+    );
+    let late = failed
+        .iter()
+        .filter(|s| {
+            !kills
+                .iter()
+                .any(|&(from, to)| s.index < to && s.index + window >= from)
+        })
+        .map(|s| format!("{s:?}"))
+        .collect();
+    (failed.len(), late)
+}
+
+/// [`kill_task`] under `load`: the request numbers sent just before and just
+/// after.
+fn kill_under(load: &greenlight_testkit::probe::ProbeHandle, task: &str) -> (u64, u64) {
+    let before = load.sent_so_far();
+    kill_task(task);
+    (before, load.sent_so_far())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_killed_by_hand_during_a_deploy_fails_no_request_sent_after_it() {
+    let mut s = OnSwarm::new(
+        "swtaskd",
+        &[("v1", NO_ENV), ("v2", NO_ENV), ("v3", NO_ENV)],
+        3,
+    );
+    // A gate of ~2 s (20 good probes 100 ms apart), so that the kills below
+    // land in it.
+    s.w.gl
+        .edit_config(|c| c.replace("healthy_after = 3", "healthy_after = 20"));
+    s.w.gl.restart();
+    let w = &s.w;
+    w.deploy_ok("v1").await;
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    wait_until(|| load.sent_so_far() > 100).await;
+    let started = Instant::now();
+
+    // 1. An old, routed task (blue, v1) killed while green's tasks are gated:
+    // nginx's next try takes another blue task, the switch goes to green,
+    // blue (with Swarm's replacement of the killed task) is scaled to 0.
+    let (old_task, _) = s.swarm.running_tasks(&s.colour("blue"))[0].clone();
+    let old_address = task_address(&old_task, "127.0.0.1");
+    assert!(s.routed().contains(&old_address), "{:?}", s.routed());
+    let id = w.gl.deploy(&w.service, Target::Tag("v2")).await;
+    wait_step_in(w, id, &["health_gate"]).await;
+    let kill1 = kill_under(&load, &old_task);
+    let at = step_of(w, id).await;
+    assert_eq!(at, "health_gate");
+    let d = w.gl.wait_done(id).await;
+    assert_eq!(d["state"], "succeeded", "{d:#}\n{}", w.gl.log());
+    assert_eq!(
+        s.routed(),
+        running_addresses(&s.swarm, &s.colour("green"), "127.0.0.1")
+    );
+    assert_eq!(s.routed().len(), 3);
+    assert_eq!(s.tasks("blue"), Some((0, 0)));
+    eprintln!(
+        "1: killed old task {old_task} ({old_address}) at {at}: deployment {}",
+        d["state"]
+    );
+
+    // 2. A new task (blue, v3) killed during its gate: it is indistinguishable
+    // from a version that crashes on start (exit 137 is also the OOM
+    // killer's), so the deployment fails there and blue goes back to 0; green
+    // (v2), routed throughout, keeps serving.
+    let before = s.routed();
+    let id = w.gl.deploy(&w.service, Target::Tag("v3")).await;
+    wait_step_in(w, id, &["health_gate"]).await;
+    let (new_task, _) = s.swarm.running_tasks(&s.colour("blue"))[0].clone();
+    let kill2 = kill_under(&load, &new_task);
+    let at = step_of(w, id).await;
+    assert_eq!(at, "health_gate");
+    let d = w.gl.wait_done(id).await;
+    assert_eq!(d["state"], "failed", "{d:#}\n{}", w.gl.log());
+    assert_eq!(d["failed_step"], "health_gate", "{d:#}");
+    assert!(d["error"].as_str().unwrap().contains("exited"), "{d:#}");
+    assert_eq!(s.routed(), before);
+    assert!(
+        s.swarm
+            .wait_replicas(&s.colour("blue"), 0, Duration::from_secs(30)),
+        "{:?}",
+        s.tasks("blue")
+    );
+    assert_eq!(s.tasks("green"), Some((3, 3)));
+    eprintln!("2: killed new task {new_task} at {at}: {}", d["error"]);
+
+    // 3. A new task (blue, v3), routed since the switch, killed while the old
+    // workers drain: the deployment owns the routing until it ends, nginx's
+    // next try skips the dead endpoint; then the watcher's resync takes it
+    // out and adds Swarm's replacement (a new port) once it passes the gate.
+    let id = w.gl.deploy(&w.service, Target::Tag("v3")).await;
+    wait_step_in(w, id, &["draining", "stopping_old"]).await;
+    let routed_at_kill = s.routed();
+    let (new_task, _) = s.swarm.running_tasks(&s.colour("blue"))[0].clone();
+    let new_address = task_address(&new_task, "127.0.0.1");
+    assert!(routed_at_kill.contains(&new_address), "{routed_at_kill:?}");
+    let kill3 = kill_under(&load, &new_task);
+    let killed_at = Instant::now();
+    let at = step_of(w, id).await;
+    let d = w.gl.wait_done(id).await;
+    assert_eq!(d["state"], "succeeded", "{d:#}\n{}", w.gl.log());
+    let mut left = None;
+    loop {
+        let routed = s.routed();
+        if !routed.contains(&new_address) && left.is_none() {
+            left = Some(killed_at.elapsed());
+        }
+        if routed.len() == 3
+            && routed == running_addresses(&s.swarm, &s.colour("blue"), "127.0.0.1")
+        {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(45),
+            "nginx did not follow: {routed:?}\n{}",
+            w.gl.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let followed = killed_at.elapsed();
+    eprintln!(
+        "3: killed routed new task {new_task} ({new_address}) at {at}: the deployment {}; \
+         the dead endpoint left nginx {:?} after the kill, the replacement joined after {followed:?}",
+        d["state"],
+        left.unwrap()
+    );
+    assert_eq!(s.tasks("green"), Some((0, 0)));
+    assert_eq!(w.replica_versions().await, ["v3", "v3", "v3"]);
+    let after = load.sent_so_far();
+    wait_until(|| load.sent_so_far() > after + 100).await;
+    let report = load.stop().await;
+    eprintln!("probe: {}", report.summary());
+    eprintln!("three deploys and three kills took {:?}", started.elapsed());
+
+    // Only requests in flight on a killed task may fail.
+    let (failed, late) = failed_beyond_kills(&report, &[kill1, kill2, kill3], 110);
+    eprintln!(
+        "failed: {failed} of {} sent (in flight on the killed tasks); failed otherwise: {}",
+        report.sent,
+        late.len()
+    );
+    assert!(late.is_empty(), "{late:?}\n{}", report.summary());
+
+    // The resync is recorded, with the killed task named.
+    assert_resynced(w, &new_task).await;
 }
 
 /// Waits (up to a minute) until `cond` holds.
@@ -495,59 +708,373 @@ async fn wait_until(cond: impl Fn() -> bool) {
 /// Two nodes: the test's engine is the manager, advertised on a veth
 /// address, and a second engine in its own network namespace joins as a
 /// worker. Tasks run on both; nginx on the host reaches each at its node's
-/// address.
+/// address. Dropped in order: the Swarm and the second node first, the world
+/// next (its cleanup removes the task containers), the local builds last.
 struct TwoNodes {
     swarm: Swarm,
     node: SecondNode,
     w: World,
+    _images: Images,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
-    let tag = "sw2n";
-    let prefix = common::prefix(tag);
-    let node = SecondNode::start(tag).unwrap();
-    let swarm = Swarm::init_on(&prefix, &node.host_addr).unwrap();
-    node.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while greenlight_testkit::env::docker(&["node", "ls", "--format", "{{.Status}}"])
+impl TwoNodes {
+    /// Both nodes Ready, a world of `versions` with `replicas` tasks a colour.
+    /// No registry: the images are local builds (pull = false, so services
+    /// name them by ID), loaded into the second engine with the same ID
+    /// ([`TwoNodes::pulling`] has both nodes pull from the registry instead).
+    fn start(tag: &str, versions: &[(&str, &[(&str, &str)])], replicas: u32) -> TwoNodes {
+        let prefix = common::prefix(tag);
+        let (swarm, node) = TwoNodes::nodes(tag);
+        let mut w = World::with_config(tag, NginxKind::Host, versions, SWARM_RUNTIME);
+        for (v, _) in versions {
+            let local = format!("{prefix}-build:{v}");
+            let opts = DemoImageOpts {
+                healthcheck: false,
+                env: vec![("GL_TEST_WORLD".into(), prefix.clone())],
+            };
+            build_demo_image(&local, v, opts).unwrap();
+            node.load_image(&local).unwrap();
+        }
+        let repo = w.repo.clone();
+        w.gl.edit_config(|c| {
+            c.replace(
+                &format!("image = \"{repo}\"\n"),
+                &format!("image = \"{prefix}-build\"\npull = false\n"),
+            )
+        });
+        w.configure(&format!("replicas = {replicas}"), "");
+        TwoNodes {
+            swarm,
+            node,
+            w,
+            _images: Images(vec![format!("{prefix}-build")]),
+        }
+    }
+
+    /// The manager (advertised on the veth) and the second node, both Ready.
+    fn nodes(tag: &str) -> (Swarm, SecondNode) {
+        let node = SecondNode::start(tag).unwrap();
+        let swarm = Swarm::init_on(&common::prefix(tag), &node.host_addr).unwrap();
+        node.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ready_nodes() < 2 {
+            assert!(Instant::now() < deadline, "the second node never got Ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (swarm, node)
+    }
+
+    /// Like [`TwoNodes::start`], with the versions pushed to the world's
+    /// registry, which requires a user (greenlight's `[[registry]]` entry has
+    /// the password): both nodes pull `repo@digest` from it under the one
+    /// name `127.0.0.1:<port>`, the second node through a forwarder from its
+    /// own loopback.
+    fn pulling(tag: &str, versions: &[(&str, &[(&str, &str)])], replicas: u32) -> TwoNodes {
+        let (swarm, node) = TwoNodes::nodes(tag);
+        let user = BasicAuth {
+            username: "swarm-puller".into(),
+            password: "staple-battery-horse".into(),
+        };
+        let password = user.password.clone();
+        let mut w = World::with_registry_auth(tag, versions, user, &password, SWARM_RUNTIME);
+        node.forward_loopback(w.registry.port()).unwrap();
+        w.configure(&format!("replicas = {replicas}"), "");
+        let repo = w.repo.clone();
+        TwoNodes {
+            swarm,
+            node,
+            w,
+            _images: Images(vec![repo]),
+        }
+    }
+
+    /// Two nodes with v1 deployed as 4 tasks, routed on both nodes.
+    async fn v1_on_both(tag: &str) -> TwoNodes {
+        let t = TwoNodes::start(tag, &[("v1", NO_ENV)], 4);
+        t.w.deploy_ok("v1").await;
+        let routed = routed(&t.w);
+        assert_eq!(routed.len(), 4, "{routed:?}");
+        for at in [&t.node.host_addr, &t.node.addr] {
+            assert!(on(&routed, at) >= 1, "{routed:?}");
+        }
+        t
+    }
+
+    /// The second node's name in the Swarm (its hostname), and the IDs of
+    /// the blue tasks Swarm wants running there.
+    fn blue_on_node2(&self) -> (String, Vec<String>) {
+        let node2 = self
+            .node
+            .docker(&["info", "--format", "{{.Name}}"])
+            .unwrap()
+            .trim()
+            .to_string();
+        let tasks = tasks_on(&format!("{}-blue", self.w.service), &node2);
+        (node2, tasks)
+    }
+}
+
+/// How many nodes of the Swarm are Ready.
+fn ready_nodes() -> usize {
+    greenlight_testkit::env::docker(&["node", "ls", "--format", "{{.Status}}"])
         .unwrap()
         .lines()
         .filter(|s| *s == "Ready")
         .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the second node never got Ready");
-        std::thread::sleep(Duration::from_millis(100));
+}
+
+/// How many of `addrs` are at `at` (a node's address).
+fn on(addrs: &[String], at: &str) -> usize {
+    addrs
+        .iter()
+        .filter(|a| a.starts_with(&format!("{at}:")))
+        .count()
+}
+
+/// The IDs of the tasks of Swarm service `service` that Swarm wants running
+/// on node `node`.
+fn tasks_on(service: &str, node: &str) -> Vec<String> {
+    greenlight_testkit::env::docker(&[
+        "service",
+        "ps",
+        service,
+        "--filter",
+        &format!("node={node}"),
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.ID}}",
+    ])
+    .unwrap()
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// After a node change at `since`: waits until nginx routes to the service's
+/// `n` tasks, all running on the manager, and none on the second node.
+/// Returns (when the second node left the routing, when the routing was
+/// whole again), both after `since`.
+async fn wait_all_on_manager(t: &TwoNodes, n: usize, since: Instant) -> (Duration, Duration) {
+    let blue = format!("{}-blue", t.w.service);
+    let mut left = None;
+    loop {
+        let r = routed(&t.w);
+        if left.is_none() && on(&r, &t.node.addr) == 0 {
+            left = Some(since.elapsed());
+        }
+        if r.len() == n
+            && on(&r, &t.node.host_addr) == n
+            && r == running_addresses(&t.swarm, &blue, &t.node.host_addr)
+        {
+            return (left.unwrap(), since.elapsed());
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "nginx did not follow within a minute: {r:?}\n{}",
+            t.w.gl.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let w = World::with_config(
-        tag,
-        NginxKind::Host,
-        &[("v1", NO_ENV), ("v2", NO_ENV)],
-        SWARM_RUNTIME,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_leaves_nginx_before_its_tasks_stop() {
+    let t = TwoNodes::v1_on_both("swdrain").await;
+    let w = &t.w;
+    let blue = format!("{}-blue", w.service);
+    let (node2, moved) = t.blue_on_node2();
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    wait_until(|| load.sent_so_far() > 100).await;
+
+    // Swarm sets the drained node's tasks to shut down, signals them ~2 s
+    // later, and starts replacements on the manager.
+    greenlight_testkit::env::docker(&["node", "update", "--availability", "drain", &node2])
+        .unwrap();
+    let drained = Instant::now();
+    let (left, whole) = wait_all_on_manager(&t, 4, drained).await;
+    // When the second node's task containers had all stopped.
+    let stopped = loop {
+        if t.node.docker(&["ps", "-q"]).unwrap().trim().is_empty() {
+            break drained.elapsed();
+        }
+        assert!(drained.elapsed() < Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let after = load.sent_so_far();
+    wait_until(|| load.sent_so_far() > after + 100).await;
+    let report = load.stop().await;
+    eprintln!(
+        "drain of {node2} ({} of its tasks): nginx stopped routing to it {left:?} after the \
+         drain, its containers had all stopped by {stopped:?}, nginx routed to 4 tasks on \
+         the manager after {whole:?}",
+        moved.len()
     );
-    let t = TwoNodes { swarm, node, w };
-    // The second node cannot reach the host's loopback registry: the images
-    // are local builds (pull = false, so services name them by ID), loaded
-    // into the second engine with the same ID.
-    for v in ["v1", "v2"] {
-        let local = format!("{prefix}-build:{v}");
-        let opts = DemoImageOpts {
-            healthcheck: false,
-            env: vec![("GL_TEST_WORLD".into(), prefix.clone())],
-        };
-        build_demo_image(&local, v, opts).unwrap();
-        t.node.load_image(&local).unwrap();
+    assert_zero_failures(&report, 0);
+    assert!(
+        left < stopped,
+        "nginx routed to the node after its tasks stopped"
+    );
+    assert_eq!(t.swarm.nodes_of(&blue).len(), 1);
+    // Local builds: the API's digests are their image IDs.
+    assert_eq!(w.replica_versions().await.len(), 4);
+    assert_resynced(w, &moved[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_goes_down_never_leaves_nginx_on_dead_endpoints_only() {
+    let t = TwoNodes::v1_on_both("swdown").await;
+    let w = &t.w;
+    let (node2, lost) = t.blue_on_node2();
+    // Until Swarm declares the node down (~12 s) its endpoints stay routed;
+    // a connect to one then hangs (nothing answers, not even a refusal)
+    // until the kernel gives the address up, and nginx waits for it as long
+    // as proxy_connect_timeout (60 s by default): requests sent then outlast
+    // the probe's 10 s. A short connect timeout on the site makes nginx try
+    // the next peer after 1 s (a connect that timed out sent nothing, so
+    // every method is retried) and mark the dead one failed.
+    w.nginx.add_to_site("proxy_connect_timeout 1s;").unwrap();
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    wait_until(|| load.sent_so_far() > 100).await;
+
+    // The node drops off the network: nothing reaches it or its tasks.
+    let sent_before_cut = load.sent_so_far();
+    t.node.cut().unwrap();
+    let cut = Instant::now();
+    let sent_at_cut = load.sent_so_far();
+    let mut down = None;
+    let left = loop {
+        let r = routed(w);
+        // nginx always routes to the manager's live tasks too.
+        assert!(on(&r, &t.node.host_addr) >= 1, "{r:?}");
+        if down.is_none()
+            && greenlight_testkit::env::docker(&[
+                "node",
+                "inspect",
+                "--format",
+                "{{.Status.State}}",
+                &node2,
+            ])
+            .unwrap()
+            .trim()
+                == "down"
+        {
+            down = Some(cut.elapsed());
+        }
+        if on(&r, &t.node.addr) == 0 {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "nginx still routes to the cut-off node: {r:?}\n{}",
+            w.gl.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, whole) = wait_all_on_manager(&t, 4, cut).await;
+    let after = load.sent_so_far();
+    wait_until(|| load.sent_so_far() > after + 100).await;
+    let report = load.stop().await;
+    eprintln!("probe: {}", report.summary());
+    let failed: Vec<_> = report.samples.iter().filter(|s| !s.is_2xx()).collect();
+    let slow = report
+        .samples
+        .iter()
+        .filter(|s| s.index >= sent_at_cut && s.is_2xx() && s.latency_ms > 2000.0)
+        .count();
+    eprintln!(
+        "node {node2} cut off ({} of 4 tasks): Swarm saw it down after {:?}; nginx stopped \
+         routing to it {left:?} after the cut and routed to 4 tasks on the manager after \
+         {whole:?}; failed requests: {} of {}; answered but slower than 2 s after the cut: \
+         {slow}",
+        lost.len(),
+        down,
+        failed.len(),
+        report.sent,
+    );
+    // Only requests in flight on the node's tasks when it went may be lost
+    // with it; every request sent after the cut is answered, late or not.
+    let (_, late) = failed_beyond_kills(&report, &[(sent_before_cut, sent_at_cut)], 110);
+    assert!(late.is_empty(), "{late:?}\n{}", report.summary());
+    assert_eq!(w.replica_versions().await.len(), 4);
+    assert_resynced(w, &lost[0]).await;
+    t.node.mend().unwrap();
+}
+
+/// The digests of the images the second node holds.
+fn digests_on(node: &SecondNode) -> Vec<String> {
+    node.docker(&["images", "--digests", "--format", "{{.Digest}}"])
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_images_are_pulled_on_both_nodes_with_the_registry_credentials() {
+    let t = TwoNodes::pulling("swpull", &[("v1", NO_ENV), ("v2", NO_ENV)], 4);
+    let w = &t.w;
+    assert!(digests_on(&t.node).is_empty());
+    let d1 = w.deploy_ok("v1").await;
+    assert_eq!(d1["digest"], w.digest("v1"));
+    let blue = format!("{}-blue", w.service);
+    assert_eq!(t.swarm.nodes_of(&blue).len(), 2);
+    let v1_routed = routed(w);
+    for at in [&t.node.host_addr, &t.node.addr] {
+        assert!(on(&v1_routed, at) >= 1, "{v1_routed:?}");
     }
-    let repo = t.w.repo.clone();
-    t.w.gl.edit_config(|c| {
-        c.replace(
-            &format!("image = \"{repo}\"\n"),
-            &format!("image = \"{prefix}-build\"\npull = false\n"),
-        )
-    });
-    let mut t = t;
-    t.w.configure("replicas = 4", "");
+    // The second node pulled the pinned digest itself.
+    assert!(
+        digests_on(&t.node).contains(&w.digest("v1").to_string()),
+        "{:?}",
+        digests_on(&t.node)
+    );
+    assert_eq!(w.replica_versions().await, ["v1", "v1", "v1", "v1"]);
+
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v1", Duration::from_secs(10)).await);
+    let before = w.registry.log().len();
+    let started = Instant::now();
+    let d2 = w.deploy_ok("v2").await;
+    let took = started.elapsed();
+    let report = load.stop().await;
+    assert_zero_failures(&report, 1);
+    assert_flips_once(&report, &["v1", "v2"]);
+    assert_eq!(d2["digest"], w.digest("v2"));
+    let green = format!("{}-green", w.service);
+    assert_eq!(t.swarm.nodes_of(&green).len(), 2);
+    assert!(on(&routed(w), &t.node.addr) >= 1, "{:?}", routed(w));
+    assert!(digests_on(&t.node).contains(&w.digest("v2").to_string()));
+    assert_eq!(w.replica_versions().await, ["v2", "v2", "v2", "v2"]);
+    // Each engine's GET of the digest was let in with the user's password
+    // (the registry lets nothing in without it): greenlight's pull on the
+    // manager, the second node's for its tasks.
+    let log = w.registry.log()[before..].to_string();
+    let pulls = log
+        .lines()
+        .filter(|l| {
+            l.contains("msg=\"authorized request\"")
+                && l.contains("http.request.method=GET ")
+                && l.contains(&format!("/manifests/{}", w.digest("v2")))
+        })
+        .count();
+    eprintln!(
+        "v2 deployed on two nodes from the registry in {took:?}; authorized GETs of its \
+         manifest: {pulls}; v1 routed to {v1_routed:?}, v2 to {:?}",
+        routed(w)
+    );
+    assert!(pulls >= 2, "registry log:\n{log}");
+    assert!(
+        !log.contains("authentication failure"),
+        "registry log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
+    let t = TwoNodes::start("sw2n", &[("v1", NO_ENV), ("v2", NO_ENV)], 4);
     let w = &t.w;
     w.deploy_ok("v1").await;
     let blue = format!("{}-blue", w.service);
@@ -557,11 +1084,10 @@ async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
         "{:?}",
         t.swarm.nodes_of(&blue)
     );
-    let on = |addrs: &[String], at: &str| addrs.iter().filter(|a| a.starts_with(at)).count();
     let v1_routed = routed(w);
     assert_eq!(v1_routed.len(), 4, "{v1_routed:?}");
     for at in [&t.node.host_addr, &t.node.addr] {
-        assert!(on(&v1_routed, &format!("{at}:")) >= 1, "{v1_routed:?}");
+        assert!(on(&v1_routed, at) >= 1, "{v1_routed:?}");
     }
 
     let load = probe(w, false);
@@ -573,22 +1099,11 @@ async fn tasks_on_two_nodes_are_reached_on_both_and_deploys_lose_nothing() {
     let green = format!("{}-green", w.service);
     assert_eq!(t.swarm.nodes_of(&green).len(), 2);
     let v2_routed = routed(w);
-    assert!(
-        on(&v2_routed, &format!("{}:", t.node.addr)) >= 1,
-        "{v2_routed:?}"
-    );
+    assert!(on(&v2_routed, &t.node.addr) >= 1, "{v2_routed:?}");
     eprintln!("v1 routed to {v1_routed:?}, v2 to {v2_routed:?}");
     // Local builds: the API's digests are their image IDs; all four run.
     assert_eq!(w.replica_versions().await.len(), 4);
     assert_eq!(w.served().await, (200, "v2".to_string()));
-    // The Swarm and the second node go first, the world next (its cleanup
-    // removes the task containers), the local builds last.
-    let TwoNodes { swarm, node, w } = t;
-    let images = Images(vec![format!("{prefix}-build")]);
-    drop(swarm);
-    drop(node);
-    drop(w);
-    drop(images);
 }
 
 /// The detail of every recorded step of `d`, one per line.

@@ -1211,29 +1211,7 @@ impl Nginx {
             out.push_str(line);
             out.push('\n');
         }
-        anyhow::ensure!(
-            out != text,
-            "no site location to change in {}",
-            path.display()
-        );
-        fs::write(&path, out)?;
-        let Runtime::Host { child } = &self.runtime else {
-            bail!("use_canary_site: host mode only");
-        };
-        let test = Command::new(NGINX_BINARY)
-            .arg("-t")
-            .arg("-p")
-            .arg(self.dir.path())
-            .arg("-c")
-            .arg(&path)
-            .arg("-e")
-            .arg(self.dir.path().join("error.log"))
-            .output()?;
-        anyhow::ensure!(
-            test.status.success(),
-            "nginx -t refused the canary site: {}",
-            String::from_utf8_lossy(&test.stderr)
-        );
+        let child = self.write_config("use_canary_site", &text, &out)?;
         send_signal(child.id(), libc::SIGHUP);
         let port = self.port;
         wait_for(
@@ -1247,6 +1225,70 @@ impl Nginx {
                     .then_some(()))
             },
         )
+    }
+
+    /// Writes `out` (the site's config changed from `text`), tests the (host
+    /// mode) nginx's config and returns its master process, for the caller
+    /// to signal.
+    fn write_config(&self, what: &str, text: &str, out: &str) -> Result<&Child> {
+        let path = self.dir.path().join("nginx.conf");
+        anyhow::ensure!(
+            out != text,
+            "no site location to change in {}",
+            path.display()
+        );
+        let Runtime::Host { child } = &self.runtime else {
+            bail!("{what}: host mode only");
+        };
+        fs::write(&path, out)?;
+        let test = Command::new(NGINX_BINARY)
+            .arg("-t")
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-c")
+            .arg(self.dir.path().join("nginx.conf"))
+            .arg("-e")
+            .arg(self.dir.path().join("error.log"))
+            .output()?;
+        anyhow::ensure!(
+            test.status.success(),
+            "{what}: nginx -t refused the config: {}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+        Ok(child)
+    }
+
+    /// Adds `directive` (e.g. `proxy_connect_timeout 1s;`) to every location
+    /// of the site, reloads nginx (host mode) and waits until new workers run
+    /// the new config.
+    pub fn add_to_site(&self, directive: &str) -> Result<()> {
+        let path = self.dir.path().join("nginx.conf");
+        let text = fs::read_to_string(&path)?;
+        let mut out = String::new();
+        for line in text.lines() {
+            out.push_str(line);
+            out.push('\n');
+            if line.trim() == "proxy_read_timeout 1h;" {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                out.push_str(&format!("{indent}{directive}\n"));
+            }
+        }
+        let child = self.write_config("add_to_site", &text, &out)?;
+        let workers = |master: u32| -> Vec<String> {
+            fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        };
+        let before = workers(child.id());
+        send_signal(child.id(), libc::SIGHUP);
+        wait_for("nginx's new workers", START_DEADLINE, || {
+            Ok(workers(child.id())
+                .iter()
+                .any(|w| !before.contains(w))
+                .then_some(()))
+        })
     }
 
     /// Port of the site on 127.0.0.1.

@@ -7,10 +7,15 @@
 //!
 //! Plain containers of other tests keep working while the engine is a manager.
 
-use std::sync::{Mutex, MutexGuard};
+use std::io::ErrorKind;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
 use crate::env::docker;
 
@@ -195,6 +200,11 @@ impl Drop for Swarm {
 pub struct SecondNode {
     netns: String,
     host_if: String,
+    node_if: String,
+    /// [`SecondNode::cut`] took its link down.
+    cut: AtomicBool,
+    /// Ports of the host's loopback forwarded into the node's.
+    forwards: Mutex<Vec<Forward>>,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
     /// The host's end of the veth pair: advertise the Swarm on it.
@@ -233,6 +243,9 @@ impl SecondNode {
         let mut node = SecondNode {
             netns: netns.clone(),
             host_if: host_if.clone(),
+            node_if: node_if.clone(),
+            cut: Default::default(),
+            forwards: Default::default(),
             dir,
             child: None,
             host_addr: HOST_ADDR.into(),
@@ -352,6 +365,83 @@ impl SecondNode {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
     }
+
+    /// `ip link set <node's end> up|down` inside the node's namespace.
+    fn link(&self, state: &str) -> Result<()> {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.netns,
+                "ip",
+                "link",
+                "set",
+                &self.node_if,
+                state,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The node goes down as the rest of the network sees it: its end of the
+    /// veth link goes down, so the manager hears nothing from it any more and
+    /// nothing reaches its tasks (their processes keep running, cut off, as
+    /// behind a dead switch port). [`SecondNode::mend`] (or the drop) undoes it.
+    pub fn cut(&self) -> Result<()> {
+        self.cut.store(true, Ordering::SeqCst);
+        self.link("down")
+    }
+
+    /// Makes `127.0.0.1:<port>` inside the node reach `127.0.0.1:<port>` of
+    /// the host (a registry there, say, under the same name on both nodes):
+    /// a listener bound in the node's network namespace, whose connections
+    /// are relayed from the host's. Stopped on drop.
+    pub fn forward_loopback(&self, port: u16) -> Result<()> {
+        let path = format!("/var/run/netns/{}", self.netns);
+        // A thread that enters the namespace binds there; the socket stays in
+        // it, the thread ends, and accepting and relaying happen out here.
+        let listener = std::thread::spawn(move || -> Result<TcpListener> {
+            let ns = std::fs::File::open(&path)?;
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("entering {path}: {}", std::io::Error::last_os_error());
+            }
+            Ok(TcpListener::bind(("127.0.0.1", port))?)
+        })
+        .join()
+        .map_err(|_| anyhow!("the thread entering the namespace panicked"))??;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((inside, _)) => {
+                        if let Ok(host) = TcpStream::connect(("127.0.0.1", port)) {
+                            let _ = inside.set_nonblocking(false);
+                            relay(inside, host);
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        self.forwards.lock().unwrap().push(Forward {
+            stop,
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
+    /// Brings the node's link up again after [`SecondNode::cut`].
+    pub fn mend(&self) -> Result<()> {
+        self.link("up")?;
+        self.cut.store(false, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl Swarm {
@@ -387,8 +477,44 @@ impl Swarm {
     }
 }
 
+/// One [`SecondNode::forward_loopback`]: its accepting thread, stopped on drop
+/// (relays already open end when their connections do).
+struct Forward {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Copies bytes both ways between `a` and `b` until each side ends.
+fn relay(a: TcpStream, b: TcpStream) {
+    let pairs = [
+        (a.try_clone(), b.try_clone()),
+        (b.try_clone(), a.try_clone()),
+    ];
+    for pair in pairs {
+        if let (Ok(mut from), Ok(mut to)) = pair {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(Shutdown::Write);
+            });
+        }
+    }
+}
+
 impl Drop for SecondNode {
     fn drop(&mut self) {
+        self.forwards.lock().unwrap().clear();
+        if self.cut.load(Ordering::SeqCst) {
+            let _ = self.mend();
+        }
         let _ = self.docker(&["swarm", "leave", "--force"]);
         if let Some(mut child) = self.child.take() {
             // dockerd stops its containers and unmounts on SIGTERM.
