@@ -1014,7 +1014,11 @@ fn digests_on(node: &SecondNode) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_images_are_pulled_on_both_nodes_with_the_registry_credentials() {
-    let t = TwoNodes::pulling("swpull", &[("v1", NO_ENV), ("v2", NO_ENV)], 4);
+    let t = TwoNodes::pulling(
+        "swpull",
+        &[("v1", NO_ENV), ("v2", NO_ENV), ("v3", NO_ENV)],
+        4,
+    );
     let w = &t.w;
     assert!(digests_on(&t.node).is_empty());
     let d1 = w.deploy_ok("v1").await;
@@ -1070,6 +1074,40 @@ async fn pushed_images_are_pulled_on_both_nodes_with_the_registry_credentials() 
         !log.contains("authentication failure"),
         "registry log:\n{log}"
     );
+
+    // v3 as a rolling update (`--strategy rolling`, one task per batch): each
+    // later batch scales blue up, and its new task's node pulls v3 with the
+    // credentials. A short monitor per batch, by a live reload.
+    w.gl.edit_config(|c| {
+        c.replacen(
+            "keep_images = 2\n",
+            "keep_images = 2\nmonitor = \"1s\"\n",
+            1,
+        )
+    });
+    let (status, v) = w.gl.api(reqwest::Method::POST, "/api/reload", None).await;
+    assert_eq!(status, 200, "{v}");
+    let load = probe(w, false);
+    assert!(load.wait_for_version("v2", Duration::from_secs(10)).await);
+    let (status, v) =
+        w.gl.api(
+            reqwest::Method::POST,
+            &format!("/api/services/{}/deploy", w.service),
+            Some(serde_json::json!({"tag": "v3", "strategy": "rolling"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let d3 = w.gl.wait_done(v["deployment"].as_i64().unwrap()).await;
+    let report = load.stop().await;
+    eprintln!("v2 -> v3 rolling on two nodes: {}", report.summary());
+    assert_eq!(d3["state"], "succeeded", "{d3:#}\n{}", w.gl.log());
+    assert_eq!(d3["strategy"], "rolling", "{d3:#}");
+    assert_eq!(recorded(&d3, "switching").len(), 4, "{}", details(&d3));
+    assert_zero_failures(&report, 4);
+    assert_eq!(t.swarm.nodes_of(&blue).len(), 2);
+    assert!(digests_on(&t.node).contains(&w.digest("v3").to_string()));
+    assert_eq!(w.replica_versions().await, ["v3", "v3", "v3", "v3"]);
+    assert!(!w.registry.log().contains("authentication failure"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -508,7 +508,7 @@ impl Services {
         } else if slots == (1..=n).collect::<HashSet<u32>>() {
             self.start_colour(first, n, credentials).await
         } else {
-            self.scale_up(first, top).await
+            self.scale_up(first, top, credentials).await
         };
         match started {
             Ok(replicas) => specs
@@ -560,7 +560,12 @@ impl Services {
     /// spec, which must be of `spec`'s digest (a deployment re-run after a
     /// crash continues what the interrupted one started); waits until tasks
     /// 1..=top run.
-    async fn scale_up(&self, spec: &ReplicaSpec, top: u32) -> Result<Vec<Replica>> {
+    async fn scale_up(
+        &self,
+        spec: &ReplicaSpec,
+        top: u32,
+        credentials: Option<Credentials>,
+    ) -> Result<Vec<Replica>> {
         let api = self.engine.api();
         let name = colour_service(&spec.service, spec.slot.colour);
         let current = match api.inspect_service(&name, None).await {
@@ -618,7 +623,8 @@ impl Services {
                 version: current.version.and_then(|v| v.index).unwrap_or(0) as i32,
                 ..Default::default()
             };
-            api.update_service(&name, wanted, opts, None)
+            // The new tasks' nodes pull with the credentials given now.
+            api.update_service(&name, wanted, opts, credentials)
                 .await
                 .map_err(|e| other(format!("scaling {name} to {top}: {}", api_error(e))))?;
         }
