@@ -44,6 +44,9 @@ use crate::domain::deployment::Colour;
 use crate::domain::replica::RestartPolicy;
 use crate::registry::Repository;
 
+/// Tasks of one start whose container the engine failed to start (not the
+/// app: it never ran) that Swarm may start again before the start fails.
+const ENGINE_START_RETRIES: usize = 3;
 /// Lines of a one-off job's output kept.
 const JOB_LOG_LINES: usize = 40;
 /// How often a wait on tasks looks again.
@@ -428,6 +431,16 @@ fn host_port(t: &Task, target: u16) -> Option<i64> {
         .and_then(|p| p.published_port)
 }
 
+/// Whether a failed task's container never ran: the engine could not start
+/// it (Swarm's "starting container failed: ..."), as opposed to an app that
+/// exited.
+fn never_started(t: &Task) -> bool {
+    t.status
+        .as_ref()
+        .and_then(|s| s.err.as_deref())
+        .is_some_and(|e| e.starts_with("starting container failed"))
+}
+
 /// One line about a task that is not running: its state and Swarm's words.
 fn task_summary(t: &Task) -> String {
     let status = t.status.clone().unwrap_or_default();
@@ -698,16 +711,40 @@ impl Services {
         n: u32,
     ) -> Result<Vec<Replica>> {
         let deadline = Instant::now() + self.config.start_timeout;
+        let mut warned = HashSet::new();
         loop {
             let tasks = self.tasks(name, false).await?;
             let ours: Vec<&Task> = tasks
                 .iter()
                 .filter(|t| task_label(t, LABEL_DEPLOYMENT) == Some(deployment))
                 .collect();
-            if let Some(t) = ours.iter().find(|t| {
-                matches!(task_state(t), Some(TaskState::FAILED | TaskState::REJECTED))
-                    && !before.contains(t.id.as_deref().unwrap_or_default())
-            }) {
+            let failed: Vec<&Task> = ours
+                .iter()
+                .copied()
+                .filter(|t| {
+                    matches!(task_state(t), Some(TaskState::FAILED | TaskState::REJECTED))
+                        && !before.contains(t.id.as_deref().unwrap_or_default())
+                })
+                .collect();
+            // The engine failing to start a container (e.g. Docker 20.10's
+            // EBUSY remounting a task's secrets read-only while other
+            // containers start) is not the app's failure: Swarm starts the
+            // task again, unless the service never restarts, a few times.
+            let engine_only = spec.restart != RestartPolicy::No
+                && failed.len() <= ENGINE_START_RETRIES
+                && failed.iter().all(|t| never_started(t));
+            if engine_only {
+                for t in &failed {
+                    if warned.insert(t.id.clone().unwrap_or_default()) {
+                        tracing::warn!(
+                            service = name,
+                            task = %task_summary(t),
+                            "the engine could not start a task's container; Swarm starts it again"
+                        );
+                    }
+                }
+            }
+            if let Some(t) = failed.first().filter(|_| !engine_only) {
                 let exit = t
                     .status
                     .as_ref()
@@ -1330,6 +1367,23 @@ mod tests {
         );
         assert_eq!(task.log_driver.unwrap().name.as_deref(), Some("json-file"));
         assert_eq!(task.networks.unwrap()[0].target.as_deref(), Some("db"));
+    }
+
+    #[test]
+    fn a_container_the_engine_could_not_start_is_told_from_an_app_that_exited() {
+        let failed = |err: &str| Task {
+            status: Some(bollard::models::TaskStatus {
+                state: Some(TaskState::FAILED),
+                err: Some(err.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(never_started(&failed(
+            "starting container failed: unable to remount dir as readonly: device or resource busy"
+        )));
+        assert!(!never_started(&failed("task: non-zero exit (3)")));
+        assert!(!never_started(&Task::default()));
     }
 
     #[test]
