@@ -328,7 +328,9 @@ impl Containers {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> RuntimeError {
+/// An engine error as the runtime tells it (Swarm's too): one the engine
+/// did not answer in time is a timeout.
+pub(super) fn other(e: impl std::fmt::Display) -> RuntimeError {
     let message = e.to_string();
     let kind = if message.contains("did not answer within [docker] timeout") {
         ErrorKind::Timeout

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
     EndpointSpec, Limit, Mount, MountTmpfsOptions, MountType, NetworkAttachmentConfig,
-    ResourceObject, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ResourceObject, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
     ServiceSpecModeReplicatedJob, ServiceSpecUpdateConfig,
     ServiceSpecUpdateConfigFailureActionEnum, Task, TaskSpec, TaskSpecContainerSpec,
     TaskSpecContainerSpecFile, TaskSpecContainerSpecSecrets, TaskSpecLogDriver, TaskSpecPlacement,
@@ -357,14 +357,20 @@ fn mount(volume: &str) -> Mount {
     }
 }
 
+/// How many tasks a replicated service wants.
+fn wanted_replicas(service: &Service) -> Option<i64> {
+    service
+        .spec
+        .as_ref()?
+        .mode
+        .as_ref()?
+        .replicated
+        .as_ref()?
+        .replicas
+}
+
 fn api_error(e: bollard::errors::Error) -> RuntimeError {
-    let message = crate::docker::DockerError::from(e).to_string();
-    let kind = if message.contains("did not answer within [docker] timeout") {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Other
-    };
-    RuntimeError::new(kind, message)
+    super::docker::other(crate::docker::DockerError::from(e))
 }
 
 fn missing_secret(name: &str) -> RuntimeError {
@@ -569,6 +575,34 @@ impl Services {
         }
     }
 
+    /// Sets the service `current` (as inspected, named `name`) to `replicas`
+    /// tasks, its spec otherwise as it is.
+    async fn set_replicas(
+        &self,
+        name: &str,
+        current: &Service,
+        replicas: u32,
+        credentials: Option<Credentials>,
+    ) -> Result<()> {
+        let mut spec = current.spec.clone().unwrap_or_default();
+        spec.mode = Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: Some(replicas as i64),
+            }),
+            ..Default::default()
+        });
+        let opts = UpdateServiceOptions {
+            version: current.version.as_ref().and_then(|v| v.index).unwrap_or(0) as i32,
+            ..Default::default()
+        };
+        self.engine
+            .api()
+            .update_service(name, spec, opts, credentials)
+            .await
+            .map(drop)
+            .map_err(|e| other(format!("scaling {name} to {replicas}: {}", api_error(e))))
+    }
+
     /// Scales the colour of `spec` up to `top` tasks, keeping its service's
     /// spec, which must be of `spec`'s digest (a deployment re-run after a
     /// crash continues what the interrupted one started); waits until tasks
@@ -590,8 +624,12 @@ impl Services {
             }
             Err(e) => return Err(api_error(e)),
         };
-        let mut wanted = current.spec.clone().unwrap_or_default();
-        let label = |key: &str| wanted.labels.as_ref().and_then(|l| l.get(key)).cloned();
+        let labels = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.labels.clone())
+            .unwrap_or_default();
+        let label = |key: &str| labels.get(key).cloned();
         if label(LABEL_SERVICE).as_deref() != Some(spec.service.as_str()) {
             return Err(RuntimeError::new(
                 ErrorKind::Conflict,
@@ -619,27 +657,9 @@ impl Services {
             .into_iter()
             .filter_map(|t| t.id)
             .collect();
-        let replicas = wanted
-            .mode
-            .as_ref()
-            .and_then(|m| m.replicated.as_ref())
-            .and_then(|r| r.replicas)
-            .unwrap_or(0);
-        if (replicas as u32) < top {
-            wanted.mode = Some(ServiceSpecMode {
-                replicated: Some(ServiceSpecModeReplicated {
-                    replicas: Some(top as i64),
-                }),
-                ..Default::default()
-            });
-            let opts = UpdateServiceOptions {
-                version: current.version.and_then(|v| v.index).unwrap_or(0) as i32,
-                ..Default::default()
-            };
+        if wanted_replicas(&current).unwrap_or(0) < top as i64 {
             // The new tasks' nodes pull with the credentials given now.
-            api.update_service(&name, wanted, opts, credentials)
-                .await
-                .map_err(|e| other(format!("scaling {name} to {top}: {}", api_error(e))))?;
+            self.set_replicas(&name, &current, top, credentials).await?;
         }
         self.wait_running(&name, &deployment, &before, spec, top)
             .await
@@ -1124,8 +1144,11 @@ impl Services {
             Err(e) if not_found(&e) => return Ok(()),
             Err(e) => return Err(api_error(e)),
         };
-        let mut spec = current.spec.clone().unwrap_or_default();
-        let name = spec.name.clone().unwrap_or_else(|| service.to_string());
+        let name = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or_else(|| service.to_string());
         if !others.is_empty() {
             return Err(RuntimeError::new(
                 ErrorKind::Deferred,
@@ -1136,23 +1159,8 @@ impl Services {
                 ),
             ));
         }
-        let replicated = spec
-            .mode
-            .as_ref()
-            .and_then(|m| m.replicated.as_ref())
-            .and_then(|r| r.replicas);
-        if replicated != Some(0) {
-            spec.mode = Some(ServiceSpecMode {
-                replicated: Some(ServiceSpecModeReplicated { replicas: Some(0) }),
-                ..Default::default()
-            });
-            let opts = UpdateServiceOptions {
-                version: current.version.and_then(|v| v.index).unwrap_or(0) as i32,
-                ..Default::default()
-            };
-            api.update_service(service, spec, opts, None)
-                .await
-                .map_err(|e| other(format!("scaling {name} to 0: {}", api_error(e))))?;
+        if wanted_replicas(&current) != Some(0) {
+            self.set_replicas(&name, &current, 0, None).await?;
         }
         let spec_grace = current
             .spec
